@@ -1,0 +1,1 @@
+"""The Python client: producer, consumer, admin."""

@@ -1,0 +1,1 @@
+"""The pure Raft core: standard library only, no I/O, no clocks."""

@@ -1,0 +1,1 @@
+"""The broker process: gRPC services and partition storage."""

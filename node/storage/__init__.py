@@ -1,0 +1,1 @@
+"""Partition storage on disk: segments, indexes, recovery, retention."""
