@@ -57,7 +57,7 @@ def _imports(name: str, path: Path) -> list[str]:
                 mod = ".".join(base + ([node.module] if node.module else []))
             else:
                 mod = node.module or ""
-            found.append(mod)
+            # `from rillet import batch` imports rillet.batch: check the qualified names.
             found.extend(f"{mod}.{a.name}" for a in node.names)
     return found
 
