@@ -1,0 +1,555 @@
+"""The partition log: a directory of segments that is also the partition's Raft log.
+
+Layout of a partition directory:
+    00000000000000000000.log / .index / .timeindex    one segment per base offset
+    recovery-point.json                               checkpoint, replaced atomically
+
+Durability contract (what is on disk when):
+- `append` writes the stamped batch into the page cache (one pwritev, no fsync). A process
+  crash keeps it; a machine crash may lose it.
+- `flush` fsyncs every segment file written since the last flush (one fdatasync when nothing
+  rolled), the index files of segments that closed, and the directory when files were created.
+  On return every offset below the returned `flushed_offset` survives a machine crash.
+- The checkpoint records the recovery point: every segment below it is fully flushed, and its
+  index files too. It moves forward only in a flush that follows a roll (so the ordinary flush
+  stays one fsync), and backward, synchronously, before a truncation. `close` sets it to the
+  log end and marks the shutdown clean.
+- Opening a log recovers it: segments below the recovery point are trusted (index files loaded
+  after sanity checks, rebuilt from the log when missing or inconsistent); the segment holding
+  the recovery point and every later one are read in full, each batch CRC-checked and its base
+  offset checked against the previous batch, indexes rebuilt, and the first bad byte and
+  everything after it cut (logged at WARNING with the byte count).
+
+Threading: one thread (the event loop) calls everything except `flush`, which may run at the
+same time in a worker thread (asyncio.to_thread). An internal lock covers the bookkeeping; the
+fsyncs themselves run outside it, on duplicated file descriptors, so a slow disk never blocks
+appends or reads.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import json
+import logging
+import os
+import re
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from rillet.node.storage.atomic import fsync_dir, write_atomic
+from rillet.node.storage.errors import OffsetOutOfRangeError, StorageError
+from rillet.node.storage.segment import (
+    DELETED_SUFFIX,
+    INDEX_SUFFIX,
+    LOG_SUFFIX,
+    MAX_RELATIVE_OFFSET,
+    MAX_SEGMENT_BYTES,
+    TIMEINDEX_SUFFIX,
+    Segment,
+)
+
+from rillet.batch import HEADER_SIZE, LENGTH_PREFIX_SIZE, InvalidBatchError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "recovery-point.json"
+_SEGMENT_FILE = re.compile(r"^(\d{20})\.(log|index|timeindex)$")
+_PREFIX = struct.Struct("<qiq")  # base_offset, batch_length, leader_term
+# From byte 8: batch_length @8, record_count @27, max_timestamp @39 (see records.proto).
+_BATCH_FIELDS = struct.Struct("<i15xi8xq")
+_MIB = 1024 * 1024
+_DAY_MS = 24 * 3600 * 1000
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """Per-partition storage settings (the topic's segment.*, retention.* configs)."""
+
+    segment_bytes: int = 256 * _MIB
+    segment_ms: int = 7 * _DAY_MS
+    retention_ms: int = 7 * _DAY_MS  # -1: keep forever
+    retention_bytes: int = -1  # -1: no size limit
+    index_interval_bytes: int = 4096
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.segment_bytes <= MAX_SEGMENT_BYTES:
+            raise ValueError(f"segment_bytes must be 1 to {MAX_SEGMENT_BYTES}")
+        if self.segment_ms < 1:
+            raise ValueError("segment_ms must be at least 1")
+        if self.retention_ms < -1 or self.retention_bytes < -1:
+            raise ValueError("retention_ms and retention_bytes must be -1 (no limit) or >= 0")
+        if self.index_interval_bytes < 0:
+            raise ValueError("index_interval_bytes must not be negative")
+
+
+class AppendInfo(NamedTuple):
+    """Where a batch landed."""
+
+    base_offset: int
+    """Offset assigned to the batch's first record."""
+    last_offset: int
+    """Offset of its last record."""
+    log_append_time_ms: int
+    """Clock time of the append, ms since the Unix epoch."""
+
+
+class PartitionLog:
+    """An append-only, segmented log of record batches; see the module doc for guarantees."""
+
+    def __init__(self, directory: Path, config: LogConfig, clock_ms: Callable[[], int]) -> None:
+        # Use PartitionLog.open(); the constructor only sets fields.
+        self.directory = directory
+        self.config = config
+        self._clock_ms = clock_ms
+        self._lock = threading.Lock()
+        self._checkpoint_lock = threading.Lock()  # taken before _lock, never after
+        self._segments: list[Segment] = []
+        self._bases: list[int] = []
+        self._log_end = 0
+        self._size = 0
+        self._flushed_offset = 0
+        self._checkpoint_offset = 0
+        self._pending_fsync: list[Path] = []
+        self._dir_dirty = False
+        self._epoch = 0  # bumped by truncation: a flush that straddles one claims nothing
+        self._closed = False
+
+    # ================================================================ opening and recovery
+    @classmethod
+    def open(cls, directory: Path, config: LogConfig, *,
+             clock_ms: Callable[[], int] = _wall_clock_ms) -> PartitionLog:
+        """Create the log in `directory`, or recover the one already there (see module doc)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        plog = cls(directory, config, clock_ms)
+        plog._recover()
+        return plog
+
+    def _read_checkpoint(self) -> tuple[int, bool]:
+        path = self.directory / CHECKPOINT_NAME
+        try:
+            doc = json.loads(path.read_bytes())
+            return int(doc["recovery_point"]), bool(doc.get("clean", False))
+        except FileNotFoundError:
+            return 0, False
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("%s: unreadable checkpoint (%s); checking every segment", path, exc)
+            return 0, False
+
+    def _write_checkpoint(self, recovery_point: int, clean: bool) -> None:
+        doc = {"version": 1, "recovery_point": recovery_point, "clean": clean}
+        write_atomic(self.directory / CHECKPOINT_NAME, json.dumps(doc).encode())
+        self._checkpoint_offset = recovery_point
+
+    def _recover(self) -> None:
+        d = self.directory
+        bases: set[int] = set()
+        others: list[tuple[int, Path]] = []
+        for path in d.iterdir():
+            if path.name.endswith((DELETED_SUFFIX, ".tmp")):
+                log.info("%s: removing leftover %s", d, path.name)
+                path.unlink(missing_ok=True)
+                continue
+            m = _SEGMENT_FILE.match(path.name)
+            if m is None:
+                continue
+            if m.group(2) == "log":
+                bases.add(int(m.group(1)))
+            else:
+                others.append((int(m.group(1)), path))
+        for base, path in others:
+            if base not in bases:
+                log.info("%s: removing index %s that has no log", d, path.name)
+                path.unlink(missing_ok=True)
+        recovery_point, clean = self._read_checkpoint()
+        interval = self.config.index_interval_bytes
+        segs = [Segment.open_existing(d, b, interval) for b in sorted(bases)]
+        if not segs:
+            segs = [Segment.create(d, 0, interval)]
+            self._dir_dirty = True
+        first_checked = max(0, bisect.bisect_right([s.base_offset for s in segs],
+                                                   recovery_point) - 1)
+        if not clean:
+            log.info("%s: opening after an unclean shutdown; checking from offset %d",
+                     d, segs[first_checked].base_offset)
+        kept: list[Segment] = []
+        cut_total = 0
+        for i, seg in enumerate(segs):
+            if kept and kept[-1].next_offset != seg.base_offset:
+                # A gap or overlap (the previous segment lost its tail): nothing after a hole
+                # can be trusted.
+                dropped = segs[i:]
+                log.warning("%s: dropping %d segment(s) from offset %d: they do not continue "
+                            "offset %d", d, len(dropped), seg.base_offset, kept[-1].next_offset)
+                for s in dropped:
+                    cut_total += s.size
+                    self._delete_files(s.rename_deleted())
+                break
+            is_last = i == len(segs) - 1
+            if i < first_checked and not is_last and seg.load_index_files(
+                    segs[i + 1].base_offset):
+                kept.append(seg)
+                continue
+            cut_total += seg.recover()
+            os.fsync(seg.fd)  # whatever survived the crash is durable from here on
+            seg.flushed_size = seg.size
+            kept.append(seg)
+            if not is_last and segs[i + 1].base_offset == seg.next_offset:
+                seg.seal()
+                for p in seg.write_index_files():
+                    _fsync_path(p)
+        active = kept[-1]
+        active.remove_index_files()  # the active segment's indexes live in memory only
+        if active.size:
+            active.created_ms = self._clock_ms()
+        for seg in kept[:-1]:
+            seg.created_ms = None
+        self._segments = kept
+        self._bases = [s.base_offset for s in kept]
+        self._log_end = active.next_offset
+        self._size = sum(s.size for s in kept)
+        self._flushed_offset = self._log_end
+        fsync_dir(d)
+        self._dir_dirty = False
+        if recovery_point > self._log_end:
+            log.error("%s: checkpoint says offsets below %d were flushed but the log ends at "
+                      "%d: flushed data was lost", d, recovery_point, self._log_end)
+        self._write_checkpoint(active.base_offset, clean=False)
+        log.info("%s: opened, offsets %d to %d in %d segment(s), %d bytes%s", d,
+                 self.log_start_offset, self._log_end, len(kept), self._size,
+                 f", cut {cut_total} bytes" if cut_total else "")
+
+    def _delete_files(self, paths: list[Path]) -> None:
+        for p in paths:
+            p.unlink(missing_ok=True)
+
+    # ================================================================ properties
+    @property
+    def log_start_offset(self) -> int:
+        """First offset still stored (moves up when retention deletes segments)."""
+        return self._bases[0] if self._bases else 0
+
+    @property
+    def log_end_offset(self) -> int:
+        """The offset the next appended record will get."""
+        return self._log_end
+
+    @property
+    def flushed_offset(self) -> int:
+        """Every offset below this survives a machine crash."""
+        return self._flushed_offset
+
+    @property
+    def size_bytes(self) -> int:
+        return self._size
+
+    @property
+    def segment_count(self) -> int:
+        return len(self._segments)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError(f"partition log {self.directory} is closed")
+
+    # ================================================================ writing
+    def append(self, batch: bytes | bytearray | memoryview, *, leader_term: int = 0) -> AppendInfo:
+        """Assign offsets to one validated batch and write it; durable only after `flush`.
+
+        The batch must already have passed rillet.batch.validate (CRC, record count): this
+        only reads the fixed header fields it needs and never looks at records. The batch's
+        bytes are not copied: the stamped prefix and the rest go to the kernel in one
+        pwritev. Event-loop thread only.
+        """
+        n = len(batch)
+        if n < HEADER_SIZE:
+            raise InvalidBatchError(f"a batch needs at least {HEADER_SIZE} bytes, got {n}")
+        length, count, max_ts = _BATCH_FIELDS.unpack_from(batch, 8)
+        if length + LENGTH_PREFIX_SIZE != n or count < 1:
+            raise InvalidBatchError(
+                f"batch header declares {length + LENGTH_PREFIX_SIZE} bytes and {count} "
+                f"records, got {n} bytes")
+        now = self._clock_ms()
+        with self._lock:
+            self._check_open()
+            base = self._log_end
+            seg = self._segments[-1]
+            if not seg.is_empty and (
+                    seg.size + n > self.config.segment_bytes
+                    or (seg.created_ms is not None
+                        and now - seg.created_ms >= self.config.segment_ms)
+                    or base + count - 1 - seg.base_offset > MAX_RELATIVE_OFFSET):
+                seg = self._roll()
+            view = memoryview(batch)
+            seg.append([_PREFIX.pack(base, length, leader_term), view[20:]], n, base, count,
+                       max_ts, now)
+            self._log_end = base + count
+            self._size += n
+        return AppendInfo(base, base + count - 1, now)
+
+    def _roll(self) -> Segment:
+        """Close the active segment and start a new one at the log end. Caller holds _lock."""
+        old = self._segments[-1]
+        old.seal()
+        new = Segment.create(self.directory, self._log_end, self.config.index_interval_bytes)
+        self._pending_fsync.extend(old.write_index_files())
+        self._segments.append(new)
+        self._bases.append(new.base_offset)
+        self._dir_dirty = True
+        log.debug("%s: rolled segment %d -> %d", self.directory, old.base_offset,
+                  new.base_offset)
+        return new
+
+    def flush(self) -> int:
+        """fsync everything appended so far; returns the new flushed offset.
+
+        Safe from a worker thread while the event loop appends and reads: the lock is held
+        only to snapshot what needs syncing and to publish the result. Appends that race with
+        the fsync are simply not claimed. One fdatasync when nothing rolled since the last
+        flush; after a roll also the closed segment's indexes, the directory, and the
+        checkpoint.
+        """
+        with self._lock:
+            self._check_open()
+            end = self._log_end
+            epoch = self._epoch
+            jobs = [(os.dup(s.fd), s, s.size) for s in self._segments
+                    if s.flushed_size < s.size]
+            pending, self._pending_fsync = self._pending_fsync, []
+            need_dir, self._dir_dirty = self._dir_dirty, False
+        try:
+            for fd, _seg, _size in jobs:
+                os.fdatasync(fd)
+            for path in pending:
+                with contextlib.suppress(FileNotFoundError):
+                    _fsync_path(path)
+            if need_dir:
+                fsync_dir(self.directory)
+        except BaseException:
+            with self._lock:
+                self._pending_fsync[:0] = pending
+                self._dir_dirty = self._dir_dirty or need_dir
+            raise
+        finally:
+            for fd, _seg, _size in jobs:
+                os.close(fd)
+        with self._checkpoint_lock:
+            with self._lock:
+                if self._epoch != epoch:
+                    return self._flushed_offset
+                for _fd, seg, size in jobs:
+                    seg.flushed_size = max(seg.flushed_size, size)
+                self._flushed_offset = max(self._flushed_offset, end)
+                flushed = self._flushed_offset
+                point = self._durable_point()
+            if point > self._checkpoint_offset:
+                self._write_checkpoint(point, clean=False)
+        return flushed
+
+    def _durable_point(self) -> int:
+        """Base offset of the first segment that is not wholly durable. Caller holds _lock."""
+        if self._pending_fsync:
+            return self._checkpoint_offset
+        i = max(0, bisect.bisect_right(self._bases, self._checkpoint_offset) - 1)
+        for seg in self._segments[i:-1]:
+            if seg.flushed_size < seg.size:
+                return seg.base_offset
+        return self._segments[-1].base_offset
+
+    # ================================================================ reading
+    def read(self, offset: int, max_bytes: int, *, upper: int | None = None) -> bytes:
+        """Whole stored batches from the one containing `offset`, as one bytes object.
+
+        Stops before any batch based at or beyond `upper` (default: the log end) and before
+        exceeding `max_bytes`, but returns at least one batch when one is available; b"" when
+        `offset` has reached `upper`. Batches come back exactly as stored (stamped, CRC
+        intact). Raises OffsetOutOfRangeError outside [log_start_offset, log_end_offset].
+        Event-loop thread only.
+        """
+        with self._lock:
+            self._check_open()
+            start, end = self.log_start_offset, self._log_end
+            if offset < start or offset > end:
+                raise OffsetOutOfRangeError(offset, start, end)
+            limit = end if upper is None else min(upper, end)
+            if offset >= limit:
+                return b""
+            i = bisect.bisect_right(self._bases, offset) - 1
+            seg = self._segments[i]
+            pos = seg.position_of(offset)
+            parts: list[bytes] = []
+            budget = max_bytes
+            while True:
+                data, stopped = seg.read_from(pos, budget, limit, not parts)
+                if data:
+                    parts.append(data)
+                    budget -= len(data)
+                i += 1
+                if stopped or budget < HEADER_SIZE or i == len(self._segments):
+                    break
+                seg, pos = self._segments[i], 0
+                if seg.base_offset >= limit:
+                    break
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def offset_for_timestamp(self, ts_ms: int) -> int | None:
+        """Base offset of the first batch whose max_timestamp >= ts_ms, or None.
+
+        Segments are checked in order by their in-memory maximum timestamp; inside one, the
+        time index narrows the scan to about one index interval of batch headers.
+        """
+        with self._lock:
+            self._check_open()
+            for seg in self._segments:
+                if seg.max_timestamp_ms >= ts_ms:
+                    return seg.offset_for_timestamp(ts_ms)
+        return None
+
+    # ================================================================ truncation, retention
+    def truncate_to(self, offset: int) -> None:
+        """Remove every batch at or above `offset`, which must be a batch boundary.
+
+        Durable on return (file truncation and directory fsynced, checkpoint lowered first), as
+        a Raft follower needs before it accepts the leader's entries. Event-loop thread only.
+        """
+        with self._checkpoint_lock, self._lock:
+            self._check_open()
+            start, end = self.log_start_offset, self._log_end
+            if offset < start or offset > end:
+                raise OffsetOutOfRangeError(offset, start, end)
+            if offset == end:
+                return
+            i = bisect.bisect_right(self._bases, offset) - 1
+            if offset == self._bases[i] and i > 0:
+                i -= 1  # the boundary ends segment i-1: keep it whole, drop the rest
+            target = self._segments[i]
+            pos = target.size if offset == target.next_offset else target.position_of(offset)
+            if pos < target.size:
+                got = next(target.iter_headers(pos))[1][0]
+                if got != offset:
+                    raise StorageError(
+                        f"cannot truncate to {offset}: it is inside the batch based at {got}")
+            if target.base_offset < self._checkpoint_offset:
+                self._write_checkpoint(target.base_offset, clean=False)
+            doomed = self._segments[i + 1:]
+            renamed: list[Path] = []
+            for seg in doomed:
+                renamed.extend(seg.rename_deleted())
+            del self._segments[i + 1:]
+            del self._bases[i + 1:]
+            dead = {p for s in doomed for p in (s.index_path, s.timeindex_path)}
+            dead |= {target.index_path, target.timeindex_path}
+            self._pending_fsync = [p for p in self._pending_fsync if p not in dead]
+            target.remove_index_files()
+            target.truncate_at(pos, offset)
+            os.fsync(target.fd)
+            target.flushed_size = target.size
+            target.created_ms = self._clock_ms() if target.size else None
+            fsync_dir(self.directory)
+            self._delete_files(renamed)
+            self._epoch += 1
+            self._log_end = offset
+            self._flushed_offset = min(self._flushed_offset, offset)
+            self._size = sum(s.size for s in self._segments)
+            log.info("%s: truncated to offset %d", self.directory, offset)
+
+    def enforce_retention(self, now_ms: int | None = None) -> int:
+        """Delete whole closed segments past retention_ms or while over retention_bytes.
+
+        A segment's age is `now - its largest record timestamp`. Deletes from the oldest end
+        only, never the active segment; each deletion renames the files to `.deleted`, syncs
+        the directory once, then unlinks. Returns how many segments went. Event-loop thread.
+        """
+        with self._lock:
+            self._check_open()
+            now = self._clock_ms() if now_ms is None else now_ms
+            cfg = self.config
+            doomed: list[Segment] = []
+            size = self._size
+            for seg in self._segments[:-1]:
+                expired = cfg.retention_ms >= 0 and (
+                    seg.is_empty or now - seg.max_timestamp_ms > cfg.retention_ms)
+                oversize = cfg.retention_bytes >= 0 and size > cfg.retention_bytes
+                if not (expired or oversize):
+                    break
+                doomed.append(seg)
+                size -= seg.size
+            if not doomed:
+                return 0
+            renamed: list[Path] = []
+            for seg in doomed:
+                renamed.extend(seg.rename_deleted())
+            n = len(doomed)
+            del self._segments[:n]
+            del self._bases[:n]
+            self._size = size
+            dead = {p for s in doomed for p in (s.index_path, s.timeindex_path)}
+            self._pending_fsync = [p for p in self._pending_fsync if p not in dead]
+        fsync_dir(self.directory)
+        self._delete_files(renamed)
+        log.info("%s: retention deleted %d segment(s); log now starts at %d",
+                 self.directory, n, self.log_start_offset)
+        return n
+
+    # ================================================================ shutdown
+    def close(self) -> None:
+        """Flush, record a clean shutdown, and release the files. Idempotent."""
+        if self._closed:
+            return
+        self.flush()
+        with self._checkpoint_lock, self._lock:
+            self._write_checkpoint(self._log_end, clean=True)
+            self._closed = True
+            for seg in self._segments:
+                seg.close()
+
+    def abandon(self) -> None:
+        """Release the files without flushing or marking clean: what a crash leaves behind.
+
+        For tests that simulate crashes, and for giving up after an I/O error.
+        """
+        with self._lock:
+            self._closed = True
+            for seg in self._segments:
+                seg.close()
+
+    def flushed_file_sizes(self) -> dict[str, int]:
+        """Bytes of each file in the directory known to be durable (for crash simulations).
+
+        Segment logs count up to their last fsync; index files not yet fsynced count as 0.
+        """
+        with self._lock:
+            out: dict[str, int] = {}
+            pending = set(self._pending_fsync)
+            for seg in self._segments:
+                out[seg.log_path.name] = seg.flushed_size
+                for p in (seg.index_path, seg.timeindex_path):
+                    if p.exists():
+                        out[p.name] = 0 if p in pending else p.stat().st_size
+            return out
+
+    def describe(self) -> str:
+        """One stable line for logs and test failures."""
+        return (f"log[{self.log_start_offset},{self._log_end}) flushed={self._flushed_offset} "
+                f"segments={len(self._segments)} bytes={self._size}")
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+__all__ = ["INDEX_SUFFIX", "LOG_SUFFIX", "TIMEINDEX_SUFFIX", "AppendInfo", "LogConfig",
+           "PartitionLog"]
