@@ -75,8 +75,7 @@ class Invariants:
         self.leaders: dict[int, int] = {}  # node -> term it leads, once its log is up to date
         self._term: dict[tuple[int, int], int] = {}  # (node, incarnation) -> last term seen
         self._commit: dict[tuple[int, int], int] = {}  # (node, incarnation) -> last commit
-        # (node, incarnation) -> last index recorded as committed: it lags the commit index
-        # while the committed entries still sit in the core, not yet written by a Ready.
+        # (node, incarnation) -> last index recorded as committed (see on_committed)
         self._recorded: dict[tuple[int, int], int] = {}
         self._durable_term: dict[int, int] = {}
         self._applied: dict[tuple[int, int], int] = {}  # (node, incarnation) -> last applied
@@ -108,6 +107,13 @@ class Invariants:
             self._fail(f"n{node.id} commit index went back from {last_commit} to {commit}")
         if commit > last_commit:
             self._commit[key] = commit
+
+    def on_committed(self, node: NodeView, commit: int) -> None:
+        """A node wrote a Ready whose hard state says `commit`. Right after that write the
+        node's written log is exactly its core's log, so entries up to `commit` are read from
+        the disk view here and nowhere else (between Readies the disk may still hold a suffix
+        that the core already replaced)."""
+        key = (node.id, node.incarnation)
         recorded = self._recorded.get(key, 0)
         if commit > recorded:
             self._recorded[key] = self._record_committed(node, recorded + 1, commit)

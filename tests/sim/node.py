@@ -1,0 +1,304 @@
+"""One simulated node: the real core plus the Ready handling a driver does, run synchronously.
+
+The Ready contract (types.Ready) is followed step by step, with the fsync as its own scheduled
+event so that time passes between writing and sending:
+
+1. write snapshot, entries, hard state to the disk (pending);
+2. when `must_sync`, wait for an fsync event; only then
+3. send the messages, 4. apply the committed entries, 5. `advance(ready)`.
+
+While a Ready is between steps 1 and 5 the core keeps ticking and stepping (as a real driver's
+core does while the disk works); the next Ready is taken only after `advance`.
+
+`SEND_BEFORE_FSYNC` exists only for the planted bug "reply before persisting": a subclass
+flips it to send a Ready's messages at step 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from rillet.cluster.raft.storage import Storage
+from rillet.cluster.raft.types import Entry, HardState, Message, Ready, Role
+
+from .disk import SimDisk
+from .invariants import Invariants, InvariantViolation
+from .scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+READY_LOOPS_MAX = 64  # Readies one event may drain; more means the core never settles
+
+
+class Core(Protocol):
+    """The part of RaftCore the simulator drives."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def term(self) -> int: ...
+    @property
+    def role(self) -> Role: ...
+    @property
+    def leader(self) -> int: ...
+    @property
+    def commit_index(self) -> int: ...
+
+    def tick(self) -> None: ...
+    def step(self, msg: Message) -> None: ...
+    def propose(self, data: bytes) -> int: ...
+    def has_ready(self) -> bool: ...
+    def ready(self) -> Ready: ...
+    def advance(self, ready: Ready) -> None: ...
+
+
+CoreFactory = Callable[[int, Storage, random.Random, logging.Logger], Core]
+
+
+@dataclass
+class NodeTiming:
+    """Per-node time parameters, drawn per seed (swarm)."""
+
+    tick_ms: int = 10
+    tick_jitter_ms: int = 2
+    fsync_min_ms: int = 1
+    fsync_mean_ms: float = 2.0
+
+
+@dataclass
+class NodeHooks:
+    """Where a node reports to the rest of the simulation."""
+
+    send: Callable[[int, int, Message], None]
+    applied: Callable[[SimNode, Entry], None]
+    checker: Invariants
+    crash_rng: random.Random
+    torn_probability: float = 0.5
+    on_error: Callable[[BaseException], None] | None = None
+
+
+@dataclass
+class NodeStats:
+    readies: int = 0
+    fsyncs: int = 0
+    applied: int = 0
+    crashes: int = 0
+    ticks: int = 0
+    steps: int = 0
+
+
+class SimNode:
+    """A node's life across crashes: the disk persists, the core and state machine do not."""
+
+    SEND_BEFORE_FSYNC = False
+
+    def __init__(self, node_id: int, disk: SimDisk, scheduler: Scheduler,
+                 factory: CoreFactory, hooks: NodeHooks, timing: NodeTiming,
+                 tick_rng: random.Random, disk_rng: random.Random,
+                 core_rng: random.Random) -> None:
+        self.node_id = node_id
+        self.disk = disk
+        self._scheduler = scheduler
+        self._factory = factory
+        self._hooks = hooks
+        self._timing = timing
+        self._tick_rng = tick_rng
+        self._disk_rng = disk_rng
+        self._core_rng = core_rng
+        self.core: Core | None = None
+        self.incarnation = 0
+        self.applied_index = 0  # the state machine's last applied index (volatile)
+        self.state: list[bytes] = []  # the state machine: applied NORMAL data, in order
+        self._inflight: Ready | None = None
+        self._written_hard = HardState()
+        self.stats = NodeStats()
+        self.logger = logging.getLogger(f"tests.sim.core.n{node_id}")
+        self.removed = False  # set by the simulation once a REMOVE of this node applied
+
+    # -- NodeView (what the invariant checker reads) ----------------------------------------
+
+    @property
+    def id(self) -> int:
+        return self.node_id
+
+    @property
+    def up(self) -> bool:
+        return self.core is not None
+
+    @property
+    def term(self) -> int:
+        return self.core.term if self.core is not None else 0
+
+    @property
+    def role(self) -> Role:
+        return self.core.role if self.core is not None else Role.FOLLOWER
+
+    @property
+    def commit_index(self) -> int:
+        return self.core.commit_index if self.core is not None else 0
+
+    def log_entry(self, index: int) -> Entry | None:
+        return self.disk.entry(index)
+
+    def last_log_index(self) -> int:
+        return self.disk.storage.last_index()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Build a fresh core from what the disk holds durably (all of it, after a crash)."""
+        assert self.core is None, f"n{self.node_id} started twice"
+        self.incarnation += 1
+        hard, _conf = self.disk.storage.initial_state()
+        self._hooks.checker.on_restart(self.node_id, hard.term)
+        self._written_hard = hard
+        snap = self.disk.storage.snapshot()
+        self.applied_index = snap.meta.index
+        self.state = []
+        self._hooks.checker.on_snapshot_restore(self.node_id, self.incarnation,
+                                                self.applied_index)
+        self.core = self._factory(self.node_id, self.disk.storage, self._core_rng, self.logger)
+        self._inflight = None
+        first = self._tick_rng.randrange(self._timing.tick_ms)
+        self._schedule_tick(first)
+        self._hooks.checker.observe(self)
+
+    def crash(self) -> str:
+        """Stop now: the core and state machine are gone, unsynced writes (mostly) too."""
+        assert self.core is not None, f"n{self.node_id} crashed while down"
+        self.core = None
+        self._inflight = None
+        self.stats.crashes += 1
+        report = self.disk.crash(self._hooks.crash_rng, self._hooks.torn_probability)
+        self._hooks.checker.observe(self)
+        return report.describe()
+
+    def _alive(self, incarnation: int) -> bool:
+        return self.core is not None and self.incarnation == incarnation
+
+    # -- inputs ------------------------------------------------------------------------------
+
+    def _schedule_tick(self, delay_ms: int) -> None:
+        incarnation = self.incarnation
+
+        def tick() -> None:
+            if not self._alive(incarnation):
+                return
+            assert self.core is not None
+            self.stats.ticks += 1
+            self.core.tick()
+            self._hooks.checker.observe(self)
+            self._process()
+            jitter = self._timing.tick_jitter_ms
+            self._schedule_tick(self._timing.tick_ms
+                                + self._tick_rng.randint(-jitter, jitter))
+
+        self._scheduler.schedule(delay_ms, "tick", tick, node=self.node_id)
+
+    def receive(self, msg: Message) -> None:
+        """A delivered message; dropped when the node is down."""
+        if self.core is None:
+            return
+        self.stats.steps += 1
+        self.core.step(msg)
+        self._hooks.checker.observe(self)
+        self._process()
+
+    def propose(self, data: bytes) -> int:
+        """Propose on this node's core (raises the core's errors, e.g. NotLeaderError)."""
+        assert self.core is not None
+        index = self.core.propose(data)
+        self._hooks.checker.observe(self)
+        self._process()
+        return index
+
+    def poke(self) -> None:
+        """Check and run Ready handling after something called the core directly."""
+        self._hooks.checker.observe(self)
+        self._process()
+
+    # -- Ready handling ----------------------------------------------------------------------
+
+    def _process(self) -> None:
+        for _ in range(READY_LOOPS_MAX):
+            core = self.core
+            if core is None or self._inflight is not None or not core.has_ready():
+                return
+            rd = core.ready()
+            self.stats.readies += 1
+            self._inflight = rd
+            self._check_must_sync(rd)
+            self.disk.write(snapshot=rd.snapshot, entries=rd.entries, hard_state=rd.hard_state)
+            if rd.hard_state is not None:
+                self._written_hard = rd.hard_state
+            checker = self._hooks.checker
+            checker.on_write(self, rd.entries)
+            if rd.hard_state is not None:
+                checker.on_committed(self, rd.hard_state.commit)
+            if core.role == Role.LEADER:
+                checker.on_leader_log_current(self)
+            if self.SEND_BEFORE_FSYNC:
+                self._send(rd)
+            if rd.must_sync:
+                self._schedule_fsync(rd)
+                return
+            self._finish(rd)
+        raise InvariantViolation(f"n{self.node_id} still has a Ready after "
+                                 f"{READY_LOOPS_MAX} in one event")
+
+    def _check_must_sync(self, rd: Ready) -> None:
+        """The contract: entries, a snapshot, or a new term or vote must be fsynced."""
+        hs = rd.hard_state
+        changed = hs is not None and (hs.term, hs.vote) != (self._written_hard.term,
+                                                             self._written_hard.vote)
+        needs = bool(rd.entries) or (rd.snapshot is not None) or changed
+        if needs and not rd.must_sync:
+            raise InvariantViolation(f"n{self.node_id} Ready must_sync=False but it carries "
+                                     f"durable state: {rd.describe()}")
+
+    def _schedule_fsync(self, rd: Ready) -> None:
+        incarnation = self.incarnation
+        delay = self._timing.fsync_min_ms + int(
+            self._disk_rng.expovariate(1.0 / self._timing.fsync_mean_ms))
+
+        def fsync() -> None:
+            if not self._alive(incarnation) or self._inflight is not rd:
+                return
+            self.disk.fsync()
+            self.stats.fsyncs += 1
+            self._hooks.checker.on_durable(self.node_id, self.disk.durable_hard_state().term)
+            self._finish(rd)
+            self._process()
+
+        self._scheduler.schedule(delay, "fsync", fsync, node=self.node_id)
+
+    def _send(self, rd: Ready) -> None:
+        for msg in rd.messages:
+            self._hooks.send(self.node_id, msg.to, msg)
+
+    def _finish(self, rd: Ready) -> None:
+        core = self.core
+        assert core is not None
+        if not self.SEND_BEFORE_FSYNC:
+            self._send(rd)
+        if rd.snapshot is not None and not rd.snapshot.is_empty():
+            self.applied_index = rd.snapshot.meta.index
+            self.state = []
+            self._hooks.checker.on_snapshot_restore(self.node_id, self.incarnation,
+                                                    self.applied_index)
+        for entry in rd.committed_entries:
+            if entry.index <= self.applied_index:
+                raise InvariantViolation(f"n{self.node_id} was handed {entry.describe()} to "
+                                         f"apply again (applied up to {self.applied_index})")
+            self._hooks.checker.on_apply(self.node_id, self.incarnation, entry)
+            self.applied_index = entry.index
+            self.stats.applied += 1
+            self._hooks.applied(self, entry)
+        core.advance(rd)
+        self._inflight = None
+        self._hooks.checker.observe(self)
+

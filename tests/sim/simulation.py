@@ -1,0 +1,506 @@
+"""One simulated cluster run: build the nodes, run the faulty safety phase, then the healed
+liveness phase, with the invariants checked after every event.
+
+The seed is the only input besides the options (which themselves are drawn from the seed
+unless given): rerunning a seed replays the run event for event.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from rillet.cluster.raft import codec
+from rillet.cluster.raft.errors import NotLeaderError, RaftError
+from rillet.cluster.raft.storage import Storage
+from rillet.cluster.raft.types import (
+    ConfChange,
+    ConfChangeKind,
+    ConfState,
+    Entry,
+    EntryKind,
+    Message,
+    Role,
+)
+
+from .disk import SimDisk
+from .invariants import Invariants, InvariantViolation
+from .network import LinkFaults, Network
+from .node import Core, CoreFactory, NodeHooks, NodeTiming, SimNode
+from .options import LIVENESS_TICKS, TICK_MS, Options
+from .scheduler import Scheduler
+from .seeds import derive
+
+log = logging.getLogger(__name__)
+
+EVENTS_MAX_PER_MS = 200  # a bound on events per simulated millisecond, for every run loop
+NODE_IDS_MAX = 7  # membership changes never go past node id 7
+REMOVED_SHUTDOWN_MS = 200  # an operator stops a removed node this long after its removal
+
+
+class SimulationFailure(AssertionError):
+    """A run broke an invariant or missed its liveness budget; the message says how to
+    reproduce it and shows the last events."""
+
+
+def default_core_factory(options: Options) -> CoreFactory:
+    """Build the real RaftCore with the seed's configuration."""
+    from rillet.cluster.raft.core import Config, RaftCore
+
+    def make(node_id: int, storage: Storage, rng: random.Random,
+             logger: logging.Logger) -> Core:
+        config = Config(id=node_id, pre_vote=options.pre_vote,
+                        check_quorum=options.check_quorum)
+        return RaftCore(config, storage, rng, logger)
+
+    return make
+
+
+@dataclass
+class Proposal:
+    value: bytes
+    node: int
+    incarnation: int
+    index: int
+    acked: bool = False
+
+
+@dataclass
+class RunResult:
+    """What a passing run did, for the runner's summary line and for tests."""
+
+    seed: int
+    options: Options
+    events: int
+    sim_ms: int
+    proposals: int
+    acked: int
+    leaders: int
+    crashes: int
+    conf: ConfState
+    liveness_ms: int
+    stats: dict[str, int] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return (f"seed={self.seed} ok events={self.events} sim_ms={self.sim_ms} "
+                f"proposals={self.proposals} acked={self.acked} terms_with_leader="
+                f"{self.leaders} crashes={self.crashes} liveness_ms={self.liveness_ms} "
+                f"final {self.conf.describe()}")
+
+
+def reproduce_command(seed: int, bug: str | None = None) -> str:
+    """The one command that replays `seed` exactly, printing every event."""
+    extra = f" --bug {bug}" if bug else ""
+    return f".venv/bin/python -m tests.sim.run --seed {seed}{extra} -v"
+
+
+class Simulation:
+    """A cluster of SimNodes on one scheduler, network and set of disks."""
+
+    def __init__(self, seed: int, options: Options | None = None, *,
+                 core_factory: CoreFactory | None = None,
+                 node_class: type[SimNode] = SimNode, bug: str | None = None,
+                 verbose: Callable[[str], None] | None = None) -> None:
+        self.seed = seed
+        self.bug = bug
+        self.options = options or Options.swarm(seed, derive(seed, "options"))
+        opts = self.options
+        self.scheduler = Scheduler(verbose=verbose)
+        self.checker = Invariants()
+        self.checker.bind(lambda node_id: self.nodes[node_id])
+        self._workload_rng = derive(seed, "workload")
+        self._fault_rng = derive(seed, "faults")
+        self._tick_rng = derive(seed, "ticks")
+        self._disk_rng = derive(seed, "disk")
+        self._node_rng = derive(seed, "nodes")
+        self.network: Network[Message] = Network(
+            self.scheduler, derive(seed, "network"),
+            encode=codec.encode_message, decode=codec.decode_message, deliver=self._deliver,
+            defaults=LinkFaults(drop=opts.drop, duplicate=opts.duplicate,
+                                delay_min_ms=opts.delay_min_ms,
+                                delay_mean_ms=opts.delay_mean_ms))
+        self._factory = core_factory or default_core_factory(opts)
+        self._node_class = node_class
+        self.genesis = ConfState(voters=frozenset(range(1, opts.nodes + 1)))
+        self.nodes: dict[int, SimNode] = {}
+        self.proposals: dict[bytes, Proposal] = {}
+        self._next_value = 0
+        self.phase = "safety"
+        # The membership mirror: the committed sequence's conf changes, applied in order.
+        self.conf = self.genesis
+        self._conf_applied = 0
+        self._conf_pending_index = 0
+        self._next_node_id = opts.nodes + 1
+        for node_id in sorted(self.genesis.voters):
+            self._add_node(node_id)
+
+    # -- building ----------------------------------------------------------------------------
+
+    def _add_node(self, node_id: int) -> SimNode:
+        opts = self.options
+        hooks = NodeHooks(send=self.network.send, applied=self._on_applied,
+                          checker=self.checker, crash_rng=self._disk_rng,
+                          torn_probability=opts.torn_probability)
+        timing = NodeTiming(tick_ms=TICK_MS, tick_jitter_ms=opts.tick_jitter_ms,
+                            fsync_mean_ms=opts.fsync_mean_ms)
+        node = self._node_class(node_id, SimDisk(node_id, self.genesis), self.scheduler,
+                                self._factory, hooks, timing, self._tick_rng, self._disk_rng,
+                                random.Random(self._node_rng.getrandbits(64)))
+        self.nodes[node_id] = node
+        node.start()
+        return node
+
+    def _deliver(self, to: int, msg: Message) -> None:
+        node = self.nodes.get(to)
+        if node is not None:
+            node.receive(msg)
+
+    # -- observation -------------------------------------------------------------------------
+
+    def leaders(self) -> list[SimNode]:
+        """Up nodes that believe they lead, highest term first."""
+        found = [n for n in self.nodes.values() if n.up and n.role == Role.LEADER]
+        return sorted(found, key=lambda n: (-n.term, n.node_id))
+
+    def members(self) -> list[int]:
+        return sorted(self.conf.voters | self.conf.learners)
+
+    def _on_applied(self, node: SimNode, entry: Entry) -> None:
+        if entry.kind == EntryKind.NORMAL and entry.data:
+            node.state.append(entry.data)
+            proposal = self.proposals.get(entry.data)
+            if (proposal is not None and proposal.node == node.node_id
+                    and proposal.incarnation == node.incarnation
+                    and proposal.index == entry.index):
+                proposal.acked = True
+        if entry.index == self._conf_applied + 1:
+            self._conf_applied = entry.index
+            if entry.kind == EntryKind.CONF_CHANGE:
+                self._mirror_conf_change(codec.decode_conf_change(entry.data))
+
+    def _mirror_conf_change(self, cc: ConfChange) -> None:
+        """Follow the core's documented rule: a change that no longer makes sense is skipped."""
+        voters, learners = set(self.conf.voters), set(self.conf.learners)
+        if cc.kind == ConfChangeKind.ADD_LEARNER and cc.node_id not in voters | learners:
+            learners.add(cc.node_id)
+        elif cc.kind == ConfChangeKind.PROMOTE and cc.node_id in learners:
+            learners.discard(cc.node_id)
+            voters.add(cc.node_id)
+        elif cc.kind == ConfChangeKind.REMOVE and cc.node_id in voters | learners:
+            voters.discard(cc.node_id)
+            learners.discard(cc.node_id)
+            self.scheduler.schedule(REMOVED_SHUTDOWN_MS, "shutdown-removed",
+                                    lambda: self._shutdown(cc.node_id), node=cc.node_id)
+        self.conf = ConfState(frozenset(voters), frozenset(learners))
+        self.scheduler.note("conf", subject=self.conf.describe())
+
+    def _shutdown(self, node_id: int) -> None:
+        node = self.nodes[node_id]
+        node.removed = True
+        if node.up:
+            node.crash()
+
+    # -- the run -----------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        """Safety phase then liveness phase; raises SimulationFailure with a report."""
+        try:
+            self._safety_phase()
+            liveness_ms = self._liveness_phase()
+        except InvariantViolation as exc:
+            raise SimulationFailure(self.report(f"invariant violated: {exc}")) from exc
+        except (AssertionError, RaftError) as exc:
+            raise SimulationFailure(self.report(f"{type(exc).__name__}: {exc}")) from exc
+        return RunResult(
+            seed=self.seed, options=self.options, events=self.scheduler.events_run,
+            sim_ms=self.scheduler.now_ms, proposals=len(self.proposals),
+            acked=sum(p.acked for p in self.proposals.values()),
+            leaders=len(self.checker.leader_of_term),
+            crashes=sum(n.stats.crashes for n in self.nodes.values()), conf=self.conf,
+            liveness_ms=liveness_ms,
+            stats={"sent": self.network.stats.sent, "dropped": self.network.stats.dropped,
+                   "duplicated": self.network.stats.duplicated,
+                   "clogged": self.network.stats.clogged})
+
+    def _safety_phase(self) -> None:
+        opts = self.options
+        self._schedule_proposal()
+        self._schedule_fault()
+        if opts.membership:
+            self._schedule_membership()
+        if opts.transfers:
+            self._schedule_transfer()
+        ok = self.scheduler.run_for(opts.safety_ms, EVENTS_MAX_PER_MS * opts.safety_ms)
+        if not ok:
+            raise AssertionError(f"safety phase exceeded {EVENTS_MAX_PER_MS} events per ms")
+
+    def _liveness_phase(self) -> int:
+        """Heal everything and restart everyone: the cluster must converge in budget."""
+        self.phase = "liveness"
+        start_ms = self.scheduler.now_ms
+        self.scheduler.note("phase", subject="liveness: heal, restart all")
+        self.network.heal()
+        for node_id in sorted(self.nodes):
+            node = self.nodes[node_id]
+            if not node.up and not node.removed and node_id in self.members():
+                node.start()
+        budget_ms = LIVENESS_TICKS * TICK_MS
+        deadline = start_ms + budget_ms
+        max_events = EVENTS_MAX_PER_MS * budget_ms
+        fresh: list[Proposal] = []
+
+        def converged() -> bool:
+            leaders = self.leaders()
+            if not leaders:
+                return False
+            if not fresh or not self._proposal_alive(fresh[-1]):
+                if len(fresh) < 1000:
+                    self._try_fresh(leaders[0], fresh)
+                return False
+            if not fresh[-1].acked:
+                return False
+            target = max([fresh[-1].index] + [p.index for p in self.proposals.values()
+                                               if p.acked])
+            for node_id in self.members():
+                node = self.nodes.get(node_id)
+                if node is None or not node.up or node.applied_index < target:
+                    return False
+            return True
+
+        def until() -> bool:
+            return converged() or self.scheduler.now_ms > deadline
+
+        self.scheduler.run_until(until, max_events)
+        if not converged():
+            raise AssertionError(self._liveness_report(budget_ms, fresh))
+        self._final_checks()
+        return self.scheduler.now_ms - start_ms
+
+    def _proposal_alive(self, proposal: Proposal) -> bool:
+        """A fresh proposal can still be acknowledged: its node still leads in the same life."""
+        node = self.nodes[proposal.node]
+        return proposal.acked or (node.up and node.incarnation == proposal.incarnation
+                                  and node.role == Role.LEADER)
+
+    def _try_fresh(self, leader: SimNode, fresh: list[Proposal]) -> None:
+        proposal = self._propose(leader, tag="fresh")
+        if proposal is not None:
+            fresh.append(proposal)
+
+    def _liveness_report(self, budget_ms: int, fresh: list[Proposal]) -> str:
+        lines = [f"liveness: no convergence within {LIVENESS_TICKS} ticks ({budget_ms} ms)",
+                 f"members {self.conf.describe()} fresh proposals tried: {len(fresh)}"]
+        for node_id in sorted(self.nodes):
+            node = self.nodes[node_id]
+            lines.append(f"  n{node_id} up={node.up} removed={node.removed} term={node.term} "
+                         f"role={node.role.name} commit={node.commit_index} "
+                         f"applied={node.applied_index} {node.disk.describe()}")
+        return "\n".join(lines)
+
+    def _final_checks(self) -> None:
+        """Every acknowledged value is committed, at its index, and applied on every member."""
+        for value in sorted(self.proposals):
+            proposal = self.proposals[value]
+            if not proposal.acked:
+                continue
+            record = self.checker.committed.get(proposal.index)
+            if record is None or record.entry.data != value:
+                raise InvariantViolation(f"acknowledged {value!r} at index {proposal.index} "
+                                         f"is not the committed entry there")
+
+    # -- workload ----------------------------------------------------------------------------
+
+    def _schedule_proposal(self) -> None:
+        delay = int(self._workload_rng.expovariate(1.0 / self.options.propose_mean_ms))
+        self.scheduler.schedule(delay, "propose", self._proposal_event)
+
+    def _proposal_event(self) -> None:
+        if self.phase != "safety":
+            return
+        self._schedule_proposal()
+        up = [n for n in sorted(self.nodes) if self.nodes[n].up]
+        if not up:
+            return
+        leaders = self.leaders()
+        if leaders and self._workload_rng.random() < 0.85:
+            target = leaders[0]
+        else:
+            target = self.nodes[self._workload_rng.choice(up)]
+        self._propose(target, tag="v")
+
+    def _propose(self, node: SimNode, tag: str) -> Proposal | None:
+        self._next_value += 1
+        value = f"{tag}{self._next_value}".encode()
+        try:
+            index = node.propose(value)
+        except NotLeaderError:
+            self.scheduler.note("propose-refused", node=node.node_id, subject="not leader")
+            return None
+        except RaftError as exc:
+            self.scheduler.note("propose-refused", node=node.node_id, subject=str(exc))
+            return None
+        proposal = Proposal(value, node.node_id, node.incarnation, index)
+        self.proposals[value] = proposal
+        self.scheduler.note("proposed", node=node.node_id,
+                            subject=f"{value.decode()} at {index}")
+        return proposal
+
+    def _schedule_membership(self) -> None:
+        delay = int(self._workload_rng.expovariate(1.0 / 400.0))
+        self.scheduler.schedule(delay, "membership", self._membership_event)
+
+    def _membership_event(self) -> None:
+        if self.phase != "safety":
+            return
+        self._schedule_membership()
+        leaders = self.leaders()
+        if not leaders or self._conf_pending_index > self._conf_applied:
+            return
+        leader = leaders[0]
+        rng = self._workload_rng
+        learners = sorted(self.conf.learners)
+        voters = sorted(self.conf.voters)
+        if learners:
+            cc = ConfChange(ConfChangeKind.PROMOTE, rng.choice(learners))
+        elif len(voters) < 5 and self._next_node_id <= NODE_IDS_MAX and rng.random() < 0.6:
+            cc = ConfChange(ConfChangeKind.ADD_LEARNER, self._next_node_id)
+        elif len(voters) > 1:
+            cc = ConfChange(ConfChangeKind.REMOVE, rng.choice(voters))
+        else:
+            return
+        try:
+            index = leader.core.propose_conf_change(cc)  # type: ignore[union-attr]
+        except RaftError as exc:
+            self.scheduler.note("conf-refused", node=leader.node_id,
+                                subject=f"{cc.describe()}: {exc}")
+            return
+        self._conf_pending_index = index
+        self.scheduler.note("conf-proposed", node=leader.node_id,
+                            subject=f"{cc.describe()} at {index}")
+        if cc.kind == ConfChangeKind.ADD_LEARNER:
+            self._next_node_id += 1
+            self._add_node(cc.node_id)
+        leader.poke()
+
+    def _schedule_transfer(self) -> None:
+        delay = int(self._workload_rng.expovariate(1.0 / 500.0))
+        self.scheduler.schedule(delay, "transfer", self._transfer_event)
+
+    def _transfer_event(self) -> None:
+        if self.phase != "safety":
+            return
+        self._schedule_transfer()
+        leaders = self.leaders()
+        if not leaders:
+            return
+        leader = leaders[0]
+        others = [v for v in sorted(self.conf.voters) if v != leader.node_id]
+        if not others:
+            return
+        target = self._workload_rng.choice(others)
+        try:
+            leader.core.transfer_leader(target)  # type: ignore[union-attr]
+        except RaftError as exc:
+            self.scheduler.note("transfer-refused", node=leader.node_id, subject=str(exc))
+            return
+        self.scheduler.note("transfer", node=leader.node_id, subject=f"to n{target}")
+        leader.poke()
+
+    # -- faults ------------------------------------------------------------------------------
+
+    def _schedule_fault(self) -> None:
+        delay = int(self._fault_rng.expovariate(1.0 / self.options.fault_mean_ms))
+        self.scheduler.schedule(delay, "fault", self._fault_event)
+
+    def _fault_event(self) -> None:
+        if self.phase != "safety":
+            return
+        self._schedule_fault()
+        opts = self.options
+        rng = self._fault_rng
+        ids = sorted(self.nodes)
+        actions: list[str] = []
+        if opts.crashes:
+            actions += ["crash"] * 3
+        if opts.partitions and len(ids) > 1:
+            actions += ["partition", "cut", "isolate", "split", "heal", "heal", "heal"]
+        if opts.swizzle and len(ids) > 1:
+            actions += ["swizzle"]
+        if not actions:
+            return
+        action = rng.choice(actions)
+        if action == "crash":
+            up = [n for n in ids if self.nodes[n].up]
+            if not up:
+                return
+            victim = self.nodes[rng.choice(up)]
+            report = victim.crash()
+            self.scheduler.note("crash", node=victim.node_id, subject=report)
+            down_ms = int(rng.expovariate(1.0 / opts.down_mean_ms))
+            self.scheduler.schedule(down_ms, "restart", lambda: self._restart(victim),
+                                    node=victim.node_id)
+        elif action == "partition":
+            a, b = rng.sample(ids, 2)
+            self.network.partition(a, b)
+            self.scheduler.note("partition", subject=f"{a}<->{b}")
+        elif action == "cut":
+            a, b = rng.sample(ids, 2)
+            self.network.cut(a, b)
+            self.scheduler.note("cut", subject=f"{a}->{b}")
+        elif action == "isolate":
+            a = rng.choice(ids)
+            self.network.isolate(a, ids)
+            self.scheduler.note("isolate", node=a)
+        elif action == "split":
+            size = rng.randint(1, len(ids) // 2)
+            minority = sorted(rng.sample(ids, size))
+            self.network.split(minority, ids)
+            self.scheduler.note("split", subject=f"minority={minority}")
+        elif action == "heal":
+            self.network.heal_partitions()
+            self.scheduler.note("heal")
+        elif action == "swizzle":
+            self._swizzle(ids)
+
+    def _swizzle(self, ids: list[int]) -> None:
+        """Clog a random subset of nodes one at a time, then unclog them in random order."""
+        rng = self._fault_rng
+        chosen = rng.sample(ids, rng.randint(1, len(ids)))
+        at = 0
+        for node_id in chosen:
+            at += rng.randint(5, 60)
+            self.scheduler.schedule(at, "clog", self._clog_action(node_id, ids, True),
+                                    node=node_id)
+        for node_id in rng.sample(chosen, len(chosen)):
+            at += rng.randint(5, 120)
+            self.scheduler.schedule(at, "unclog", self._clog_action(node_id, ids, False),
+                                    node=node_id)
+
+    def _clog_action(self, node_id: int, ids: list[int], clog: bool) -> Callable[[], None]:
+        def act() -> None:
+            if self.phase != "safety":
+                return
+            if clog:
+                self.network.clog_node(node_id, ids)
+            else:
+                self.network.unclog_node(node_id, ids)
+        return act
+
+    def _restart(self, node: SimNode) -> None:
+        if self.phase != "safety" or node.up or node.removed:
+            return
+        node.start()
+
+    # -- reports -----------------------------------------------------------------------------
+
+    def report(self, headline: str) -> str:
+        """Seed, reproduce command, options, and the last events."""
+        lines = [f"seed {self.seed}: {headline}",
+                 f"reproduce: {reproduce_command(self.seed, self.bug)}",
+                 f"options: {self.options.describe()}",
+                 f"at {self.scheduler.now_ms}ms after {self.scheduler.events_run} events; "
+                 f"last {len(self.scheduler.history)} events:"]
+        lines += ["  " + line for line in self.scheduler.recent()]
+        return "\n".join(lines)
