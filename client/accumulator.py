@@ -1,0 +1,172 @@
+"""Per-partition record batching for the producer, without I/O.
+
+Records are appended column by column (values, keys, timestamps, headers) so that sealing a
+batch is one call to `rillet.batch.encode`, the client's hot path (PERFORMANCE.md: columns cost
+a fraction of one message per record). The producer decides when to seal (size, linger, flush)
+and what to do with sealed batches; this module only keeps the columns and the futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from rillet import batch as codec
+
+#: Broker limit on one produced batch (header included), unless it was configured otherwise.
+MAX_BATCH_BYTES = 1024 * 1024
+#: Default target size of a sealed batch: just below the broker's limit, header included.
+DEFAULT_BATCH_BYTES = 1_000_000
+# Upper bound on what one record adds to the serialized Records message beyond its key and
+# value: field tags, length varints (values below 2 MiB), a sint64 timestamp delta.
+_RECORD_OVERHEAD = 20
+_HEADER_OVERHEAD = 12
+# Packed-field headers and the slack between this estimate and the real encoding.
+_BATCH_SLACK = codec.HEADER_SIZE + 64
+
+
+class RecordMetadata(NamedTuple):
+    """Where an acknowledged record was stored."""
+
+    topic: str
+    partition: int
+    #: The offset the broker assigned to the record.
+    offset: int
+    #: The record's timestamp, milliseconds since the Unix epoch.
+    timestamp_ms: int
+
+
+def record_size(value: bytes, key: bytes | None,
+                headers: Sequence[tuple[str, bytes]] | None) -> int:
+    """Upper bound of the bytes a record adds to a batch."""
+    size = len(value) + _RECORD_OVERHEAD
+    if key:
+        size += len(key)
+    if headers:
+        for hk, hv in headers:
+            size += len(hk) + len(hv) + _HEADER_OVERHEAD
+    return size
+
+
+@dataclass(eq=False, slots=True)
+class PartitionBatch:
+    """An open (then sealed) batch of one partition, with one future per record."""
+
+    topic: str
+    partition: int
+    values: list[bytes] = field(default_factory=list)
+    keys: list[bytes] = field(default_factory=list)
+    timestamps: list[int] = field(default_factory=list)
+    headers: list[Sequence[tuple[str, bytes]]] = field(default_factory=list)
+    futures: list[asyncio.Future[RecordMetadata]] = field(default_factory=list)
+    has_keys: bool = False
+    has_headers: bool = False
+    #: Estimated encoded size so far, an upper bound.
+    size: int = _BATCH_SLACK
+    #: The encoded batch, set by `encode()` when the batch is sealed.
+    payload: bytes | None = None
+    #: Retries spent on this batch.
+    attempts: int = 0
+    #: loop.time() by which the batch must be acknowledged.
+    deadline: float = 0.0
+    #: Linger timer handle while the batch is open.
+    timer: asyncio.TimerHandle | None = None
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def append(self, value: bytes, key: bytes | None, timestamp_ms: int,
+               headers: Sequence[tuple[str, bytes]] | None, size: int,
+               future: asyncio.Future[RecordMetadata]) -> None:
+        self.values.append(value)
+        if key:
+            if not self.has_keys:
+                self.keys.extend([b""] * (len(self.values) - 1))
+                self.has_keys = True
+            self.keys.append(key)
+        elif self.has_keys:
+            self.keys.append(b"")
+        if headers:
+            if not self.has_headers:
+                self.headers.extend([()] * (len(self.values) - 1))
+                self.has_headers = True
+            self.headers.append(headers)
+        elif self.has_headers:
+            self.headers.append(())
+        self.timestamps.append(timestamp_ms)
+        self.futures.append(future)
+        self.size += size
+
+    def encode(self) -> bytes:
+        """Build the batch bytes once; later calls return the same bytes (for retries)."""
+        if self.payload is None:
+            self.payload = codec.encode(
+                self.values,
+                keys=self.keys if self.has_keys else None,
+                timestamps_ms=self.timestamps,
+                headers=self.headers if self.has_headers else None,
+            )
+        return self.payload
+
+    def complete(self, base_offset: int) -> None:
+        """Resolve every record future from the broker-assigned base offset."""
+        topic, partition = self.topic, self.partition
+        for i, (fut, ts) in enumerate(zip(self.futures, self.timestamps, strict=True)):
+            if not fut.done():
+                fut.set_result(RecordMetadata(topic, partition, base_offset + i, ts))
+
+    def fail(self, exc: BaseException) -> None:
+        for fut in self.futures:
+            if not fut.done():
+                fut.set_exception(exc)
+                # The caller may never look at a future it did not need; don't warn about it.
+                fut.exception()
+
+
+class Accumulator:
+    """The open batch of each partition; a batch is sealed when the next record won't fit."""
+
+    def __init__(self, batch_bytes: int = DEFAULT_BATCH_BYTES) -> None:
+        if batch_bytes <= _BATCH_SLACK:
+            raise ValueError(f"batch_bytes must be above {_BATCH_SLACK}")
+        self.batch_bytes = batch_bytes
+        self._open: dict[tuple[str, int], PartitionBatch] = {}
+
+    def open_batch(self, topic: str, partition: int) -> PartitionBatch | None:
+        return self._open.get((topic, partition))
+
+    def append(
+        self, topic: str, partition: int, value: bytes, key: bytes | None, timestamp_ms: int,
+        headers: Sequence[tuple[str, bytes]] | None, future: asyncio.Future[RecordMetadata],
+    ) -> tuple[PartitionBatch, PartitionBatch | None, bool]:
+        """Add a record; returns (its batch, a batch sealed to make room or None, batch is new).
+
+        A record too big to share a batch still gets one of its own; the producer rejects
+        records above the broker limit before they get here.
+        """
+        size = record_size(value, key, headers)
+        tp = (topic, partition)
+        current = self._open.get(tp)
+        sealed = None
+        if current is not None and current.size + size > self.batch_bytes:
+            sealed = self._open.pop(tp)
+            current = None
+        created = current is None
+        if current is None:
+            current = self._open[tp] = PartitionBatch(topic, partition)
+        current.append(value, key, timestamp_ms, headers, size, future)
+        return current, sealed, created
+
+    def seal(self, topic: str, partition: int) -> PartitionBatch | None:
+        """Close the open batch of a partition (linger expired, flush), if any."""
+        return self._open.pop((topic, partition), None)
+
+    def seal_all(self) -> list[PartitionBatch]:
+        out, self._open = list(self._open.values()), {}
+        return out
+
+    def __len__(self) -> int:
+        """Number of open batches."""
+        return len(self._open)

@@ -1,0 +1,139 @@
+"""Topic management and cluster metadata: thin unary calls with deadlines.
+
+Calls go to the first bootstrap address that answers (any node handles admin requests); every
+failure is translated to a RilletError whose message is the broker's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+from rillet.client.connection import ChannelPool, fetch_metadata, make_stub, parse_bootstrap
+from rillet.client.errors import ClusterUnreachableError, InvalidConfigError, from_rpc_error
+from rillet.client.metadata import ClusterMetadata
+
+from rillet.api.v1 import admin_pb2, admin_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Kafka-style setting names accepted by `create_topic(config=...)` and the CLI.
+CONFIG_KEYS = ("retention.ms", "retention.bytes", "segment.bytes", "segment.ms",
+               "cleanup.policy")
+_POLICIES = {
+    "delete": admin_pb2.CLEANUP_POLICY_DELETE,
+    "compact": admin_pb2.CLEANUP_POLICY_COMPACT,
+    "compact,delete": admin_pb2.CLEANUP_POLICY_COMPACT_DELETE,
+    "delete,compact": admin_pb2.CLEANUP_POLICY_COMPACT_DELETE,
+}
+
+
+def topic_config(settings: Mapping[str, str | int]) -> admin_pb2.TopicConfig:
+    """Build a TopicConfig from Kafka-style names; unknown names and bad values are errors."""
+    cfg = admin_pb2.TopicConfig()
+    for name, raw in settings.items():
+        if name == "cleanup.policy":
+            policy = _POLICIES.get(str(raw).replace(" ", ""))
+            if policy is None:
+                raise InvalidConfigError(
+                    f"cleanup.policy must be delete, compact or compact,delete, not {raw!r}")
+            cfg.cleanup_policy = policy
+            continue
+        if name not in CONFIG_KEYS:
+            raise InvalidConfigError(
+                f"unknown topic setting {name!r}; known: {', '.join(CONFIG_KEYS)}")
+        try:
+            value = int(raw)
+        except ValueError:
+            raise InvalidConfigError(f"{name} must be an integer, not {raw!r}") from None
+        setattr(cfg, name.replace(".", "_"), value)
+    return cfg
+
+
+def config_dict(cfg: admin_pb2.TopicConfig) -> dict[str, str | int]:
+    """The inverse of `topic_config`, for display."""
+    out: dict[str, str | int] = {}
+    for name in CONFIG_KEYS[:4]:
+        field = name.replace(".", "_")
+        if cfg.HasField(field):
+            out[name] = getattr(cfg, field)
+    policy = {v: k for k, v in _POLICIES.items()}.get(cfg.cleanup_policy, "delete")
+    out["cleanup.policy"] = policy
+    return out
+
+
+class Admin:
+    """Create, delete, list and describe topics; read cluster metadata."""
+
+    def __init__(self, bootstrap: str | Sequence[str] = "127.0.0.1:9091", *,
+                 timeout: float = 10.0) -> None:
+        self._addresses = parse_bootstrap(bootstrap)
+        self._metadata = ClusterMetadata(self._addresses)
+        self._pool = ChannelPool()
+        self.timeout = timeout
+
+    async def __aenter__(self) -> Admin:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def _call(self, invoke: Callable[[grpc.aio.Channel], Awaitable[T]]) -> T:
+        """Try each bootstrap address in turn while the failure is 'cannot connect'."""
+        last: Exception | None = None
+        for addr in self._addresses:
+            try:
+                return await invoke(self._pool.get(addr))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE,
+                                      grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise from_rpc_error(exc) from exc
+                last = exc
+                log.debug("admin call to %s failed: %s", addr, exc.details())
+        detail = last.details() if isinstance(last, grpc.aio.AioRpcError) else "no address"
+        raise ClusterUnreachableError(
+            f"cannot reach cluster at {','.join(self._addresses)}: {detail}")
+
+    def _stub(self, ch: grpc.aio.Channel) -> Any:
+        return make_stub(admin_pb2_grpc.AdminStub, ch)
+
+    async def create_topic(self, name: str, partitions: int = 1, replication_factor: int = 1,
+                           config: Mapping[str, str | int] | None = None,
+                           ) -> admin_pb2.TopicDescription:
+        request = admin_pb2.CreateTopicRequest(
+            name=name, partitions=partitions, replication_factor=replication_factor,
+            config=topic_config(config or {}))
+        response: admin_pb2.CreateTopicResponse = await self._call(
+            lambda ch: self._stub(ch).CreateTopic(request, timeout=self.timeout))
+        return response.topic
+
+    async def delete_topic(self, name: str) -> None:
+        request = admin_pb2.DeleteTopicRequest(name=name)
+        await self._call(lambda ch: self._stub(ch).DeleteTopic(request, timeout=self.timeout))
+
+    async def list_topics(self) -> list[admin_pb2.TopicSummary]:
+        response: admin_pb2.ListTopicsResponse = await self._call(
+            lambda ch: self._stub(ch).ListTopics(admin_pb2.ListTopicsRequest(),
+                                                 timeout=self.timeout))
+        return list(response.topics)
+
+    async def describe_topic(self, name: str) -> admin_pb2.TopicDescription:
+        request = admin_pb2.DescribeTopicRequest(name=name)
+        response: admin_pb2.DescribeTopicResponse = await self._call(
+            lambda ch: self._stub(ch).DescribeTopic(request, timeout=self.timeout))
+        return response.topic
+
+    async def metadata(self, topics: Sequence[str] = ()) -> ClusterMetadata:
+        """Fetch metadata into the cached ClusterMetadata and return it."""
+        await fetch_metadata(self._pool, self._metadata, topics, timeout_s=self.timeout)
+        return self._metadata

@@ -1,0 +1,435 @@
+"""The asyncio producer: batches records per partition and pipelines them to partition leaders.
+
+Shape (aiokafka's, trimmed): `send()` appends a record to the accumulator and returns a future;
+a batch is sealed when full, when `linger_ms` passes, or on `flush()`; each broker address has a
+`_Sender` task that owns ONE bidi Produce stream with at most `max_in_flight` unanswered batches
+and matches responses to batches in order (the broker answers in order).
+
+Retries: a retriable error (a per-batch NOT_LEADER/UNAVAILABLE, or the stream breaking, e.g. the
+broker restarting) tears the stream down and sends every unanswered batch again, in order, on a
+fresh stream after a short backoff. Batches the broker had stored but not yet answered are then
+stored twice: delivery is at-least-once until idempotent producers exist (docs/decisions/0302).
+A batch that is still unacknowledged at its `delivery_timeout` fails with RequestTimeoutError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import grpc
+import grpc.aio
+from rillet.client.accumulator import (
+    DEFAULT_BATCH_BYTES,
+    MAX_BATCH_BYTES,
+    Accumulator,
+    PartitionBatch,
+    RecordMetadata,
+    record_size,
+)
+from rillet.client.connection import ChannelPool, fetch_metadata, make_stub, parse_bootstrap
+from rillet.client.errors import (
+    BatchTooLargeError,
+    ClientClosedError,
+    PartitionOutOfRangeError,
+    RequestTimeoutError,
+    RilletError,
+    UnknownTopicError,
+    from_error,
+    from_rpc_error,
+)
+from rillet.client.metadata import ClusterMetadata
+
+from rillet import batch as codec
+from rillet.api.v1 import log_pb2, log_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+# grpc-stubs does not declare the end-of-stream sentinel.
+_EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
+
+ACKS = {"none": log_pb2.ACKS_NONE, "leader": log_pb2.ACKS_LEADER, "all": log_pb2.ACKS_ALL}
+
+__all__ = ["ACKS", "Producer", "RecordMetadata"]
+
+
+class _StreamBroken(Exception):
+    """Internal: the stream must be replaced; carries the cause for the log."""
+
+
+class _Sender:
+    """Owns the Produce stream to one broker address and the batches queued for it."""
+
+    def __init__(self, producer: Producer, address: str) -> None:
+        self.producer = producer
+        self.address = address
+        self.queue: deque[PartitionBatch] = deque()
+        self.in_flight: deque[PartitionBatch] = deque()
+        self._wakeup = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self.task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"rillet-producer-sender-{address}")
+        self.task.add_done_callback(self._on_done)
+
+    def enqueue(self, batch: PartitionBatch) -> None:
+        self.queue.append(batch)
+        self._wakeup.set()
+
+    def _on_done(self, task: asyncio.Task[None]) -> None:
+        # Whatever ended the task, no batch it owned may stay pending forever.
+        exc: BaseException = ClientClosedError("producer closed before the batch was acked")
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception() or exc
+            log.error("producer sender for %s died: %r", self.address, exc)
+        for b in itertools.chain(self.in_flight, self.queue):
+            self.producer._batch_done(b, exc)
+        self.in_flight.clear()
+        self.queue.clear()
+
+    async def _run(self) -> None:
+        backoff = self.producer.retry_backoff_ms / 1000
+        while True:
+            while not self.queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            stub = make_stub(log_pb2_grpc.ProduceStub, self.producer._pool.get(self.address))
+            call = stub.Produce()
+            writer = asyncio.ensure_future(self._write_loop(call))
+            reader = asyncio.ensure_future(self._read_loop(call))
+            try:
+                done, _ = await asyncio.wait({writer, reader},
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in (writer, reader):
+                    t.cancel()
+                await asyncio.gather(writer, reader, return_exceptions=True)
+                call.cancel()
+            cause = next((t.exception() for t in done if not t.cancelled()), None)
+            if cause is not None and not isinstance(cause, _StreamBroken | RilletError):
+                raise cause
+            log.info("produce stream to %s broke (%s); resending %d unanswered batches",
+                     self.address, cause, len(self.in_flight))
+            # Unanswered batches go back first, in their original order.
+            self.queue.extendleft(reversed(self.in_flight))
+            self.in_flight.clear()
+            await self._expire()
+            if self.queue:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.producer.retry_backoff_max_ms / 1000)
+                await self.producer._reroute(self)
+            else:
+                backoff = self.producer.retry_backoff_ms / 1000
+
+    async def _expire(self) -> None:
+        """Fail queued batches whose delivery timeout passed or whose retries ran out."""
+        now = asyncio.get_running_loop().time()
+        keep: deque[PartitionBatch] = deque()
+        for b in self.queue:
+            if b.deadline <= now:
+                self.producer._batch_done(b, RequestTimeoutError(
+                    f"batch for {b.topic}[{b.partition}] not acknowledged within "
+                    f"{self.producer.delivery_timeout_ms} ms"))
+            elif b.attempts > self.producer.retries:
+                self.producer._batch_done(b, RequestTimeoutError(
+                    f"batch for {b.topic}[{b.partition}] failed after {b.attempts} attempts"))
+            else:
+                keep.append(b)
+        self.queue = keep
+
+    async def _write_loop(self, call: grpc.aio.StreamStreamCall[Any, Any]) -> None:
+        max_in_flight = self.producer.max_in_flight
+        acks = self.producer.acks
+        while True:
+            while not self.queue or len(self.in_flight) >= max_in_flight:
+                if len(self.in_flight) >= max_in_flight:
+                    self._slot_free.clear()
+                    await self._slot_free.wait()
+                else:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+            b = self.queue.popleft()
+            b.attempts += 1
+            self.in_flight.append(b)
+            request = log_pb2.ProduceRequest(
+                topic=b.topic, partition=b.partition, batch=b.encode(), acks=acks)
+            try:
+                await call.write(request)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+                raise _StreamBroken(f"write failed: {exc!r}") from exc
+
+    async def _read_loop(self, call: grpc.aio.StreamStreamCall[Any, Any]) -> None:
+        try:
+            while True:
+                response: Any = await call.read()
+                if response is _EOF:
+                    raise _StreamBroken(f"stream ended: {await call.code()}")
+                b = self.in_flight.popleft()
+                self._slot_free.set()
+                if response.HasField("error") and response.error.code:
+                    err = from_error(response.error)
+                    if err.retriable and b.attempts <= self.producer.retries:
+                        self.in_flight.appendleft(b)
+                        if err.refresh_metadata:
+                            self.producer._metadata.mark_stale()
+                        raise _StreamBroken(f"retriable error: {err}")
+                    self.producer._batch_done(b, err)
+                else:
+                    self.producer._batch_done(b, None, response.base_offset)
+        except grpc.aio.AioRpcError as exc:
+            err = from_rpc_error(exc)
+            if not err.retriable and exc.code() != grpc.StatusCode.CANCELLED:
+                # The broker rejected the stream itself; every unanswered batch fails alike.
+                for b in self.in_flight:
+                    self.producer._batch_done(b, err)
+                self.in_flight.clear()
+            raise _StreamBroken(f"stream failed: {err}") from exc
+
+
+class Producer:
+    """Asyncio producer; use `async with Producer(...) as p:` and `await p.send(...)`.
+
+    `send()` is a coroutine so it can wait when `buffer_bytes` of records are unacknowledged
+    (backpressure); it returns a future that resolves to RecordMetadata once the broker acked.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str | Sequence[str] = "127.0.0.1:9091",
+        *,
+        acks: str = "all",
+        linger_ms: float = 5.0,
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
+        max_in_flight: int = 8,
+        buffer_bytes: int = 64 * 1024 * 1024,
+        retries: int = 5,
+        retry_backoff_ms: float = 100.0,
+        retry_backoff_max_ms: float = 1000.0,
+        delivery_timeout_ms: float = 120_000.0,
+        request_timeout_s: float = 10.0,
+    ) -> None:
+        if acks not in ACKS:
+            raise ValueError(f"acks must be one of {sorted(ACKS)}, not {acks!r}")
+        if not 0 < batch_bytes <= MAX_BATCH_BYTES:
+            raise ValueError(f"batch_bytes must be in 1..{MAX_BATCH_BYTES}")
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        self.acks = ACKS[acks]
+        self.linger_ms = linger_ms
+        self.max_in_flight = max_in_flight
+        self.buffer_bytes = buffer_bytes
+        self.retries = retries
+        self.retry_backoff_ms = retry_backoff_ms
+        self.retry_backoff_max_ms = retry_backoff_max_ms
+        self.delivery_timeout_ms = delivery_timeout_ms
+        self.request_timeout_s = request_timeout_s
+        self._metadata = ClusterMetadata(parse_bootstrap(bootstrap))
+        self._pool = ChannelPool()
+        self._acc = Accumulator(batch_bytes)
+        self._senders: dict[str, _Sender] = {}
+        self._round_robin: dict[str, int] = {}
+        self._pending: set[asyncio.Future[None]] = set()
+        self._batch_futures: dict[int, asyncio.Future[None]] = {}
+        self._buffered = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        self._closed = False
+        self._started = False
+
+    @property
+    def metadata(self) -> ClusterMetadata:
+        return self._metadata
+
+    async def start(self) -> None:
+        """Fetch metadata once so a wrong bootstrap fails here, not at the first send."""
+        await fetch_metadata(self._pool, self._metadata, timeout_s=self.request_timeout_s)
+        self._started = True
+
+    async def __aenter__(self) -> Producer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close(flush=exc_type is None)
+
+    async def _partition_count(self, topic: str) -> int:
+        n = self._metadata.partition_count(topic)
+        if n is None:
+            await fetch_metadata(self._pool, self._metadata, [topic],
+                                 timeout_s=self.request_timeout_s)
+            n = self._metadata.partition_count(topic)
+            if n is None:
+                raise UnknownTopicError(f"topic {topic!r} does not exist")
+        return n
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> asyncio.Future[RecordMetadata]:
+        """Queue one record; returns a future for its RecordMetadata (await it for the ack)."""
+        if self._closed:
+            raise ClientClosedError("producer is closed")
+        if self._buffered >= self.buffer_bytes:
+            await self._wait_room()
+        n = self._metadata.partition_count(topic)
+        if n is None:
+            n = await self._partition_count(topic)
+        if partition is None:
+            if key:
+                partition = codec.partition_for_key(key, n)
+            else:
+                partition = self._round_robin.get(topic)
+                if partition is None or partition >= n:
+                    partition = self._round_robin[topic] = len(self._round_robin) % n
+        elif not 0 <= partition < n:
+            raise PartitionOutOfRangeError(
+                f"partition {partition} out of range: topic {topic!r} has {n} partitions")
+        if timestamp_ms is None:
+            timestamp_ms = int(time.time() * 1000)
+        fut: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
+        try:
+            batch, sealed, created = self._acc.append(
+                topic, partition, value, key, timestamp_ms, headers, fut)
+        except Exception:
+            fut.cancel()
+            raise
+        if len(batch) == 1 and batch.size > MAX_BATCH_BYTES:
+            self._acc.seal(topic, partition)
+            raise BatchTooLargeError(
+                f"record of {record_size(value, key, headers)} bytes does not fit in a batch "
+                f"of at most {MAX_BATCH_BYTES} bytes")
+        self._buffered += batch.size if created else record_size(value, key, headers)
+        if sealed is not None:
+            self._dispatch(sealed)
+        if created:
+            loop = asyncio.get_running_loop()
+            if self.linger_ms > 0:
+                batch.timer = loop.call_later(self.linger_ms / 1000, self._linger, batch)
+            else:
+                batch.timer = loop.call_soon(self._linger, batch)  # type: ignore[assignment]
+        return fut
+
+    async def send_and_wait(self, topic: str, value: bytes, key: bytes | None = None,
+                            headers: Sequence[tuple[str, bytes]] | None = None,
+                            partition: int | None = None,
+                            timestamp_ms: int | None = None) -> RecordMetadata:
+        fut = await self.send(topic, value, key, headers, partition, timestamp_ms)
+        return await fut
+
+    def _linger(self, batch: PartitionBatch) -> None:
+        if self._acc.open_batch(batch.topic, batch.partition) is batch:
+            self._acc.seal(batch.topic, batch.partition)
+            self._dispatch(batch)
+
+    def _dispatch(self, batch: PartitionBatch) -> None:
+        """Hand a sealed batch to the sender of its partition's leader."""
+        if batch.timer is not None:
+            batch.timer.cancel()
+            batch.timer = None
+        # Keyless records stick to one partition per batch; move on once it is sealed.
+        if batch.topic in self._round_robin and self._round_robin[batch.topic] == batch.partition:
+            n = self._metadata.partition_count(batch.topic) or 1
+            self._round_robin[batch.topic] = (batch.partition + 1) % n
+        loop = asyncio.get_running_loop()
+        batch.deadline = loop.time() + self.delivery_timeout_ms / 1000
+        done = loop.create_future()
+        self._batch_futures[id(batch)] = done
+        try:
+            batch.encode()
+        except Exception as exc:
+            self._batch_done(batch, RilletError(f"cannot encode batch: {exc}"))
+            return
+        self._sender_for(batch).enqueue(batch)
+
+    def _sender_for(self, batch: PartitionBatch) -> _Sender:
+        address = self._metadata.leader_address(batch.topic, batch.partition)
+        if address is None:
+            address = self._metadata.bootstrap[0]
+        sender = self._senders.get(address)
+        if sender is None:
+            sender = self._senders[address] = _Sender(self, address)
+        return sender
+
+    async def _reroute(self, sender: _Sender) -> None:
+        """After a failure: refresh stale metadata, then move batches whose leader changed."""
+        if self._metadata.stale:
+            try:
+                await fetch_metadata(self._pool, self._metadata,
+                                     timeout_s=self.request_timeout_s)
+            except RilletError as exc:
+                log.info("metadata refresh failed: %s", exc)
+                return
+        moved = [b for b in sender.queue
+                 if self._metadata.leader_address(b.topic, b.partition) not in
+                 (None, sender.address)]
+        if moved:
+            sender.queue = deque(b for b in sender.queue if b not in moved)
+            for b in moved:
+                self._sender_for(b).enqueue(b)
+
+    def _batch_done(self, batch: PartitionBatch, exc: BaseException | None,
+                    base_offset: int = -1) -> None:
+        if exc is None:
+            batch.complete(base_offset)
+        else:
+            batch.fail(exc)
+        self._buffered -= batch.size
+        if self._buffered < self.buffer_bytes:
+            self._room.set()
+        done = self._batch_futures.pop(id(batch), None)
+        if done is not None and not done.done():
+            done.set_result(None)
+
+    async def _wait_room(self) -> None:
+        # Whatever is still lingering must flow, or the room we wait for never frees up.
+        for b in self._acc.seal_all():
+            self._dispatch(b)
+        while self._buffered >= self.buffer_bytes:
+            self._room.clear()
+            await self._room.wait()
+
+    async def flush(self, timeout_s: float | None = None) -> None:
+        """Send every record queued so far and wait until each is acked or failed."""
+        for b in self._acc.seal_all():
+            self._dispatch(b)
+        pending = list(self._batch_futures.values())
+        if not pending:
+            return
+        _, not_done = await asyncio.wait(pending, timeout=timeout_s)
+        if not_done:
+            raise RequestTimeoutError(
+                f"flush: {len(not_done)} batches still unacknowledged after {timeout_s} s")
+
+    async def close(self, *, flush: bool = True, timeout_s: float | None = 30.0) -> None:
+        """Flush (unless told not to), then stop every sender and fail what is left."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if flush:
+                try:
+                    await self.flush(timeout_s)
+                except RequestTimeoutError as exc:
+                    log.warning("closing producer with records unacknowledged: %s", exc)
+        finally:
+            for b in self._acc.seal_all():
+                if b.timer is not None:
+                    b.timer.cancel()
+                self._buffered -= b.size
+                b.fail(ClientClosedError("producer closed before the record was sent"))
+            senders, self._senders = list(self._senders.values()), {}
+            for s in senders:
+                s.task.cancel()
+            await asyncio.gather(*(s.task for s in senders), return_exceptions=True)
+            await self._pool.close()
