@@ -1,0 +1,175 @@
+"""The composition root of a node: settings, storage, topics, servicers, background tasks.
+
+Lifecycle:
+  start: lock the data dir, open (recover) every partition log, start the group-commit task,
+         start the gRPC server, then report SERVING on the health service.
+  stop:  health NOT_SERVING, open Consume/Replay streams end with UNAVAILABLE, the server stops
+         accepting calls and gives in-flight ones `shutdown_grace_s` to finish (so acks=all
+         producers still get their answers), the committer flushes one last time, every log
+         closes clean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+from typing import IO
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from rillet.node.config import MIB, BrokerConfig
+from rillet.node.errors import UnavailableError
+from rillet.node.partition import GroupCommitter
+from rillet.node.services.admin import AdminService, MetadataService
+from rillet.node.services.common import NodeContext
+from rillet.node.services.produce import ProduceService
+from rillet.node.services.read import ConsumeService, ReplayService
+from rillet.node.topics import TopicRegistry
+
+from rillet.api.v1 import admin_pb2, admin_pb2_grpc, log_pb2, log_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = tuple(
+    desc.full_name for desc in (
+        log_pb2.DESCRIPTOR.services_by_name["Produce"],
+        log_pb2.DESCRIPTOR.services_by_name["Consume"],
+        log_pb2.DESCRIPTOR.services_by_name["Replay"],
+        admin_pb2.DESCRIPTOR.services_by_name["Admin"],
+        admin_pb2.DESCRIPTOR.services_by_name["Metadata"],
+    ))
+
+
+class DataDirLockedError(RuntimeError):
+    """Another process already serves this data directory."""
+
+
+class Broker:
+    """One node. `start()` then `stop()`; or `run()` until SIGTERM/SIGINT."""
+
+    def __init__(self, config: BrokerConfig) -> None:
+        config.validate()
+        self.config = config
+        self.committer = GroupCommitter(linger_ms=config.flush_linger_ms)
+        self.registry = TopicRegistry(config, self.committer)
+        self.node = NodeContext(config, self.registry)
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._server: grpc.aio.Server | None = None
+        self._retention_task: asyncio.Task[None] | None = None
+        self._lock_file: IO[bytes] | None = None
+        self.port = 0
+
+    def _server_options(self) -> list[tuple[str, int]]:
+        # Receive: a batch above the limit must still arrive whole so it can be refused with
+        # BATCH_TOO_LARGE and a message, rather than a transport error that ends the stream.
+        receive = self.config.max_batch_bytes * 2 + MIB
+        # Send: max_fetch_bytes plus one batch beyond it (a read always carries one batch).
+        send = self.config.max_fetch_bytes + max(self.config.max_batch_bytes * 2, 4 * MIB) + MIB
+        return [
+            ("grpc.max_receive_message_length", receive),
+            ("grpc.max_send_message_length", send),
+            ("grpc.so_reuseport", 0),
+        ]
+
+    def _lock_data_dir(self) -> None:
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        fh = open(self.config.data_dir / ".lock", "ab")  # held until stop()
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise DataDirLockedError(
+                f"data directory {self.config.data_dir} is in use by another node") from None
+        self._lock_file = fh
+
+    async def start(self) -> None:
+        cfg = self.config
+        self._lock_data_dir()
+        self.registry.load()
+        self.committer.start()
+        server = grpc.aio.server(options=self._server_options())
+        log_pb2_grpc.add_ProduceServicer_to_server(ProduceService(self.node), server)  # type: ignore[no-untyped-call]
+        log_pb2_grpc.add_ConsumeServicer_to_server(ConsumeService(self.node), server)  # type: ignore[no-untyped-call]
+        log_pb2_grpc.add_ReplayServicer_to_server(ReplayService(self.node), server)  # type: ignore[no-untyped-call]
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self.node), server)  # type: ignore[no-untyped-call]
+        admin_pb2_grpc.add_MetadataServicer_to_server(MetadataService(self.node), server)  # type: ignore[no-untyped-call]
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME), server)
+        try:
+            self.port = server.add_insecure_port(cfg.listen)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {cfg.listen}: {exc}") from exc
+        if self.port == 0:
+            raise OSError(f"cannot listen on {cfg.listen} (address in use?)")
+        await server.start()
+        self._server = server
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._retention_task = asyncio.create_task(self._retention_loop(), name="retention")
+        log.info("node %d listening on %s:%d (data in %s, pid %d)", cfg.node_id, cfg.host,
+                 self.port, cfg.data_dir, os.getpid())
+
+    async def stop(self) -> None:
+        """Graceful stop; safe to call once after start (or after a failed start)."""
+        log.info("node %d stopping", self.config.node_id)
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.node.stopping.set()
+        if self._server is not None:
+            await self._server.stop(self.config.shutdown_grace_s)
+            self._server = None
+        if self._retention_task is not None:
+            self._retention_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retention_task
+            self._retention_task = None
+        await self.committer.stop()
+        await self.registry.close(UnavailableError("node is shutting down"))
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+        log.info("node %d stopped", self.config.node_id)
+
+    async def run(self) -> None:
+        """Serve until SIGTERM or SIGINT, then stop gracefully."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await self.start()
+            await stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+    async def _retention_loop(self) -> None:
+        interval_s = self.config.retention_check_interval_ms / 1000.0
+        while True:
+            await asyncio.sleep(interval_s)
+            self.enforce_retention()
+
+    def enforce_retention(self) -> int:
+        """One retention pass over every partition; returns segments deleted."""
+        deleted = 0
+        for part in self.registry.partitions():
+            if part.closed:
+                continue
+            try:
+                n = part.log.enforce_retention()
+            except Exception:
+                log.exception("partition %s: retention failed", part.name)
+                continue
+            if n:
+                log.info("partition %s: retention deleted %d segments, log start now %d",
+                         part.name, n, part.log.log_start_offset)
+                deleted += n
+        return deleted

@@ -1,0 +1,52 @@
+"""`rillet serve` / `python -m rillet.node`: run one node from flags, environment and a file.
+
+Flags left unset fall through to `RILLET_*` environment variables, then the config file, then
+defaults (see rillet.node.config). Exit status: 0 after a graceful stop, 2 for bad settings,
+1 when the node cannot start (port taken, data dir in use).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rillet.node.broker import Broker, DataDirLockedError
+from rillet.node.config import ConfigError, load
+
+log = logging.getLogger(__name__)
+
+
+@click.command("serve")
+@click.option("--node-id", type=int, default=None, help="Node id [RILLET_NODE_ID; default 0].")
+@click.option("--listen", default=None,
+              help="HOST:PORT to serve on [RILLET_LISTEN; default 127.0.0.1:9091].")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Directory for topics and logs [RILLET_DATA_DIR; default .rillet-data].")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+              help="TOML config file [RILLET_CONFIG].")
+@click.option("--advertised-address", default=None,
+              help="HOST:PORT clients are told to use [default: --listen].")
+@click.option("--max-batch-bytes", type=int, default=None,
+              help="Largest produced batch accepted [default 1 MiB].")
+@click.option("--flush-linger-ms", type=float, default=None,
+              help="Extra wait before each group-commit fsync [default 0].")
+@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR [default INFO].")
+def serve(config_file: Path | None, **flags: Any) -> None:
+    """Run one Rillet node until SIGTERM or SIGINT."""
+    try:
+        config = load(flags, os.environ, config_file)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    logging.basicConfig(
+        level=config.log_level.upper(), stream=sys.stderr,
+        format=f"%(asctime)s %(levelname)s node-{config.node_id} %(name)s: %(message)s")
+    try:
+        asyncio.run(Broker(config).run())
+    except (DataDirLockedError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        sys.exit(1)

@@ -1,0 +1,217 @@
+"""Broker settings from flags, environment and a TOML file, in that order of precedence.
+
+Every setting has one name used everywhere: the dataclass field, the TOML key (dashes are
+accepted for underscores), and the environment variable `RILLET_<NAME>` in upper case
+(`RILLET_NODE_ID`, `RILLET_LISTEN`, `RILLET_DATA_DIR`, ...). Precedence is
+flags > environment > config file > defaults, so an operator can keep a shared file and
+override one value per process. `RILLET_CONFIG` (or `--config`) names the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+DAY_MS = 24 * 3600 * 1000
+
+ENV_PREFIX = "RILLET_"
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names the setting, its source and the rule."""
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Settings of one broker node. Units are in the names."""
+
+    node_id: int = 0
+    # host:port to listen on; 127.0.0.1:9091 is the clients' default bootstrap address.
+    listen: str = "127.0.0.1:9091"
+    # host:port that clients are told to connect to (Metadata); defaults to `listen`.
+    advertised_address: str = ""
+    data_dir: Path = Path(".rillet-data")
+    cluster_id: str = "rillet-local"
+    # Largest produced batch accepted (BATCH_TOO_LARGE above it).
+    max_batch_bytes: int = 1 * MIB
+    # Largest read response a consumer may ask for (max_bytes is clamped to it).
+    max_fetch_bytes: int = 8 * MIB
+    max_partitions: int = 1000
+    # Topic defaults (a CreateTopic may override each one).
+    default_partitions: int = 1
+    retention_ms: int = 7 * DAY_MS
+    retention_bytes: int = -1
+    segment_bytes: int = 256 * MIB
+    segment_ms: int = 7 * DAY_MS
+    index_interval_bytes: int = 4 * KIB
+    # Produce pipelining: responses pending (not yet answered) per stream before the broker
+    # stops reading that stream's requests.
+    produce_max_pending: int = 64
+    # Group commit: extra time the flusher waits after the first unflushed append so that
+    # more batches share one fsync; 0 flushes as soon as the previous fsync finished.
+    flush_linger_ms: float = 0.0
+    retention_check_interval_ms: int = 5 * 60 * 1000
+    # Seconds that in-flight calls get to finish on SIGTERM/SIGINT before they are cancelled.
+    shutdown_grace_s: float = 5.0
+    log_level: str = "INFO"
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @property
+    def address(self) -> str:
+        """The address clients should use to reach this node."""
+        return self.advertised_address or self.listen
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first setting that is out of range."""
+        _check_address("listen", self.listen)
+        if self.advertised_address:
+            _check_address("advertised_address", self.advertised_address)
+        _check_range("node_id", self.node_id, 0, 2**31 - 1)
+        _check_range("max_batch_bytes", self.max_batch_bytes, 1 * KIB, 64 * MIB)
+        _check_range("max_fetch_bytes", self.max_fetch_bytes, 64 * KIB, 64 * MIB)
+        _check_range("max_partitions", self.max_partitions, 1, 100_000)
+        _check_range("default_partitions", self.default_partitions, 1, self.max_partitions)
+        _check_retention("retention_ms", self.retention_ms)
+        _check_retention("retention_bytes", self.retention_bytes)
+        _check_range("segment_bytes", self.segment_bytes, 1 * MIB, 2 * GIB - 1)
+        _check_range("segment_ms", self.segment_ms, 1000, 2**62)
+        _check_range("index_interval_bytes", self.index_interval_bytes, 1, 64 * MIB)
+        _check_range("produce_max_pending", self.produce_max_pending, 1, 10_000)
+        if not 0 <= self.flush_linger_ms <= 1000:
+            raise ConfigError(f"flush_linger_ms must be in [0, 1000], got {self.flush_linger_ms}")
+        _check_range("retention_check_interval_ms", self.retention_check_interval_ms, 100,
+                     2**62)
+        if not 0 <= self.shutdown_grace_s <= 600:
+            raise ConfigError(f"shutdown_grace_s must be in [0, 600], got {self.shutdown_grace_s}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ConfigError(f"log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, "
+                              f"got {self.log_level!r}")
+        if not self.cluster_id:
+            raise ConfigError("cluster_id must not be empty")
+
+
+def _check_range(name: str, value: int, lo: int, hi: int) -> None:
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name} must be in [{lo}, {hi}], got {value}")
+
+
+def _check_retention(name: str, value: int) -> None:
+    if value != -1 and value < 1:
+        raise ConfigError(f"{name} must be -1 (no limit) or at least 1, got {value}")
+
+
+def _check_address(name: str, value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{name} must be HOST:PORT with a port in [0, 65535], got {value!r}")
+
+
+_FIELDS: dict[str, dataclasses.Field[Any]] = {
+    f.name: f for f in dataclasses.fields(BrokerConfig)}
+
+
+def _convert(name: str, raw: Any, source: str) -> Any:
+    """Turn a raw value (a string from the environment, or a TOML value) into the field's type."""
+    default: Any = _FIELDS[name].default
+    kind = type(default)
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            if isinstance(raw, bool) or isinstance(raw, float):
+                raise ValueError(raw)
+            return int(raw)
+        if kind is float:
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            return float(raw)
+        if isinstance(default, Path):
+            return Path(str(raw))
+        if not isinstance(raw, str):
+            raise ValueError(raw)
+        return raw
+    except ValueError:
+        wanted = "path" if isinstance(default, Path) else kind.__name__
+        raise ConfigError(f"{name} from {source} must be a {wanted}, got {raw!r}") from None
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    """Settings from a TOML file: top-level keys or a [broker] table; unknown keys are errors."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    table = data.get("broker", data)
+    if not isinstance(table, dict):
+        raise ConfigError(f"config file {path}: [broker] must be a table")
+    out: dict[str, Any] = {}
+    for key, raw in table.items():
+        name = key.replace("-", "_")
+        if name not in _FIELDS:
+            raise ConfigError(f"config file {path}: unknown setting {key!r}")
+        out[name] = _convert(name, raw, f"config file {path}")
+    return out
+
+
+def read_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """Settings from `RILLET_<NAME>` environment variables (RILLET_CONFIG is not a setting)."""
+    out: dict[str, Any] = {}
+    for name in _FIELDS:
+        var = ENV_PREFIX + name.upper()
+        if var in env and env[var] != "":
+            out[name] = _convert(name, env[var], f"environment variable {var}")
+    return out
+
+
+def load(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> BrokerConfig:
+    """Merge defaults < config file < environment < flags, then validate.
+
+    `flags` holds only the options given on the command line (None values are ignored);
+    `config_file` falls back to `RILLET_CONFIG` from `env`.
+    """
+    env = {} if env is None else env
+    if config_file is None and env.get(ENV_PREFIX + "CONFIG"):
+        config_file = Path(env[ENV_PREFIX + "CONFIG"])
+    merged: dict[str, Any] = {}
+    if config_file is not None:
+        merged.update(read_file(config_file))
+    merged.update(read_env(env))
+    for name, raw in (flags or {}).items():
+        if raw is None:
+            continue
+        if name not in _FIELDS:
+            raise ConfigError(f"unknown setting {name!r}")
+        merged[name] = _convert(name, raw, f"flag --{name.replace('_', '-')}")
+    config = BrokerConfig(**merged)
+    config.validate()
+    return config
+
+

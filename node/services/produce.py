@@ -1,0 +1,103 @@
+"""Produce: a bidi stream answered in order, one response per batch.
+
+A reader task takes requests off the stream, checks and appends each batch at once, and queues
+its (future) response; the handler answers from the queue in order. So batch N+1 is appended
+while batch N still waits for its fsync, and several batches share one fsync (group commit).
+The queue is bounded (`produce_max_pending`): when it is full the reader stops reading, and
+HTTP/2 flow control pushes back on the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from rillet.node import errors
+from rillet.node.errors import BatchTooLargeError, Context, InvalidRequestError, UnavailableError
+from rillet.node.services.common import NodeContext
+
+from rillet import batch as batch_codec
+from rillet.api.v1 import log_pb2, log_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+_DURABLE_ACKS = (log_pb2.ACKS_UNSPECIFIED, log_pb2.ACKS_ALL)
+_KNOWN_ACKS = (log_pb2.ACKS_UNSPECIFIED, log_pb2.ACKS_NONE, log_pb2.ACKS_LEADER, log_pb2.ACKS_ALL)
+
+# One queued answer: the response, and the fsync it still waits for (None: answer now).
+_Pending = tuple[log_pb2.ProduceResponse, "asyncio.Future[None] | None"]
+
+
+class ProduceService(log_pb2_grpc.ProduceServicer):
+    def __init__(self, node: NodeContext) -> None:
+        self.node = node
+        self.max_batch_bytes = node.config.max_batch_bytes
+
+    async def Produce(
+        self,
+        request_iterator: AsyncIterator[log_pb2.ProduceRequest],
+        context: Context,
+    ) -> AsyncIterator[log_pb2.ProduceResponse]:
+        queue: asyncio.Queue[_Pending | None] = asyncio.Queue(
+            maxsize=self.node.config.produce_max_pending)
+        reader = asyncio.create_task(self._read(request_iterator, queue), name="produce-reader")
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    break
+                resp, fut = item
+                if fut is not None:
+                    try:
+                        await fut
+                    except Exception as exc:
+                        resp = _error_response(resp.topic, resp.partition, exc)
+                yield resp
+            await reader
+        finally:
+            if not reader.done():
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+
+    async def _read(self, requests: AsyncIterator[log_pb2.ProduceRequest],
+                    queue: asyncio.Queue[_Pending | None]) -> None:
+        try:
+            async for req in requests:
+                await queue.put(self._handle(req))
+        finally:
+            # The handler must learn the stream ended even if reading failed; it never blocks
+            # here for long because the handler drains the queue.
+            await queue.put(None)
+
+    def _handle(self, req: log_pb2.ProduceRequest) -> _Pending:
+        """Check and append one batch; never raises (errors become the batch's response)."""
+        try:
+            if self.node.stopping.is_set():
+                raise UnavailableError("node is shutting down; send to another node or retry")
+            if req.acks not in _KNOWN_ACKS:
+                raise InvalidRequestError(f"unknown acks value {req.acks}")
+            part = self.node.registry.get(req.topic).partition(req.partition)
+            data = req.batch
+            if len(data) > self.max_batch_bytes:
+                raise BatchTooLargeError(
+                    f"batch of {len(data)} bytes is above this broker's limit of "
+                    f"{self.max_batch_bytes} bytes (max_batch_bytes)")
+            batch_codec.validate(data)
+            info, fut = part.append(data, wait_durable=req.acks in _DURABLE_ACKS)
+            resp = log_pb2.ProduceResponse(
+                topic=req.topic, partition=req.partition, base_offset=info.base_offset,
+                log_append_time_ms=info.log_append_time_ms,
+                log_start_offset=part.log.log_start_offset)
+            return resp, fut
+        except Exception as exc:
+            return _error_response(req.topic, req.partition, exc), None
+
+
+def _error_response(topic: str, partition: int, exc: BaseException) -> log_pb2.ProduceResponse:
+    return log_pb2.ProduceResponse(
+        topic=topic, partition=partition, base_offset=-1,
+        error=errors.to_error(exc, where=f"producing to {topic}-{partition}"))
+
