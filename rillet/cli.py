@@ -1,0 +1,514 @@
+"""The `rillet` command line: serve a node, manage topics, produce, consume, replay, bench.
+
+Every client command takes --bootstrap (env RILLET_BOOTSTRAP) and --timeout, the deadline for
+reaching the cluster. Any failure prints one line, `rillet: error: <reason>`, on stderr and exits
+1 (2 for bad usage, 130 after Ctrl-C); data goes to stdout, progress and counts to stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import IO, Any, NoReturn, TypeVar
+
+import click
+
+from rillet.client import Admin, Consumer, Producer, Replay, Timestamp
+from rillet.client.admin import config_dict
+from rillet.client.bench import bench_consume, bench_produce
+from rillet.client.connection import DEFAULT_BOOTSTRAP, describe, fetch_metadata, parse_bootstrap
+from rillet.client.consumer import PositionSpec
+from rillet.client.errors import RilletError
+from rillet.client.records import RecordBatch
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(reason: str, code: int = 1) -> NoReturn:
+    click.echo(f"rillet: error: {reason}", err=True)
+    sys.exit(code)
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine; turn every expected failure into one line and an exit code."""
+    try:
+        return asyncio.run(coro)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        # Downstream (e.g. `| head`) went away: not an error of ours.
+        try:
+            sys.stdout = open(os.devnull, "w")
+        finally:
+            sys.exit(0)
+    except (RilletError, ValueError, OSError) as exc:
+        _fail(describe(exc))
+
+
+def client_options(f: F) -> F:
+    f = click.option("--timeout", type=float, default=5.0, show_default=True,
+                     help="Seconds to wait for the cluster before giving up.")(f)
+    f = click.option("--bootstrap", envvar="RILLET_BOOTSTRAP", default=DEFAULT_BOOTSTRAP,
+                     show_default=True, help="HOST:PORT[,HOST:PORT...] of any nodes "
+                     "[env RILLET_BOOTSTRAP].")(f)
+    return f
+
+
+def _check_bootstrap(bootstrap: str) -> str:
+    try:
+        parse_bootstrap(bootstrap)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--bootstrap") from None
+    return bootstrap
+
+
+_MS = re.compile(r"^(\d+)ms$")
+
+
+def parse_position(text: str) -> PositionSpec:
+    """earliest | latest | OFFSET (integer) | TIME (ISO-8601, or milliseconds as 123ms / @123)."""
+    t = text.strip()
+    if t in ("earliest", "latest"):
+        return t  # type: ignore[return-value]
+    if t.isdigit():
+        return int(t)
+    m = _MS.match(t)
+    if m or (t.startswith("@") and t[1:].isdigit()):
+        return Timestamp(int(m.group(1) if m else t[1:]))
+    try:
+        when = dt.datetime.fromisoformat(t.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is not earliest, latest, an offset, an ISO-8601 time or <ms>ms") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return Timestamp(int(when.timestamp() * 1000))
+
+
+class _PositionType(click.ParamType):  # type: ignore[type-arg]
+    name = "POSITION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> PositionSpec:
+        if isinstance(value, int | Timestamp):
+            return value
+        return parse_position(str(value))
+
+
+POSITION = _PositionType()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Rillet: a replicated, replayable event log."""
+
+
+try:  # the node is optional for a client-only install; the CLI works without it
+    from rillet.node.cli import serve
+except ImportError:  # pragma: no cover
+    pass
+else:
+    main.add_command(serve)
+
+
+# ------------------------------------------------------------------------------------ topics
+
+
+@main.group()
+def topic() -> None:
+    """Create, list, describe and delete topics."""
+
+
+@topic.command("create")
+@click.argument("name")
+@click.option("--partitions", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--replication-factor", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--config", "configs", multiple=True, metavar="KEY=VALUE",
+              help="retention.ms, retention.bytes, segment.bytes, segment.ms, cleanup.policy; "
+                   "repeat for several.")
+@client_options
+def topic_create(name: str, partitions: int, replication_factor: int, configs: Sequence[str],
+                 bootstrap: str, timeout: float) -> None:
+    """Create topic NAME."""
+    settings: dict[str, str | int] = {}
+    for item in configs:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--config")
+        settings[key.strip()] = value.strip()
+
+    async def go() -> None:
+        async with Admin(_check_bootstrap(bootstrap), timeout=timeout) as admin:
+            desc = await admin.create_topic(name, partitions, replication_factor, settings)
+        click.echo(f"created topic {desc.name} with {len(desc.partitions)} partitions", err=True)
+    _run(go())
+
+
+@topic.command("list")
+@client_options
+def topic_list(bootstrap: str, timeout: float) -> None:
+    """List topics: name, partitions, replication factor."""
+    async def go() -> None:
+        async with Admin(_check_bootstrap(bootstrap), timeout=timeout) as admin:
+            topics = await admin.list_topics()
+        for t in sorted(topics, key=lambda t: t.name):
+            click.echo(f"{t.name}\tpartitions={t.partitions}\t"
+                       f"replication_factor={t.replication_factor}")
+    _run(go())
+
+
+@topic.command("describe")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@client_options
+def topic_describe(name: str, as_json: bool, bootstrap: str, timeout: float) -> None:
+    """Settings and per-partition state (leader, log start, high watermark, size)."""
+    async def go() -> None:
+        async with Admin(_check_bootstrap(bootstrap), timeout=timeout) as admin:
+            desc = await admin.describe_topic(name)
+        parts = [{"partition": p.partition, "leader": p.leader_id, "replicas": list(p.replicas),
+                  "log_start_offset": p.log_start_offset, "high_watermark": p.high_watermark,
+                  "size_bytes": p.size_bytes} for p in desc.partitions]
+        if as_json:
+            click.echo(json.dumps({"name": desc.name,
+                                   "replication_factor": desc.replication_factor,
+                                   "config": config_dict(desc.config), "partitions": parts}))
+            return
+        click.echo(f"topic {desc.name}: {len(parts)} partitions, replication factor "
+                   f"{desc.replication_factor}")
+        for k, v in config_dict(desc.config).items():
+            click.echo(f"  {k}={v}")
+        click.echo("  partition\tleader\tlog_start\thigh_watermark\tsize_bytes")
+        for p in parts:
+            click.echo(f"  {p['partition']}\t{p['leader']}\t{p['log_start_offset']}\t"
+                       f"{p['high_watermark']}\t{p['size_bytes']}")
+    _run(go())
+
+
+@topic.command("delete")
+@click.argument("name")
+@client_options
+def topic_delete(name: str, bootstrap: str, timeout: float) -> None:
+    """Delete topic NAME and all its data."""
+    async def go() -> None:
+        async with Admin(_check_bootstrap(bootstrap), timeout=timeout) as admin:
+            await admin.delete_topic(name)
+        click.echo(f"deleted topic {name}", err=True)
+    _run(go())
+
+
+# ------------------------------------------------------------------------------------ produce
+
+
+async def _read_lines(stream: IO[bytes], chunk: int = 1 << 20) -> Any:
+    """Yield lists of lines (without the newline) as they arrive, never waiting for a full
+    chunk, so `tail -f | rillet produce` flows; reads run in a thread off the event loop."""
+    rest = b""
+    while True:
+        data = await asyncio.to_thread(stream.read1, chunk)  # type: ignore[attr-defined]
+        if not data:
+            if rest:
+                yield [rest.removesuffix(b"\r")]
+            return
+        lines = (rest + data).split(b"\n")
+        rest = lines.pop()
+        if lines:
+            yield lines
+
+
+@main.command()
+@click.argument("topic_name", metavar="TOPIC")
+@click.option("--key-separator", default=None, metavar="SEP",
+              help="Split each line at the first SEP into key and value.")
+@click.option("--acks", type=click.Choice(["none", "leader", "all"]), default="all",
+              show_default=True)
+@click.option("--partition", type=click.IntRange(min=0), default=None,
+              help="Send every record to this partition.")
+@click.option("--linger-ms", type=float, default=5.0, show_default=True)
+@client_options
+def produce(topic_name: str, key_separator: str | None, acks: str, partition: int | None,
+            linger_ms: float, bootstrap: str, timeout: float) -> None:
+    """Send one record per line of standard input; exit 0 only when all were acknowledged."""
+    sep = key_separator.encode() if key_separator else None
+    stdin = sys.stdin.buffer
+
+    async def go() -> None:
+        sent = acked = 0
+        first_error: BaseException | None = None
+
+        def on_done(fut: asyncio.Future[Any]) -> None:
+            nonlocal acked, first_error
+            if fut.cancelled():
+                return
+            exc = fut.exception()
+            if exc is None:
+                acked += 1
+            elif first_error is None:
+                first_error = exc
+
+        async with Producer(_check_bootstrap(bootstrap), acks=acks, linger_ms=linger_ms,
+                            request_timeout_s=timeout) as producer:
+            async for lines in _read_lines(stdin):
+                for line in lines:
+                    line = line.removesuffix(b"\r")
+                    key = None
+                    if sep is not None:
+                        k, found, v = line.partition(sep)
+                        if found:
+                            key, line = k, v
+                    fut = await producer.send(topic_name, line, key=key, partition=partition)
+                    fut.add_done_callback(on_done)
+                    sent += 1
+                    if first_error is not None:
+                        break
+                if first_error is not None:
+                    break
+            await producer.flush()
+        # Done-callbacks run on the next loop turn after the futures resolve.
+        await asyncio.sleep(0)
+        click.echo(f"{acked} of {sent} records acknowledged", err=True)
+        if first_error is not None or acked != sent:
+            _fail(f"{sent - acked} records not acknowledged: "
+                  f"{describe(first_error) if first_error else 'unknown'}")
+    _run(go())
+
+
+# ------------------------------------------------------------------------------------ reading
+
+
+def _json_bytes(data: bytes) -> str | dict[str, str]:
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(data).decode()}
+
+
+def _writer(out: IO[bytes], fmt: str) -> Callable[[RecordBatch, int], None]:
+    """Write the first `limit` records of a batch in the chosen format."""
+    if fmt == "text":
+        def write_text(b: RecordBatch, limit: int) -> None:
+            values = b.values[:limit]
+            if values:
+                out.write(b"\n".join(values) + b"\n")
+        return write_text
+
+    def write_json(b: RecordBatch, limit: int) -> None:
+        lines = []
+        for r in list(b)[:limit]:
+            lines.append(json.dumps({
+                "partition": r.partition, "offset": r.offset, "timestamp": r.timestamp_ms,
+                "key": _json_bytes(r.key) if r.key else None, "value": _json_bytes(r.value),
+                "headers": {k: _json_bytes(v) for k, v in r.headers}}))
+        if lines:
+            out.write(("\n".join(lines) + "\n").encode())
+    return write_json
+
+
+read_options: list[Callable[[F], F]] = [
+    click.option("--partition", "partitions", type=click.IntRange(min=0), multiple=True,
+                 help="Read only this partition; repeat for several [default: all]."),
+    click.option("--max-records", type=click.IntRange(min=1), default=None,
+                 help="Stop after this many records."),
+    click.option("--idle-timeout", type=float, default=None, metavar="SECONDS",
+                 help="Stop after this long without a new record."),
+    click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+                 show_default=True, help="text: one value per line; json: one object per line "
+                 "with key, value, headers, partition, offset, timestamp."),
+]
+
+
+def _read_options(f: F) -> F:
+    for opt in reversed(read_options):
+        f = opt(f)
+    return f
+
+
+async def _pump(reader: Consumer | Replay, out: IO[bytes], fmt: str, max_records: int | None,
+                idle_timeout: float | None, progress: Any = None) -> int:
+    write = _writer(out, fmt)
+    seen = 0
+    while max_records is None or seen < max_records:
+        try:
+            batches = await reader.getmany(idle_timeout)
+        except StopAsyncIteration:
+            break
+        if not batches:
+            break  # idle timeout
+        for b in batches:
+            limit = len(b) if max_records is None else min(len(b), max_records - seen)
+            write(b, limit)
+            seen += limit
+            if progress is not None:
+                progress.update(limit)
+            if max_records is not None and seen >= max_records:
+                break
+        out.flush()
+    return seen
+
+
+@main.command()
+@click.argument("topic_name", metavar="TOPIC")
+@click.option("--from", "start", type=POSITION, default="latest", show_default=True,
+              help="earliest | latest | OFFSET | TIME (ISO-8601, or <ms>ms).")
+@_read_options
+@client_options
+def consume(topic_name: str, start: PositionSpec, partitions: Sequence[int],
+            max_records: int | None, idle_timeout: float | None, fmt: str, bootstrap: str,
+            timeout: float) -> None:
+    """Print records of TOPIC from a position, tailing new ones until Ctrl-C."""
+    async def go() -> None:
+        async with Consumer(_check_bootstrap(bootstrap), topic_name, start=start,
+                            partitions=list(partitions) or None,
+                            request_timeout_s=timeout) as consumer:
+            await _pump(consumer, sys.stdout.buffer, fmt, max_records, idle_timeout)
+    _run(go())
+
+
+@main.command()
+@click.argument("topic_name", metavar="TOPIC")
+@click.option("--from", "start", type=POSITION, default="earliest", show_default=True,
+              help="Start: earliest | OFFSET | TIME.")
+@click.option("--to", "end", type=POSITION, default="latest", show_default=True,
+              help="Exclusive end: latest (the high watermark now) | OFFSET | TIME.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write records here instead of standard output.")
+@_read_options
+@client_options
+def replay(topic_name: str, start: PositionSpec, end: PositionSpec, output: Path | None,
+           partitions: Sequence[int], max_records: int | None, idle_timeout: float | None,
+           fmt: str, bootstrap: str, timeout: float) -> None:
+    """Send a bounded range of TOPIC to standard output or a file; ends when it is sent."""
+    bs = _check_bootstrap(bootstrap)
+    try:
+        out: IO[bytes] = open(output, "wb") if output else sys.stdout.buffer
+    except OSError as exc:
+        _fail(f"cannot write {output}: {exc.strerror}")
+
+    async def go() -> None:
+        progress = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+            progress = tqdm(total=await _replay_total(bs, topic_name, start, end, partitions,
+                                                      timeout),
+                            unit=" records", file=sys.stderr)
+        try:
+            async with Replay(bs, topic_name, start=start, end=end,
+                              partitions=list(partitions) or None,
+                              request_timeout_s=timeout) as reader:
+                n = await _pump(reader, out, fmt, max_records, idle_timeout, progress)
+        finally:
+            if output:
+                out.close()
+            if progress is not None:
+                progress.close()
+        click.echo(f"replayed {n} records", err=True)
+    _run(go())
+
+
+async def _replay_total(bootstrap: str, topic_name: str, start: PositionSpec,
+                        end: PositionSpec, partitions: Sequence[int], timeout_s: float
+                        ) -> int | None:
+    """How many records the range holds, when offsets alone decide it (for the bar)."""
+    if isinstance(start, Timestamp) or isinstance(end, Timestamp):
+        return None
+    async with Admin(bootstrap, timeout=timeout_s) as admin:
+        desc = await admin.describe_topic(topic_name)
+    total = 0
+    for p in desc.partitions:
+        if partitions and p.partition not in partitions:
+            continue
+        lo = p.log_start_offset if start in ("earliest", "latest") else max(
+            int(start), p.log_start_offset)
+        if start == "latest":
+            lo = p.high_watermark
+        hi = p.high_watermark if end in ("earliest", "latest") else min(int(end),
+                                                                        p.high_watermark)
+        total += max(0, hi - lo)
+    return total
+
+
+# ------------------------------------------------------------------------------------ bench
+
+
+@main.group()
+def bench() -> None:
+    """Measure produce and consume throughput and ack latency."""
+
+
+def _bench_options(f: F) -> F:
+    f = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")(f)
+    f = click.option("--partitions", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Partitions when the topic is created.")(f)
+    f = click.option("--count", type=click.IntRange(min=1), default=1_000_000,
+                     show_default=True, help="Records.")(f)
+    f = click.option("--record-size", type=click.IntRange(min=0), default=100,
+                     show_default=True, help="Bytes per record value.")(f)
+    f = click.option("--topic", "topic_name", default="rillet-bench", show_default=True)(f)
+    return f
+
+
+@bench.command("produce")
+@_bench_options
+@click.option("--acks", type=click.Choice(["none", "leader", "all"]), default="all",
+              show_default=True)
+@click.option("--linger-ms", type=float, default=5.0, show_default=True)
+@click.option("--batch-bytes", type=click.IntRange(min=1024, max=1024 * 1024),
+              default=1_000_000, show_default=True)
+@click.option("--max-in-flight", type=click.IntRange(min=1), default=8, show_default=True)
+@client_options
+def bench_produce_cmd(topic_name: str, record_size: int, count: int, partitions: int,
+                      as_json: bool, acks: str, linger_ms: float, batch_bytes: int,
+                      max_in_flight: int, bootstrap: str, timeout: float) -> None:
+    """Produce COUNT records as fast as the client can; report records/s, MB/s, latency."""
+    async def go() -> None:
+        bs = _check_bootstrap(bootstrap)
+        await _reachable(bs, timeout)
+        result = await bench_produce(
+            bs, topic_name, count=count, record_bytes=record_size, acks=acks,
+            partitions=partitions, linger_ms=linger_ms, batch_bytes=batch_bytes,
+            max_in_flight=max_in_flight)
+        click.echo(json.dumps(result.as_dict()) if as_json else result.summary())
+    _run(go())
+
+
+@bench.command("consume")
+@_bench_options
+@click.option("--max-bytes", type=click.IntRange(min=1024), default=1024 * 1024,
+              show_default=True, help="Bytes per consume response.")
+@click.option("--no-values", is_flag=True, help="Count records without reading values.")
+@client_options
+def bench_consume_cmd(topic_name: str, record_size: int, count: int, partitions: int,
+                      as_json: bool, max_bytes: int, no_values: bool, bootstrap: str,
+                      timeout: float) -> None:
+    """Consume COUNT records from earliest (producing them first if missing)."""
+    async def go() -> None:
+        bs = _check_bootstrap(bootstrap)
+        await _reachable(bs, timeout)
+        result = await bench_consume(
+            bs, topic_name, count=count, record_bytes=record_size, partitions=partitions,
+            max_bytes=max_bytes, read_values=not no_values)
+        click.echo(json.dumps(result.as_dict()) if as_json else result.summary())
+    _run(go())
+
+
+async def _reachable(bootstrap: str, timeout_s: float) -> None:
+    from rillet.client.connection import ChannelPool
+    from rillet.client.metadata import ClusterMetadata
+    pool = ChannelPool()
+    try:
+        await fetch_metadata(pool, ClusterMetadata(parse_bootstrap(bootstrap)),
+                             timeout_s=timeout_s)
+    finally:
+        await pool.close()
+
+
+if __name__ == "__main__":
+    main()
