@@ -11,6 +11,7 @@ reproduce command, options, last events) and exits with status 1.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 
@@ -29,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="print every event's one-line description")
     parser.add_argument("--keep-going", action="store_true",
                         help="in a sweep, report every failing seed instead of stopping")
+    parser.add_argument("--log-level", default="ERROR",
+                        help="level for the cores' own logs (default ERROR; INFO shows all)")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(name)s %(message)s")
     seeds = [args.seed] if args.seed is not None else list(
         range(args.first, args.first + args.count))
     verbose = print if args.verbose else None

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 EVENTS_MAX_PER_MS = 200  # a bound on events per simulated millisecond, for every run loop
 NODE_IDS_MAX = 7  # membership changes never go past node id 7
-REMOVED_SHUTDOWN_MS = 200  # an operator stops a removed node this long after its removal
+OPERATOR_MS = 50  # how often the simulated operator looks for removed nodes to stop
 
 
 class SimulationFailure(AssertionError):
@@ -133,6 +133,7 @@ class Simulation:
         self._conf_applied = 0
         self._conf_pending_index = 0
         self._next_node_id = opts.nodes + 1
+        self._removals: list[tuple[int, int]] = []  # (node, index of its REMOVE entry)
         for node_id in sorted(self.genesis.voters):
             self._add_node(node_id)
 
@@ -191,16 +192,31 @@ class Simulation:
         elif cc.kind == ConfChangeKind.REMOVE and cc.node_id in voters | learners:
             voters.discard(cc.node_id)
             learners.discard(cc.node_id)
-            self.scheduler.schedule(REMOVED_SHUTDOWN_MS, "shutdown-removed",
-                                    lambda: self._shutdown(cc.node_id), node=cc.node_id)
+            self._removals.append((cc.node_id, self._conf_applied))
         self.conf = ConfState(frozenset(voters), frozenset(learners))
         self.scheduler.note("conf", subject=self.conf.describe())
 
-    def _shutdown(self, node_id: int) -> None:
-        node = self.nodes[node_id]
-        node.removed = True
-        if node.up:
-            node.crash()
+    def _schedule_operator(self) -> None:
+        self.scheduler.schedule(OPERATOR_MS, "operator", self._operator_event)
+
+    def _operator_event(self) -> None:
+        """Stop a removed node once every remaining member has durably recorded a commit
+        index that covers its removal. Stopping it earlier can wedge the group for good: a
+        member that crashes before its commit index is durable restarts with the old
+        membership and needs the removed node's vote (an operator must wait for this too)."""
+        self._schedule_operator()
+        waiting = []
+        for node_id, index in self._removals:
+            members = [self.nodes[m] for m in self.members() if m in self.nodes]
+            if all(m.disk.durable_hard_state().commit >= index for m in members):
+                node = self.nodes[node_id]
+                node.removed = True
+                if node.up:
+                    node.crash()
+                self.scheduler.note("stopped-removed", node=node_id)
+            else:
+                waiting.append((node_id, index))
+        self._removals = waiting
 
     # -- the run -----------------------------------------------------------------------------
 
@@ -230,6 +246,7 @@ class Simulation:
         self._schedule_fault()
         if opts.membership:
             self._schedule_membership()
+            self._schedule_operator()
         if opts.transfers:
             self._schedule_transfer()
         ok = self.scheduler.run_for(opts.safety_ms, EVENTS_MAX_PER_MS * opts.safety_ms)
@@ -244,7 +261,7 @@ class Simulation:
         self.network.heal()
         for node_id in sorted(self.nodes):
             node = self.nodes[node_id]
-            if not node.up and not node.removed and node_id in self.members():
+            if not node.up and not node.removed:
                 node.start()
         budget_ms = LIVENESS_TICKS * TICK_MS
         deadline = start_ms + budget_ms
@@ -359,9 +376,11 @@ class Simulation:
         if not leaders or self._conf_pending_index > self._conf_applied:
             return
         leader = leaders[0]
+        assert leader.core is not None
         rng = self._workload_rng
-        learners = sorted(self.conf.learners)
-        voters = sorted(self.conf.voters)
+        conf = leader.core.conf_state  # type: ignore[attr-defined]
+        learners = sorted(conf.learners)
+        voters = sorted(conf.voters)
         if learners:
             cc = ConfChange(ConfChangeKind.PROMOTE, rng.choice(learners))
         elif len(voters) < 5 and self._next_node_id <= NODE_IDS_MAX and rng.random() < 0.6:
@@ -371,8 +390,8 @@ class Simulation:
         else:
             return
         try:
-            index = leader.core.propose_conf_change(cc)  # type: ignore[union-attr]
-        except RaftError as exc:
+            index = leader.core.propose_conf_change(cc)  # type: ignore[attr-defined]
+        except (RaftError, ValueError) as exc:
             self.scheduler.note("conf-refused", node=leader.node_id,
                                 subject=f"{cc.describe()}: {exc}")
             return
@@ -396,13 +415,15 @@ class Simulation:
         if not leaders:
             return
         leader = leaders[0]
-        others = [v for v in sorted(self.conf.voters) if v != leader.node_id]
+        assert leader.core is not None
+        voters = leader.core.conf_state.voters  # type: ignore[attr-defined]
+        others = [v for v in sorted(voters) if v != leader.node_id]
         if not others:
             return
         target = self._workload_rng.choice(others)
         try:
-            leader.core.transfer_leader(target)  # type: ignore[union-attr]
-        except RaftError as exc:
+            leader.core.transfer_leader(target)  # type: ignore[attr-defined]
+        except (RaftError, ValueError) as exc:
             self.scheduler.note("transfer-refused", node=leader.node_id, subject=str(exc))
             return
         self.scheduler.note("transfer", node=leader.node_id, subject=f"to n{target}")
