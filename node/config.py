@@ -124,6 +124,9 @@ _FIELDS: dict[str, dataclasses.Field[Any]] = {
     f.name: f for f in dataclasses.fields(BrokerConfig)}
 
 
+_KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
 def _convert(name: str, raw: Any, source: str) -> Any:
     """Turn a raw value (a string from the environment, or a TOML value) into the field's type."""
     default: Any = _FIELDS[name].default
@@ -152,8 +155,8 @@ def _convert(name: str, raw: Any, source: str) -> Any:
             raise ValueError(raw)
         return raw
     except ValueError:
-        wanted = "path" if isinstance(default, Path) else kind.__name__
-        raise ConfigError(f"{name} from {source} must be a {wanted}, got {raw!r}") from None
+        wanted = "a path" if isinstance(default, Path) else _KIND_NAMES.get(kind, kind.__name__)
+        raise ConfigError(f"{name} from {source} must be {wanted}, got {raw!r}") from None
 
 
 def read_file(path: Path) -> dict[str, Any]:
