@@ -37,7 +37,7 @@ def _settle(net: Network, leader: int, rounds: int = 3) -> None:
         net.tick(leader)
 
 
-# -- pre-vote and check-quorum (thesis §9.6, §6.2) -----------------------------------------------
+# -- pre-vote and check-quorum (thesis §9.6, §6.2) ---------------------------------------------
 
 
 def test_pre_candidate_does_not_bump_term() -> None:
@@ -165,7 +165,7 @@ def test_stale_leader_learns_new_term() -> None:
     assert net.cores[1].role == Role.FOLLOWER
 
 
-# -- leader transfer (thesis §3.10) ----------------------------------------------------------
+# -- leader transfer (thesis §3.10) ------------------------------------------------------------
 
 
 def test_leader_transfer_to_up_to_date_follower() -> None:
@@ -237,7 +237,7 @@ def test_transfer_and_propose_on_follower_name_the_leader() -> None:
         net.cores[1].transfer_leader(9)
 
 
-# -- membership: learners, promote, remove (thesis §4.1, §4.2.1) --------------------------------
+# -- membership: learners, promote, remove (thesis §4.1, §4.2.1) -------------------------------
 
 
 def _conf_change(net: Network, leader: int, kind: ConfChangeKind, node: int) -> int:
@@ -364,7 +364,7 @@ def test_removed_leader_steps_down() -> None:
     assert not net.cores[1].promotable()
 
 
-# -- log compaction / log start (thesis chapter 5) -------------------------------------------------
+# -- log compaction / log start (thesis chapter 5) ---------------------------------------------
 
 
 def test_follower_behind_log_start_gets_snapshot() -> None:
@@ -417,7 +417,7 @@ def test_lost_snapshot_is_resent() -> None:
     assert net.log_of(3) == net.log_of(1)
 
 
-# -- flow control -------------------------------------------------------------------------------
+# -- flow control ------------------------------------------------------------------------------
 
 
 def test_inflight_count_bound() -> None:
@@ -496,7 +496,7 @@ def test_fast_backtracking_skips_a_term_per_round_trip() -> None:
     assert net.log_of(3) == net.log_of(1)
 
 
-# -- persistence ordering and the Ready/advance contract --------------------------------------------
+# -- persistence ordering and the Ready/advance contract ---------------------------------------
 
 
 def test_vote_response_rides_with_the_hard_state_that_records_it() -> None:
@@ -587,7 +587,7 @@ def test_messages_between_ready_and_advance_go_to_next_ready() -> None:
     assert [m.index for m in rd2.messages] == [2]
 
 
-# -- configuration and rendering --------------------------------------------------------------------
+# -- configuration and rendering ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize("bad", [
