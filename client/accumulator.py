@@ -113,9 +113,11 @@ class PartitionBatch:
     def complete(self, base_offset: int) -> None:
         """Resolve every record future from the broker-assigned base offset."""
         topic, partition = self.topic, self.partition
-        for i, (fut, ts) in enumerate(zip(self.futures, self.timestamps, strict=True)):
+        offset = base_offset
+        for fut, ts in zip(self.futures, self.timestamps, strict=True):
             if not fut.done():
-                fut.set_result(RecordMetadata(topic, partition, base_offset + i, ts))
+                fut.set_result(RecordMetadata(topic, partition, offset, ts))
+            offset += 1
 
     def fail(self, exc: BaseException) -> None:
         for fut in self.futures:
@@ -140,13 +142,16 @@ class Accumulator:
     def append(
         self, topic: str, partition: int, value: bytes, key: bytes | None, timestamp_ms: int,
         headers: Sequence[tuple[str, bytes]] | None, future: asyncio.Future[RecordMetadata],
+        size: int | None = None,
     ) -> tuple[PartitionBatch, PartitionBatch | None, bool]:
         """Add a record; returns (its batch, a batch sealed to make room or None, batch is new).
 
-        A record too big to share a batch still gets one of its own; the producer rejects
-        records above the broker limit before they get here.
+        `size` is `record_size(...)` when the caller computed it already. A record too big to
+        share a batch still gets one of its own; the producer rejects records above the broker
+        limit before they get here.
         """
-        size = record_size(value, key, headers)
+        if size is None:
+            size = record_size(value, key, headers)
         tp = (topic, partition)
         current = self._open.get(tp)
         sealed = None
@@ -156,7 +161,13 @@ class Accumulator:
         created = current is None
         if current is None:
             current = self._open[tp] = PartitionBatch(topic, partition)
-        current.append(value, key, timestamp_ms, headers, size, future)
+        if key or headers or current.has_keys or current.has_headers:
+            current.append(value, key, timestamp_ms, headers, size, future)
+        else:  # the common case, inlined: a record with neither key nor headers
+            current.values.append(value)
+            current.timestamps.append(timestamp_ms)
+            current.futures.append(future)
+            current.size += size
         return current, sealed, created
 
     def seal(self, topic: str, partition: int) -> PartitionBatch | None:

@@ -26,6 +26,8 @@ from typing import Any
 import grpc
 import grpc.aio
 from rillet.client.accumulator import (
+    _BATCH_SLACK,
+    _RECORD_OVERHEAD,
     DEFAULT_BATCH_BYTES,
     MAX_BATCH_BYTES,
     Accumulator,
@@ -53,6 +55,9 @@ log = logging.getLogger(__name__)
 
 # grpc-stubs does not declare the end-of-stream sentinel.
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
+
+# The largest record that fits in a batch of its own under the broker's limit.
+_MAX_RECORD_BYTES = MAX_BATCH_BYTES - _BATCH_SLACK
 
 ACKS = {"none": log_pb2.ACKS_NONE, "leader": log_pb2.ACKS_LEADER, "all": log_pb2.ACKS_ALL}
 
@@ -206,7 +211,7 @@ class Producer:
         linger_ms: float = 5.0,
         batch_bytes: int = DEFAULT_BATCH_BYTES,
         max_in_flight: int = 8,
-        buffer_bytes: int = 64 * 1024 * 1024,
+        buffer_bytes: int = 32 * 1024 * 1024,
         retries: int = 5,
         retry_backoff_ms: float = 100.0,
         retry_backoff_max_ms: float = 1000.0,
@@ -248,6 +253,7 @@ class Producer:
     async def start(self) -> None:
         """Fetch metadata once so a wrong bootstrap fails here, not at the first send."""
         await fetch_metadata(self._pool, self._metadata, timeout_s=self.request_timeout_s)
+        self._loop = asyncio.get_running_loop()
         self._started = True
 
     async def __aenter__(self) -> Producer:
@@ -278,6 +284,8 @@ class Producer:
         timestamp_ms: int | None = None,
     ) -> asyncio.Future[RecordMetadata]:
         """Queue one record; returns a future for its RecordMetadata (await it for the ack)."""
+        if not self._started:
+            raise ClientClosedError("producer not started: use `async with` or await start()")
         if self._closed:
             raise ClientClosedError("producer is closed")
         if self._buffered >= self.buffer_bytes:
@@ -297,27 +305,27 @@ class Producer:
                 f"partition {partition} out of range: topic {topic!r} has {n} partitions")
         if timestamp_ms is None:
             timestamp_ms = int(time.time() * 1000)
-        fut: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
-        try:
-            batch, sealed, created = self._acc.append(
-                topic, partition, value, key, timestamp_ms, headers, fut)
-        except Exception:
-            fut.cancel()
-            raise
-        if len(batch) == 1 and batch.size > MAX_BATCH_BYTES:
-            self._acc.seal(topic, partition)
+        size = len(value) + _RECORD_OVERHEAD if key is None and headers is None else record_size(
+            value, key, headers)
+        if size > _MAX_RECORD_BYTES:
             raise BatchTooLargeError(
-                f"record of {record_size(value, key, headers)} bytes does not fit in a batch "
-                f"of at most {MAX_BATCH_BYTES} bytes")
-        self._buffered += batch.size if created else record_size(value, key, headers)
+                f"record of about {size} bytes does not fit in a batch of at most "
+                f"{MAX_BATCH_BYTES} bytes")
+        fut: asyncio.Future[RecordMetadata] = self._loop.create_future()
+        batch, sealed, created = self._acc.append(
+            topic, partition, value, key, timestamp_ms, headers, fut, size)
+        self._buffered += size
         if sealed is not None:
             self._dispatch(sealed)
+            # A caller sending in a tight loop never yields otherwise, and the sender
+            # tasks (writes, acks) only run when it does.
+            await asyncio.sleep(0)
         if created:
-            loop = asyncio.get_running_loop()
+            self._buffered += _BATCH_SLACK
             if self.linger_ms > 0:
-                batch.timer = loop.call_later(self.linger_ms / 1000, self._linger, batch)
+                batch.timer = self._loop.call_later(self.linger_ms / 1000, self._linger, batch)
             else:
-                batch.timer = loop.call_soon(self._linger, batch)  # type: ignore[assignment]
+                batch.timer = self._loop.call_soon(self._linger, batch)  # type: ignore[assignment]
         return fut
 
     async def send_and_wait(self, topic: str, value: bytes, key: bytes | None = None,
