@@ -64,13 +64,18 @@ class ProduceService(log_pb2_grpc.ProduceServicer):
 
     async def _read(self, requests: AsyncIterator[log_pb2.ProduceRequest],
                     queue: asyncio.Queue[_Pending | None]) -> None:
+        # The end-of-stream marker must reach the handler whether the stream ended or broke;
+        # the put cannot block for long because the handler keeps draining the queue. When
+        # the handler itself cancels this task it is no longer draining, so no marker then.
         try:
             async for req in requests:
                 await queue.put(self._handle(req))
-        finally:
-            # The handler must learn the stream ended even if reading failed; it never blocks
-            # here for long because the handler drains the queue.
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
             await queue.put(None)
+            raise
+        await queue.put(None)
 
     def _handle(self, req: log_pb2.ProduceRequest) -> _Pending:
         """Check and append one batch; never raises (errors become the batch's response)."""

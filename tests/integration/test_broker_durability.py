@@ -135,3 +135,55 @@ async def test_second_node_on_same_data_dir_refuses_to_start(broker, broker_fact
     other.data_dir = broker.data_dir
     with pytest.raises(RuntimeError, match="in use by another node"):
         other.start()
+
+
+async def test_retention_deletes_old_segments_and_reads_below_start_are_out_of_range(
+        broker_factory, connect) -> None:
+    node = broker_factory(env={"RILLET_RETENTION_CHECK_INTERVAL_MS": "200"})
+    async with connect(node) as s:
+        await s.admin.CreateTopic(admin_pb2.CreateTopicRequest(
+            name="ret", config=admin_pb2.TopicConfig(segment_bytes=4096, retention_bytes=8192)))
+        reqs = [log_pb2.ProduceRequest(topic="ret", batch=make_batch([b"r" * 1000]))
+                for _ in range(20)]
+        async with asyncio.timeout(30):
+            resps = [r async for r in s.produce.Produce(iter(reqs))]
+        assert [r.base_offset for r in resps] == list(range(20))
+        async with asyncio.timeout(30):
+            while True:
+                desc = await s.admin.DescribeTopic(admin_pb2.DescribeTopicRequest(name="ret"))
+                start = desc.topic.partitions[0].log_start_offset
+                if start > 0:
+                    break
+                await asyncio.sleep(0.05)
+        assert desc.topic.partitions[0].size_bytes <= 8192 + 4096
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async with asyncio.timeout(30):
+                async for _ in s.consume.Consume(log_pb2.ConsumeRequest(
+                        topic="ret", partitions=[log_pb2.PartitionPosition(
+                            partition=0, position=common_pb2.Position(offset=0))])):
+                    pass
+        assert info.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        assert f"valid offsets are {start} to 20" in (info.value.details() or "")
+        # Replay from earliest starts at the new log start.
+        stored = await replay_all(s, "ret")
+        assert [r.offset for r in stored[0]] == list(range(start, 20))
+
+
+async def test_producer_that_vanishes_mid_pipeline_does_not_wedge_the_node(
+        broker, connect) -> None:
+    async with connect(broker) as s:
+        await s.admin.CreateTopic(admin_pb2.CreateTopicRequest(name="v"))
+        call = s.produce.Produce()
+        data = make_batch([b"v" * 100] * 1000)
+        async with asyncio.timeout(30):
+            # Never read a response: the broker's pending queue fills and it stops reading.
+            for _ in range(100):
+                await call.write(log_pb2.ProduceRequest(topic="v", batch=data))
+        call.cancel()
+        resps = [r async for r in s.produce.Produce(iter([
+            log_pb2.ProduceRequest(topic="v", batch=make_batch([b"after"]))]))]
+        assert not resps[0].HasField("error")
+    started = time.monotonic()
+    assert broker.stop() == 0
+    # Well under the 5 s grace: no handler was left stuck behind the vanished producer.
+    assert time.monotonic() - started < 4
