@@ -142,9 +142,12 @@ async def bench_consume(
         deadline = start + timeout_s
         while got < count and clock() < deadline:
             for b in await consumer.getmany(max(deadline - clock(), 0.0)):
+                take = min(len(b), count - got)
                 if read_values:
-                    value_bytes += sum(map(len, b.values))
-                got += len(b)
+                    value_bytes += sum(map(len, b.values[:take]))
+                got += take
+                if got >= count:
+                    break
         elapsed = clock() - start
     return BenchResult(
         mode="consume", topic=topic, records=got, record_bytes=record_bytes,
