@@ -1,6 +1,6 @@
 """The Python client: producer, consumer, replay, admin (asyncio; blocking wrappers in .sync)."""
 
-from rillet.client.accumulator import RecordMetadata
+from rillet.client.accumulator import ChunkAck, RecordMetadata
 from rillet.client.admin import Admin
 from rillet.client.consumer import Consumer, Replay, Timestamp
 from rillet.client.errors import RilletError
@@ -9,6 +9,6 @@ from rillet.client.producer import Producer
 from rillet.client.records import ConsumerRecord, RecordBatch
 
 __all__ = [
-    "Admin", "ClusterMetadata", "Consumer", "ConsumerRecord", "Producer", "RecordBatch",
-    "RecordMetadata", "Replay", "RilletError", "Timestamp",
+    "Admin", "ChunkAck", "ClusterMetadata", "Consumer", "ConsumerRecord", "Producer",
+    "RecordBatch", "RecordMetadata", "Replay", "RilletError", "Timestamp",
 ]

@@ -27,6 +27,45 @@ _HEADER_OVERHEAD = 12
 _BATCH_SLACK = codec.HEADER_SIZE + 64
 
 
+class ChunkAck(NamedTuple):
+    """Where a run of consecutive records from one `send_many` call was stored."""
+
+    topic: str
+    partition: int
+    #: Offset of the first record of the run; the others follow densely.
+    base_offset: int
+    record_count: int
+
+
+class ManyFuture:
+    """Collects the chunks of one `send_many` call; resolves `future` once all are acked."""
+
+    __slots__ = ("acks", "closed", "future", "pending")
+
+    def __init__(self, future: asyncio.Future[list[ChunkAck]]) -> None:
+        self.future = future
+        self.acks: list[tuple[int, ChunkAck]] = []
+        self.pending = 0
+        #: Set once every chunk has been handed to a batch.
+        self.closed = False
+
+    def chunk_done(self, seq: int, ack: ChunkAck | None, exc: BaseException | None) -> None:
+        self.pending -= 1
+        if self.future.done():
+            return
+        if exc is not None:
+            self.future.set_exception(exc)
+            self.future.exception()
+            return
+        assert ack is not None
+        self.acks.append((seq, ack))
+        self.maybe_resolve()
+
+    def maybe_resolve(self) -> None:
+        if self.closed and self.pending == 0 and not self.future.done():
+            self.future.set_result([a for _, a in sorted(self.acks)])
+
+
 class RecordMetadata(NamedTuple):
     """Where an acknowledged record was stored."""
 
@@ -60,7 +99,12 @@ class PartitionBatch:
     keys: list[bytes] = field(default_factory=list)
     timestamps: list[int] = field(default_factory=list)
     headers: list[Sequence[tuple[str, bytes]]] = field(default_factory=list)
-    futures: list[asyncio.Future[RecordMetadata]] = field(default_factory=list)
+    #: One future per record, or None for records that belong to a `send_many` chunk.
+    futures: list[asyncio.Future[RecordMetadata] | None] = field(default_factory=list)
+    #: `send_many` chunks: (first record index, record count, owner, chunk sequence).
+    chunks: list[tuple[int, int, ManyFuture, int]] = field(default_factory=list)
+    #: How many entries of `futures` are real futures (0 lets completion skip the loop).
+    record_futures: int = 0
     has_keys: bool = False
     has_headers: bool = False
     #: Estimated encoded size so far, an upper bound.
@@ -97,6 +141,23 @@ class PartitionBatch:
             self.headers.append(())
         self.timestamps.append(timestamp_ms)
         self.futures.append(future)
+        self.record_futures += 1
+        self.size += size
+
+    def extend(self, values: Sequence[bytes], timestamp_ms: int, size: int, owner: ManyFuture,
+               seq: int) -> None:
+        """Add keyless, headerless records as one `send_many` chunk (no per-record future)."""
+        n = len(values)
+        start = len(self.values)
+        self.values.extend(values)
+        if self.has_keys:
+            self.keys.extend([b""] * n)
+        if self.has_headers:
+            self.headers.extend([()] * n)
+        self.timestamps.extend([timestamp_ms] * n)
+        self.futures.extend([None] * n)
+        self.chunks.append((start, n, owner, seq))
+        owner.pending += 1
         self.size += size
 
     def encode(self) -> bytes:
@@ -113,18 +174,23 @@ class PartitionBatch:
     def complete(self, base_offset: int) -> None:
         """Resolve every record future from the broker-assigned base offset."""
         topic, partition = self.topic, self.partition
-        offset = base_offset
-        for fut, ts in zip(self.futures, self.timestamps, strict=True):
-            if not fut.done():
-                fut.set_result(RecordMetadata(topic, partition, offset, ts))
-            offset += 1
+        if self.record_futures:
+            offset = base_offset
+            for fut, ts in zip(self.futures, self.timestamps, strict=True):
+                if fut is not None and not fut.done():
+                    fut.set_result(RecordMetadata(topic, partition, offset, ts))
+                offset += 1
+        for start, n, owner, seq in self.chunks:
+            owner.chunk_done(seq, ChunkAck(topic, partition, base_offset + start, n), None)
 
     def fail(self, exc: BaseException) -> None:
         for fut in self.futures:
-            if not fut.done():
+            if fut is not None and not fut.done():
                 fut.set_exception(exc)
                 # The caller may never look at a future it did not need; don't warn about it.
                 fut.exception()
+        for _, _, owner, seq in self.chunks:
+            owner.chunk_done(seq, None, exc)
 
 
 class Accumulator:
@@ -167,8 +233,28 @@ class Accumulator:
             current.values.append(value)
             current.timestamps.append(timestamp_ms)
             current.futures.append(future)
+            current.record_futures += 1
             current.size += size
         return current, sealed, created
+
+    def seal_if_full(self, topic: str, partition: int, size: int) -> PartitionBatch | None:
+        """Seal the open batch when `size` more bytes would not fit."""
+        current = self._open.get((topic, partition))
+        if current is not None and current.size + size > self.batch_bytes:
+            return self._open.pop((topic, partition))
+        return None
+
+    def room(self, topic: str, partition: int) -> int:
+        """Estimated bytes the open batch of a partition can still take."""
+        current = self._open.get((topic, partition))
+        return self.batch_bytes - (current.size if current is not None else _BATCH_SLACK)
+
+    def get_or_open(self, topic: str, partition: int) -> tuple[PartitionBatch, bool]:
+        current = self._open.get((topic, partition))
+        if current is not None:
+            return current, False
+        current = self._open[(topic, partition)] = PartitionBatch(topic, partition)
+        return current, True
 
     def seal(self, topic: str, partition: int) -> PartitionBatch | None:
         """Close the open batch of a partition (linger expired, flush), if any."""

@@ -93,8 +93,11 @@ async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> int:
 async def bench_produce(
     bootstrap: str, topic: str, *, count: int, record_bytes: int, acks: str = "all",
     partitions: int = 1, linger_ms: float = 5.0, batch_bytes: int = 1_000_000,
-    max_in_flight: int = 8, sample_every: int = 10,
+    max_in_flight: int = 8, sample_every: int = 10, api: str = "record",
+    chunk: int = 1000,
 ) -> BenchResult:
+    """Produce `count` records; `api` is "record" (`send()` per record, a future each) or
+    "many" (`send_many()` with `chunk` records per call, one future per call)."""
     n_parts = await ensure_topic(bootstrap, topic, partitions)
     value = os.urandom(record_bytes)
     latencies: list[float] = []
@@ -105,10 +108,16 @@ async def bench_produce(
         # Warm the metadata cache and the stream so the timing starts with a live connection.
         await (await producer.send(topic, value))
         start = clock()
-        for i in range(count):
-            fut = await producer.send(topic, value)
-            if i % sample_every == 0:
-                fut.add_done_callback(_Sample(clock(), latencies, clock))
+        if api == "many":
+            values = [value] * chunk
+            for i in range(0, count, chunk):
+                many = await producer.send_many(topic, values[:min(chunk, count - i)])
+                many.add_done_callback(_Sample(clock(), latencies, clock))
+        else:
+            for i in range(count):
+                fut = await producer.send(topic, value)
+                if i % sample_every == 0:
+                    fut.add_done_callback(_Sample(clock(), latencies, clock))
         await producer.flush()
         elapsed = clock() - start
     return BenchResult(
@@ -116,7 +125,7 @@ async def bench_produce(
         seconds=elapsed, records_per_s=count / elapsed,
         mb_per_s=count * record_bytes / elapsed / 1e6,
         latency_ms={k: v * 1000 for k, v in percentiles(latencies).items()},
-        settings={"acks": acks, "partitions": n_parts, "linger_ms": linger_ms,
+        settings={"api": api, "acks": acks, "partitions": n_parts, "linger_ms": linger_ms,
                   "batch_bytes": batch_bytes, "max_in_flight": max_in_flight,
                   "latency_samples": len(latencies)})
 

@@ -15,6 +15,7 @@ A batch that is still unacknowledged at its `delivery_timeout` fails with Reques
 from __future__ import annotations
 
 import asyncio
+import bisect
 import itertools
 import logging
 import time
@@ -31,6 +32,8 @@ from rillet.client.accumulator import (
     DEFAULT_BATCH_BYTES,
     MAX_BATCH_BYTES,
     Accumulator,
+    ChunkAck,
+    ManyFuture,
     PartitionBatch,
     RecordMetadata,
     record_size,
@@ -297,9 +300,7 @@ class Producer:
             if key:
                 partition = codec.partition_for_key(key, n)
             else:
-                partition = self._round_robin.get(topic)
-                if partition is None or partition >= n:
-                    partition = self._round_robin[topic] = len(self._round_robin) % n
+                partition = self._sticky(topic, n)
         elif not 0 <= partition < n:
             raise PartitionOutOfRangeError(
                 f"partition {partition} out of range: topic {topic!r} has {n} partitions")
@@ -326,6 +327,86 @@ class Producer:
                 batch.timer = self._loop.call_later(self.linger_ms / 1000, self._linger, batch)
             else:
                 batch.timer = self._loop.call_soon(self._linger, batch)  # type: ignore[assignment]
+        return fut
+
+    def _sticky(self, topic: str, n: int) -> int:
+        """The partition keyless records of `topic` fill now (round robin per batch)."""
+        partition = self._round_robin.get(topic)
+        if partition is None or partition >= n:
+            partition = self._round_robin[topic] = len(self._round_robin) % n
+        return partition
+
+    async def send_many(
+        self,
+        topic: str,
+        values: Sequence[bytes],
+        *,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> asyncio.Future[list[ChunkAck]]:
+        """Queue many keyless records at once; one future for the whole call.
+
+        The bulk path for throughput: records are appended to batches in slices, with no
+        per-record future or metadata, so its cost per record is a fraction of `send()`'s. The
+        future resolves to the runs of consecutive records as stored (partition, base offset,
+        count), in the order of `values`, or fails if any run fails. Keyless records of one
+        call may span partitions (round robin per batch) unless `partition` is given.
+        """
+        if not self._started:
+            raise ClientClosedError("producer not started: use `async with` or await start()")
+        if self._closed:
+            raise ClientClosedError("producer is closed")
+        n = self._metadata.partition_count(topic)
+        if n is None:
+            n = await self._partition_count(topic)
+        if partition is not None and not 0 <= partition < n:
+            raise PartitionOutOfRangeError(
+                f"partition {partition} out of range: topic {topic!r} has {n} partitions")
+        fut: asyncio.Future[list[ChunkAck]] = self._loop.create_future()
+        owner = ManyFuture(fut)
+        total = len(values)
+        if total and max(map(len, values)) + _RECORD_OVERHEAD > _MAX_RECORD_BYTES:
+            raise BatchTooLargeError(
+                f"a record above {_MAX_RECORD_BYTES} bytes does not fit in a batch")
+        if timestamp_ms is None:
+            timestamp_ms = int(time.time() * 1000)
+        # cum[k]: estimated bytes of records 0..k, computed at C speed.
+        cum = list(itertools.accumulate(map(_RECORD_OVERHEAD.__add__, map(len, values))))
+        i = seq = 0
+        while i < total:
+            if self._buffered >= self.buffer_bytes:
+                await self._wait_room()
+            p = partition if partition is not None else self._sticky(topic, n)
+            room = self._acc.room(topic, p)
+            before = cum[i - 1] if i else 0
+            j = bisect.bisect_right(cum, before + room, i)
+            if j == i:
+                sealed = self._acc.seal(topic, p)
+                if sealed is not None:
+                    # The open batch is too full for the next record: send it, retry.
+                    self._dispatch(sealed)
+                    await asyncio.sleep(0)
+                    continue
+                j = i + 1  # an empty batch takes at least one record
+            batch, created = self._acc.get_or_open(topic, p)
+            used = cum[j - 1] - before
+            batch.extend(values[i:j], timestamp_ms, used, owner, seq)
+            seq += 1
+            self._buffered += used + (_BATCH_SLACK if created else 0)
+            if created:
+                if self.linger_ms > 0:
+                    batch.timer = self._loop.call_later(
+                        self.linger_ms / 1000, self._linger, batch)
+                else:
+                    batch.timer = self._loop.call_soon(  # type: ignore[assignment]
+                        self._linger, batch)
+            i = j
+            if i < total:
+                self._acc.seal(topic, p)
+                self._dispatch(batch)
+                await asyncio.sleep(0)
+        owner.closed = True
+        owner.maybe_resolve()
         return fut
 
     async def send_and_wait(self, topic: str, value: bytes, key: bytes | None = None,

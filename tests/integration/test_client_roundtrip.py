@@ -190,3 +190,26 @@ def test_sync_wrappers(broker: Any) -> None:
     assert [r.value for r in got] == [f"v{i}".encode() for i in range(50)]
     with rsync.Replay(broker.address, "sy") as r:
         assert len(list(r)) == 50
+
+
+async def test_send_many_spans_batches_and_partitions_in_order(broker: Any) -> None:
+    async with Admin(broker.address) as admin:
+        await admin.create_topic("many", partitions=2)
+    values = [b"%06d" % i + b"x" * 200 for i in range(5000)]
+    async with Producer(broker.address, batch_bytes=64 * 1024) as producer:
+        acks = await (await producer.send_many("many", values))
+        pinned = await (await producer.send_many("many", [b"p1", b"p2"], partition=1))
+        with pytest.raises(errors.PartitionOutOfRangeError):
+            await producer.send_many("many", [b"x"], partition=5)
+    assert sum(a.record_count for a in acks) == 5000
+    assert {a.partition for a in acks} == {0, 1}, "64 KiB batches rotate partitions"
+    assert len(pinned) == 1 and pinned[0].partition == 1 and pinned[0].record_count == 2
+    async with Consumer(broker.address, "many", start="earliest") as c:
+        got = await read_n(c, 5002)
+    stored = {(r.partition, r.offset): r.value for r in got}
+    # Each acked run holds exactly the values in call order.
+    i = 0
+    for a in acks:
+        for k in range(a.record_count):
+            assert stored[(a.partition, a.base_offset + k)] == values[i]
+            i += 1

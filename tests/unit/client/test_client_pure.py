@@ -247,3 +247,28 @@ def test_decode_batches_rejects_damage() -> None:
     buf[-1] ^= 0xFF
     with pytest.raises(codec.CorruptBatchError, match="CRC"):
         decode_batches("t", 0, bytes(buf))
+
+
+async def test_send_many_chunks_resolve_in_call_order() -> None:
+    from rillet.client.accumulator import ManyFuture
+
+    owner = ManyFuture(_future())
+    b1, b2 = PartitionBatch("t", 0), PartitionBatch("t", 1)
+    f = _future()
+    b1.append(b"single", None, 5, None, 30, f)
+    b1.extend([b"a", b"b"], 7, 42, owner, 0)
+    b2.extend([b"c"], 7, 21, owner, 1)
+    owner.closed = True
+    assert b1.values == [b"single", b"a", b"b"] and b1.futures[1:] == [None, None]
+    b2.complete(100)
+    assert not owner.future.done(), "waits for every chunk"
+    b1.complete(10)
+    assert f.result().offset == 10
+    assert owner.future.result() == [("t", 0, 11, 2), ("t", 1, 100, 1)]
+    failing = ManyFuture(_future())
+    b3 = PartitionBatch("t", 0)
+    b3.extend([b"x"], 1, 21, failing, 0)
+    failing.closed = True
+    b3.fail(errors.BrokerStorageError("disk"))
+    with pytest.raises(errors.BrokerStorageError):
+        failing.future.result()
