@@ -8,7 +8,8 @@ cost (PERFORMANCE.md: reading columns is about half the cost of rows).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from itertools import count, repeat
 from typing import NamedTuple
 
 from rillet import batch as codec
@@ -61,13 +62,14 @@ class RecordBatch:
 
     @property
     def values(self) -> list[bytes]:
-        return list(self._records.values[self.start:self.stop])
+        # Slicing a repeated field already builds a new list.
+        return self._records.values[self.start:self.stop]
 
     @property
     def keys(self) -> list[bytes]:
         if not self._records.keys:
             return [b""] * len(self)
-        return list(self._records.keys[self.start:self.stop])
+        return self._records.keys[self.start:self.stop]
 
     @property
     def timestamps_ms(self) -> list[int]:
@@ -82,10 +84,15 @@ class RecordBatch:
                 for rh in self._records.headers[self.start:self.stop]]
 
     def __iter__(self) -> Iterator[ConsumerRecord]:
-        topic, partition, base = self.topic, self.partition, self.base_offset + self.start
-        for i, (k, v, ts, h) in enumerate(zip(self.keys, self.values, self.timestamps_ms,
-                                              self.headers, strict=True)):
-            yield ConsumerRecord(topic, partition, base + i, ts, k, v, h)
+        r, start, stop = self._records, self.start, self.stop
+        keys: Iterable[bytes] = r.keys[start:stop] if r.keys else repeat(b"")
+        headers: Iterable[tuple[tuple[str, bytes], ...]] = (
+            self.headers if r.headers else repeat(()))
+        # map() over columns: no per-record Python frame beyond the tuple itself.
+        return map(ConsumerRecord, repeat(self.topic), repeat(self.partition),
+                   count(self.base_offset + start),
+                   map(self.first_timestamp_ms.__add__, r.timestamp_deltas_ms[start:stop]),
+                   keys, r.values[start:stop], headers)
 
 
 def decode_batches(
