@@ -13,11 +13,11 @@ from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
+
+from rillet.api.v1 import admin_pb2, admin_pb2_grpc
 from rillet.client.connection import ChannelPool, fetch_metadata, make_stub, parse_bootstrap
 from rillet.client.errors import ClusterUnreachableError, InvalidConfigError, from_rpc_error
 from rillet.client.metadata import ClusterMetadata
-
-from rillet.api.v1 import admin_pb2, admin_pb2_grpc
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from rillet.client.errors import ClusterUnreachableError, RilletError, from_rpc_error
-from rillet.client.metadata import ClusterMetadata
 
 from rillet.api.v1 import admin_pb2, admin_pb2_grpc
+from rillet.client.errors import ClusterUnreachableError, RilletError, from_rpc_error
+from rillet.client.metadata import ClusterMetadata
 
 log = logging.getLogger(__name__)
 

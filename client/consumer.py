@@ -21,6 +21,8 @@ from typing import Literal
 
 import grpc
 import grpc.aio
+
+from rillet.api.v1 import common_pb2, log_pb2, log_pb2_grpc
 from rillet.client.connection import ChannelPool, fetch_metadata, make_stub, parse_bootstrap
 from rillet.client.errors import (
     ClientClosedError,
@@ -31,8 +33,6 @@ from rillet.client.errors import (
 )
 from rillet.client.metadata import ClusterMetadata
 from rillet.client.records import ConsumerRecord, RecordBatch, decode_batches
-
-from rillet.api.v1 import common_pb2, log_pb2, log_pb2_grpc
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,9 @@ from typing import Any
 
 import grpc
 import grpc.aio
+
+from rillet import batch as codec
+from rillet.api.v1 import log_pb2, log_pb2_grpc
 from rillet.client.accumulator import (
     _BATCH_SLACK,
     _RECORD_OVERHEAD,
@@ -50,9 +53,6 @@ from rillet.client.errors import (
     from_rpc_error,
 )
 from rillet.client.metadata import ClusterMetadata
-
-from rillet import batch as codec
-from rillet.api.v1 import log_pb2, log_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,8 @@ class Producer:
         self._acc = Accumulator(batch_bytes)
         self._senders: dict[str, _Sender] = {}
         self._round_robin: dict[str, int] = {}
-        self._pending: set[asyncio.Future[None]] = set()
+        # Partition counts by topic, read on every send(); cleared when metadata refreshes.
+        self._counts: dict[str, int] = {}
         self._batch_futures: dict[int, asyncio.Future[None]] = {}
         self._buffered = 0
         self._room = asyncio.Event()
@@ -268,6 +269,7 @@ class Producer:
         await self.close(flush=exc_type is None)
 
     async def _partition_count(self, topic: str) -> int:
+        """Partition count of `topic`, asking the cluster when the cache does not know it."""
         n = self._metadata.partition_count(topic)
         if n is None:
             await fetch_metadata(self._pool, self._metadata, [topic],
@@ -275,6 +277,7 @@ class Producer:
             n = self._metadata.partition_count(topic)
             if n is None:
                 raise UnknownTopicError(f"topic {topic!r} does not exist")
+        self._counts[topic] = n
         return n
 
     async def send(
@@ -293,14 +296,16 @@ class Producer:
             raise ClientClosedError("producer is closed")
         if self._buffered >= self.buffer_bytes:
             await self._wait_room()
-        n = self._metadata.partition_count(topic)
+        n = self._counts.get(topic)
         if n is None:
             n = await self._partition_count(topic)
         if partition is None:
             if key:
                 partition = codec.partition_for_key(key, n)
             else:
-                partition = self._sticky(topic, n)
+                partition = self._round_robin.get(topic)
+                if partition is None or partition >= n:
+                    partition = self._sticky(topic, n)
         elif not 0 <= partition < n:
             raise PartitionOutOfRangeError(
                 f"partition {partition} out of range: topic {topic!r} has {n} partitions")
@@ -313,6 +318,18 @@ class Producer:
                 f"record of about {size} bytes does not fit in a batch of at most "
                 f"{MAX_BATCH_BYTES} bytes")
         fut: asyncio.Future[RecordMetadata] = self._loop.create_future()
+        if key is None and headers is None:
+            # Fast path: a plain record that fits the open batch (most of them).
+            batch = self._acc._open.get((topic, partition))
+            if (batch is not None and batch.size + size <= self._acc.batch_bytes
+                    and not batch.has_keys and not batch.has_headers):
+                batch.values.append(value)
+                batch.timestamps.append(timestamp_ms)
+                batch.futures.append(fut)
+                batch.record_futures += 1
+                batch.size += size
+                self._buffered += size
+                return fut
         batch, sealed, created = self._acc.append(
             topic, partition, value, key, timestamp_ms, headers, fut, size)
         self._buffered += size
@@ -456,6 +473,7 @@ class Producer:
             try:
                 await fetch_metadata(self._pool, self._metadata,
                                      timeout_s=self.request_timeout_s)
+                self._counts.clear()
             except RilletError as exc:
                 log.info("metadata refresh failed: %s", exc)
                 return

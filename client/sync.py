@@ -16,14 +16,13 @@ from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from rillet.api.v1 import admin_pb2
 from rillet.client import admin as _admin
 from rillet.client import consumer as _consumer
 from rillet.client import producer as _producer
 from rillet.client.accumulator import RecordMetadata
 from rillet.client.metadata import ClusterMetadata
 from rillet.client.records import ConsumerRecord
-
-from rillet.api.v1 import admin_pb2
 
 T = TypeVar("T")
 

@@ -6,10 +6,10 @@ import asyncio
 from typing import Any
 
 import pytest
-from rillet.client import Admin, Consumer, ConsumerRecord, Producer, Replay, Timestamp, errors
-from rillet.client import sync as rsync
 
 from rillet import batch as codec
+from rillet.client import Admin, Consumer, ConsumerRecord, Producer, Replay, Timestamp, errors
+from rillet.client import sync as rsync
 
 pytestmark = pytest.mark.integration
 

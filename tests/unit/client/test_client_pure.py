@@ -6,6 +6,9 @@ import asyncio
 
 import grpc
 import pytest
+
+from rillet import batch as codec
+from rillet.api.v1 import admin_pb2, common_pb2
 from rillet.client import errors
 from rillet.client.accumulator import Accumulator, PartitionBatch, record_size
 from rillet.client.admin import config_dict, topic_config
@@ -13,9 +16,6 @@ from rillet.client.connection import parse_bootstrap
 from rillet.client.consumer import Timestamp, to_position
 from rillet.client.metadata import ClusterMetadata
 from rillet.client.records import decode_batches
-
-from rillet import batch as codec
-from rillet.api.v1 import admin_pb2, common_pb2
 
 # ---------------------------------------------------------------- errors
 
