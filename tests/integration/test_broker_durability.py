@@ -187,3 +187,60 @@ async def test_producer_that_vanishes_mid_pipeline_does_not_wedge_the_node(
     assert broker.stop() == 0
     # Well under the 5 s grace: no handler was left stuck behind the vanished producer.
     assert time.monotonic() - started < 4
+
+
+async def test_sigterm_during_acks_all_produce_answers_or_refuses_and_keeps_acked(
+        broker, connect) -> None:
+    acked: list[tuple[int, int]] = []  # (base offset, request index)
+    refused = 0
+    async with connect(broker) as s:
+        await s.admin.CreateTopic(admin_pb2.CreateTopicRequest(name="g"))
+        stop_sent = asyncio.Event()
+
+        async def requests():
+            for i in range(5000):
+                yield log_pb2.ProduceRequest(topic="g", batch=make_batch([str(i).encode()] * 20))
+                if i == 50:
+                    stop_sent.set()
+
+        call = s.produce.Produce(requests())
+        stopper = None
+        try:
+            async with asyncio.timeout(60):
+                async for resp in call:
+                    if resp.HasField("error"):
+                        # After SIGTERM the node refuses new batches as retriable UNAVAILABLE.
+                        assert resp.error.code == common_pb2.ERROR_CODE_UNAVAILABLE, resp.error
+                        assert resp.error.retriable
+                        refused += 1
+                    else:
+                        assert refused == 0, "a batch was stored after one was refused"
+                        acked.append((resp.base_offset, len(acked) + refused))
+                    if stop_sent.is_set() and stopper is None:
+                        stopper = asyncio.create_task(asyncio.to_thread(broker.stop))
+        except grpc.aio.AioRpcError as exc:
+            # The grace period ran out or the server closed the stream: both are fine here.
+            assert exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+        assert stopper is not None
+        assert await stopper == 0
+    assert len(acked) > 50
+    broker.start()
+    async with connect(broker) as s:
+        stored = (await replay_all(s, "g")).get(0, [])
+    for base, index in acked:
+        assert [r.value for r in stored[base:base + 20]] == [str(index).encode()] * 20
+
+
+async def test_config_file_sets_the_batch_limit(broker_factory, connect, tmp_path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text("[broker]\nmax_batch_bytes = 65536\n")
+    node = broker_factory(extra_args=["--config", str(path)])
+    async with connect(node) as s:
+        await s.admin.CreateTopic(admin_pb2.CreateTopicRequest(name="small"))
+        resps = [r async for r in s.produce.Produce(iter([
+            log_pb2.ProduceRequest(topic="small", batch=make_batch([b"z" * 1000] * 70)),
+            log_pb2.ProduceRequest(topic="small", batch=make_batch([b"z" * 1000] * 60)),
+        ]))]
+        assert resps[0].error.code == common_pb2.ERROR_CODE_BATCH_TOO_LARGE
+        assert "limit of 65536 bytes" in resps[0].error.message
+        assert resps[1].base_offset == 0
