@@ -22,6 +22,8 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+from rillet.api.v1 import admin_pb2, admin_pb2_grpc, log_pb2, log_pb2_grpc
 from rillet.node.config import MIB, BrokerConfig
 from rillet.node.errors import UnavailableError
 from rillet.node.partition import GroupCommitter
@@ -30,8 +32,6 @@ from rillet.node.services.common import NodeContext
 from rillet.node.services.produce import ProduceService
 from rillet.node.services.read import ConsumeService, ReplayService
 from rillet.node.topics import TopicRegistry
-
-from rillet.api.v1 import admin_pb2, admin_pb2_grpc, log_pb2, log_pb2_grpc
 
 log = logging.getLogger(__name__)
 

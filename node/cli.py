@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+
 from rillet.node.broker import Broker, DataDirLockedError
 from rillet.node.config import ConfigError, load
 

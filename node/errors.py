@@ -16,10 +16,10 @@ import logging
 from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 import grpc
-from rillet.node.storage import errors as storage_errors
 
 from rillet import batch as batch_codec
 from rillet.api.v1 import common_pb2
+from rillet.node.storage import errors as storage_errors
 
 log = logging.getLogger(__name__)
 

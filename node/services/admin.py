@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import logging
 
+from rillet.api.v1 import admin_pb2, admin_pb2_grpc
 from rillet.node import errors
 from rillet.node.errors import Context
 from rillet.node.services.common import NodeContext
 from rillet.node.topics import Topic
-
-from rillet.api.v1 import admin_pb2, admin_pb2_grpc
 
 log = logging.getLogger(__name__)
 

@@ -7,12 +7,11 @@ import asyncio
 import struct
 from dataclasses import dataclass, field
 
+from rillet.api.v1 import common_pb2
 from rillet.node.config import BrokerConfig
 from rillet.node.errors import InvalidRequestError, OffsetOutOfRangeError
 from rillet.node.partition import Partition
 from rillet.node.topics import TopicRegistry
-
-from rillet.api.v1 import common_pb2
 
 DEFAULT_MAX_BYTES = 1024 * 1024
 DEFAULT_MAX_WAIT_MS = 5000

@@ -14,12 +14,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+from rillet import batch as batch_codec
+from rillet.api.v1 import log_pb2, log_pb2_grpc
 from rillet.node import errors
 from rillet.node.errors import BatchTooLargeError, Context, InvalidRequestError, UnavailableError
 from rillet.node.services.common import NodeContext
-
-from rillet import batch as batch_codec
-from rillet.api.v1 import log_pb2, log_pb2_grpc
 
 log = logging.getLogger(__name__)
 

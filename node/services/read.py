@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 
+from rillet.api.v1 import common_pb2, log_pb2, log_pb2_grpc
 from rillet.node import errors
 from rillet.node.errors import Context, InvalidRequestError, UnavailableError, UnknownTopicError
 from rillet.node.partition import Partition
@@ -24,8 +25,6 @@ from rillet.node.services.common import (
     resolve_position,
 )
 from rillet.node.topics import Topic
-
-from rillet.api.v1 import common_pb2, log_pb2, log_pb2_grpc
 
 log = logging.getLogger(__name__)
 

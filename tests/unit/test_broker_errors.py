@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from rillet.node import errors
-from rillet.node.storage import errors as storage_errors
 
 from rillet import batch
 from rillet.api.v1 import common_pb2
+from rillet.node import errors
+from rillet.node.storage import errors as storage_errors
 
 # The statuses the contract (common.proto) promises for each code.
 PROMISED = {

@@ -10,6 +10,7 @@ import asyncio
 import threading
 
 import pytest
+
 from rillet.node.errors import StorageFailureError, UnknownTopicError
 from rillet.node.partition import GroupCommitter, Partition
 from rillet.node.storage.log import AppendInfo
