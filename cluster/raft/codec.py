@@ -59,15 +59,16 @@ class _Reader:
     """A cursor over bytes that raises ``CodecError`` instead of reading past the end."""
 
     def __init__(self, buf: bytes) -> None:
-        self._buf = memoryview(buf)
+        # Plain bytes: slicing copies once, straight into the result (hot path for entries).
+        self._buf = bytes(buf)
         self._pos = 0
 
     def unpack(self, fmt: struct.Struct) -> tuple[int, ...]:
         if self._pos + fmt.size > len(self._buf):
             raise CodecError(f"truncated: need {fmt.size} bytes at offset {self._pos}")
-        values = fmt.unpack_from(self._buf, self._pos)
+        values: tuple[int, ...] = fmt.unpack_from(self._buf, self._pos)
         self._pos += fmt.size
-        return tuple(int(v) for v in values)
+        return values
 
     def u32(self) -> int:
         return self.unpack(_U32)[0]
@@ -78,7 +79,7 @@ class _Reader:
     def raw(self, n: int) -> bytes:
         if self._pos + n > len(self._buf):
             raise CodecError(f"truncated: need {n} bytes at offset {self._pos}")
-        out = bytes(self._buf[self._pos:self._pos + n])
+        out = self._buf[self._pos:self._pos + n]
         self._pos += n
         return out
 
@@ -112,9 +113,15 @@ def _put_entry(out: list[bytes], entry: Entry) -> None:
     out.append(entry.data)
 
 
+_ENTRY_KINDS = {k.value: k for k in EntryKind}
+
+
 def _get_entry(r: _Reader) -> Entry:
     index, term, kind, n = r.unpack(_ENTRY_HEAD)
-    return Entry(index, term, _enum(EntryKind, kind), r.raw(n))
+    entry_kind = _ENTRY_KINDS.get(kind)
+    if entry_kind is None:
+        raise CodecError(f"unknown EntryKind {kind}")
+    return Entry(index, term, entry_kind, r.raw(n))
 
 
 def _put_ids(out: list[bytes], ids: frozenset[int]) -> None:

@@ -275,10 +275,13 @@ class RaftCore:
         if self._outstanding is not None:
             return False
         u = self.log.unstable
+        soft = self.prev_soft_state
+        # The cheap checks first: this runs once per group per tick on a node with thousands
+        # of groups. The hard state is compared as ready() will build it.
         return bool(self.msgs or u.entries or u.snapshot is not None
-                    or self.soft_state() != self.prev_soft_state
-                    or self.hard_state() != self.prev_hard_state
-                    or (u.snapshot is None and self.log.applied < self.log.committed))
+                    or self.lead != soft.leader or self._role != soft.role
+                    or self.log.applied < self.log.committed
+                    or self.hard_state() != self.prev_hard_state)
 
     def ready(self) -> Ready:
         """Hand out the work accumulated since the last Ready (see the module docstring)."""
@@ -972,7 +975,7 @@ class RaftCore:
             voters.discard(n)
             learners.discard(n)
         else:
-            self.logger.warning("raft %d: skipped membership change %s at %d against %s",
+            self.logger.info("raft %d: skipped membership change %s at %d against %s",
                                 self._id, change.describe(), index, self.conf.describe())
             return
         self.conf = ConfState(frozenset(voters), frozenset(learners))

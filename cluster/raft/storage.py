@@ -98,15 +98,18 @@ class MemoryStorage:
     def __init__(self, conf: ConfState | None = None) -> None:
         conf = conf if conf is not None else ConfState()
         self._hard_state = HardState()
-        self._conf = conf
+        self._applied_conf: ConfState | None = None
+        """Set by ``set_conf_state``: the membership at the caller's applied index."""
         self._snapshot = Snapshot(SnapshotMeta(0, 0, conf))
         self._ents: list[Entry] = [Entry(0, 0)]
 
     # -- the Storage protocol -------------------------------------------------------------
 
     def initial_state(self) -> tuple[HardState, ConfState]:
-        """The saved hard state and membership (see ``set_hard_state``/``set_conf_state``)."""
-        return self._hard_state, self._conf
+        """The saved hard state, and the membership saved with ``set_conf_state`` or else the
+        one at the log start (from the constructor, ``compact`` or ``apply_snapshot``)."""
+        conf = self._applied_conf if self._applied_conf is not None else self._snapshot.meta.conf
+        return self._hard_state, conf
 
     def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
         """Entries in ``[lo, hi)``; see the module docstring for the errors."""
@@ -146,8 +149,11 @@ class MemoryStorage:
         self._hard_state = hard_state
 
     def set_conf_state(self, conf: ConfState) -> None:
-        """Save the membership returned by ``initial_state`` on restart."""
-        self._conf = conf
+        """Save the membership at the caller's applied index, for a caller that also persists
+        that index (``Config.applied``); ``initial_state`` returns it on restart. Callers that
+        re-apply the log from its start never call this: they get the log start's membership
+        and the core re-applies the changes after it."""
+        self._applied_conf = conf
 
     def append(self, entries: list[Entry]) -> None:
         """Append ``entries``, first dropping any held entries at or after ``entries[0].index``
@@ -177,16 +183,18 @@ class MemoryStorage:
             raise SnapshotOutOfDateError(
                 f"snapshot at {meta.index} is not newer than {self._snapshot.meta.index}")
         self._snapshot = snapshot
-        self._conf = meta.conf
+        self._applied_conf = None  # the applied index is now the snapshot's
         self._ents = [Entry(meta.index, meta.term)]
 
     def compact(self, index: int, conf: ConfState | None = None, data: bytes = b"") -> None:
         """Move the log start to ``index``: drop entries ``<= index`` but keep the term of
         ``index`` for log matching, and record the snapshot a lagging follower will be sent.
 
-        ``conf`` must be the membership in effect at ``index`` (default: the saved
-        membership, right when ``index`` is the applied index). Only applied entries should be
-        compacted. Raises ``CompactedError`` if ``index`` is not past the current log start.
+        ``conf`` must be the membership in effect at ``index``: it becomes the log start's
+        membership, which a restart re-applying from the log start begins with. The default,
+        ``initial_state()``'s membership, is right only when no change was applied between the
+        log start and ``index``. Only applied entries may be compacted. Raises
+        ``CompactedError`` if ``index`` is not past the current log start.
         """
         offset = self._ents[0].index
         if index <= offset:
@@ -194,11 +202,11 @@ class MemoryStorage:
         # Invariant: only entries that exist can be compacted.
         assert index <= self.last_index(), f"compact {index} beyond last {self.last_index()}"
         term = self._ents[index - offset].term
-        conf = conf if conf is not None else self._conf
+        conf = conf if conf is not None else self.initial_state()[1]
         self._snapshot = Snapshot(SnapshotMeta(index, term, conf), data)
         self._ents = [Entry(index, term), *self._ents[index - offset + 1:]]
 
     def describe(self) -> str:
         """``storage first=F last=L hard=(..) conf=(..)``."""
         return (f"storage first={self.first_index()} last={self.last_index()} "
-                f"hard=({self._hard_state.describe()}) conf=({self._conf.describe()})")
+                f"hard=({self._hard_state.describe()}) conf=({self.initial_state()[1].describe()})")

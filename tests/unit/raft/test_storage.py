@@ -87,3 +87,18 @@ def test_apply_snapshot_replaces_the_log() -> None:
     assert s.initial_state()[1] == other
     with pytest.raises(SnapshotOutOfDateError):
         s.apply_snapshot(Snapshot(SnapshotMeta(5, 4, other)))
+
+
+def test_initial_conf_follows_log_start_unless_saved() -> None:
+    """A restart that re-applies from the log start must begin with the membership AT the log
+    start (changes before it are gone from the log); a caller persisting its applied index
+    saves the membership there with set_conf_state."""
+    s = _storage([1, 1, 1])
+    later = ConfState(frozenset({1, 2, 3, 4}))
+    s.compact(2, later)
+    assert s.initial_state()[1] == later
+    applied = ConfState(frozenset({1, 2, 3, 4}), frozenset({5}))
+    s.set_conf_state(applied)
+    assert s.initial_state()[1] == applied
+    s.compact(3)
+    assert s.snapshot().meta.conf == applied
