@@ -50,6 +50,8 @@ class Network:
         self.cut_links: set[tuple[int, int]] = set()
         self.queue: deque[bytes] = deque()
         self.delivered: list[Message] = []
+        self.trace: list[str] | None = None
+        """When a list, every Ready handled is appended to it as ``n<id>: <describe>``."""
         self.hook: Callable[[Message], Message | None] | None = None
         """Called for each message about to be delivered; returns the message to deliver
         (possibly changed) or None to drop it."""
@@ -97,6 +99,8 @@ class Network:
             return []
         rd = core.ready()
         self.readies[node_id].append(rd)
+        if self.trace is not None:
+            self.trace.append(f"n{node_id}: {rd.describe()}")
         storage = self.storages[node_id]
         if rd.snapshot is not None:
             storage.apply_snapshot(rd.snapshot)

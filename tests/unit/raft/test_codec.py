@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from rillet.cluster.raft import codec
 from rillet.cluster.raft.errors import CodecError
 from rillet.cluster.raft.types import (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
+
 from rillet.cluster.raft.quorum import VoteResult, majority_commit_index, vote_result
 
 

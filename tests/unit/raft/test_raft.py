@@ -11,6 +11,7 @@ import dataclasses
 
 import pytest
 from raftnet import Network, drain, make_core, make_leader, msg, store_log
+
 from rillet.cluster.raft import (
     CAMPAIGN_TRANSFER,
     NONE,

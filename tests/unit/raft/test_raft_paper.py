@@ -13,6 +13,7 @@ import random
 
 import pytest
 from raftnet import Network, drain, make_core, make_leader, msg, store_log
+
 from rillet.cluster.raft import (
     NONE,
     ConfState,
