@@ -6,6 +6,7 @@ failure is translated to a RilletError whose message is the broker's.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
@@ -15,7 +16,13 @@ import grpc
 import grpc.aio
 
 from rillet.api.v1 import admin_pb2, admin_pb2_grpc
-from rillet.client.connection import ChannelPool, fetch_metadata, make_stub, parse_bootstrap
+from rillet.client.connection import (
+    METADATA_ROUNDS,
+    ChannelPool,
+    fetch_metadata,
+    make_stub,
+    parse_bootstrap,
+)
 from rillet.client.errors import ClusterUnreachableError, InvalidConfigError, from_rpc_error
 from rillet.client.metadata import ClusterMetadata
 
@@ -89,17 +96,27 @@ class Admin:
         await self._pool.close()
 
     async def _call(self, invoke: Callable[[grpc.aio.Channel], Awaitable[T]]) -> T:
-        """Try each bootstrap address in turn while the failure is 'cannot connect'."""
+        """Try each bootstrap address in turn while the failure is 'cannot connect'.
+
+        A few rounds with short pauses (as for metadata) when connections are refused, so a
+        node that is just restarting still answers; a call that timed out is not repeated.
+        """
         last: Exception | None = None
-        for addr in self._addresses:
-            try:
-                return await invoke(self._pool.get(addr))
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() not in (grpc.StatusCode.UNAVAILABLE,
-                                      grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise from_rpc_error(exc) from exc
-                last = exc
-                log.debug("admin call to %s failed: %s", addr, exc.details())
+        for round_no in range(METADATA_ROUNDS):
+            if round_no:
+                await asyncio.sleep(0.1 * 3 ** (round_no - 1))
+            for addr in self._addresses:
+                try:
+                    return await invoke(self._pool.get(addr))
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() not in (grpc.StatusCode.UNAVAILABLE,
+                                          grpc.StatusCode.DEADLINE_EXCEEDED):
+                        raise from_rpc_error(exc) from exc
+                    last = exc
+                    log.debug("admin call to %s failed: %s", addr, exc.details())
+            if isinstance(last, grpc.aio.AioRpcError) and (
+                    last.code() == grpc.StatusCode.DEADLINE_EXCEEDED):
+                break  # a node that hangs would cost a whole deadline per round
         detail = last.details() if isinstance(last, grpc.aio.AioRpcError) else "no address"
         raise ClusterUnreachableError(
             f"cannot reach cluster at {','.join(self._addresses)}: {detail}")

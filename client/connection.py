@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 DEFAULT_BOOTSTRAP = "127.0.0.1:9091"
 #: Enough for the largest consume response the client asks for (max_bytes) plus framing.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: Passes over the addresses before fetch_metadata gives up (pauses 0.1 s, then 0.3 s).
+METADATA_ROUNDS = 3
 CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -30,6 +32,10 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    # Each client object gets its own connections: otherwise gRPC shares one subchannel per
+    # address process-wide, and a new client inherits another's reconnect backoff after a
+    # broker restart, failing at once with the old "connection refused".
+    ("grpc.use_local_subchannel_pool", 1),
 )
 
 
@@ -81,35 +87,40 @@ async def fetch_metadata(
     *,
     timeout_s: float = 5.0,
 ) -> admin_pb2.MetadataResponse:
-    """Ask the known brokers, then the bootstrap list, for metadata; update the cache.
+    """Ask the bootstrap list, then the known brokers, for metadata; update the cache.
 
-    Tries each address once within the overall deadline. Raises ClusterUnreachableError with the
-    last failure when nobody answers, so a command line fails fast with one line.
+    Makes up to METADATA_ROUNDS passes over the addresses with a short pause between them, all
+    within `timeout_s`: a node that is just coming back (or a connection still in its reconnect
+    backoff) gets a second chance, while an unreachable cluster still fails within about a
+    second. Raises ClusterUnreachableError naming the last failure, one line for a CLI.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     candidates = list(dict.fromkeys([*metadata.bootstrap, *metadata.brokers.values()]))
     request = admin_pb2.MetadataRequest(topics=list(topics))
     last: Exception | None = None
-    for i, addr in enumerate(candidates):
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            break
-        # Leave time for the others: an address that hangs gets its share of the deadline.
-        per_call = max(remaining / (len(candidates) - i), 0.05)
-        stub = make_stub(admin_pb2_grpc.MetadataStub, pool.get(addr))
-        try:
-            response: admin_pb2.MetadataResponse = await stub.GetMetadata(
-                request, timeout=per_call)
-        except grpc.aio.AioRpcError as exc:
-            err = from_rpc_error(exc)
-            if not err.retriable and exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise err from exc
-            log.debug("metadata from %s failed: %s", addr, exc.details())
-            last = err
-            continue
-        metadata.update(response)
-        return response
+    for round_no in range(METADATA_ROUNDS):
+        if round_no:
+            await asyncio.sleep(min(0.1 * 3 ** (round_no - 1), max(deadline - loop.time(), 0)))
+        for i, addr in enumerate(candidates):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            # Leave time for the others: an address that hangs gets its share of the deadline.
+            per_call = max(remaining / (len(candidates) - i), 0.05)
+            stub = make_stub(admin_pb2_grpc.MetadataStub, pool.get(addr))
+            try:
+                response: admin_pb2.MetadataResponse = await stub.GetMetadata(
+                    request, timeout=per_call)
+            except grpc.aio.AioRpcError as exc:
+                err = from_rpc_error(exc)
+                if not err.retriable and exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise err from exc
+                log.debug("metadata from %s failed: %s", addr, exc.details())
+                last = err
+                continue
+            metadata.update(response)
+            return response
     reason = str(last) if last else "no address answered"
     raise ClusterUnreachableError(
         f"cannot reach cluster at {','.join(metadata.bootstrap)}: {reason}")
