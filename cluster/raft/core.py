@@ -87,8 +87,12 @@ class Config:
     """A leader sends heartbeats every ``heartbeat_ticks``; must be below ``election_ticks``."""
     max_inflight_msgs: int = 256
     """At most this many unacknowledged APPENDs per follower while replicating."""
-    max_inflight_bytes: int = 0
+    max_inflight_bytes: int = 32 << 20
     """At most this many unacknowledged entry bytes per follower; 0 = no byte bound."""
+    max_uncommitted_bytes: int = 64 << 20
+    """A leader refuses proposals (ProposalDroppedError) while this many entry bytes of its
+    own term wait for commitment, so a leader without a quorum cannot grow its log without
+    bound; 0 = no bound. A proposal is always accepted when nothing is uncommitted."""
     max_size_per_msg: int = 1 << 20
     """At most this many entry bytes per APPEND (at least one entry is always sent)."""
     max_committed_bytes_per_ready: int = 64 << 20
@@ -122,6 +126,8 @@ class Config:
             raise ValueError(f"max_size_per_msg must be positive, not {self.max_size_per_msg}")
         if self.max_committed_bytes_per_ready <= 0:
             raise ValueError("max_committed_bytes_per_ready must be positive")
+        if self.max_uncommitted_bytes < 0:
+            raise ValueError("max_uncommitted_bytes must be >= 0")
         if self.applied < 0:
             raise ValueError(f"applied must be >= 0, not {self.applied}")
 
@@ -186,6 +192,8 @@ class RaftCore:
         self.heartbeat_elapsed = 0
         self.randomized_election_timeout = config.election_ticks
         self.lead_transferee = NONE
+        self.uncommitted_bytes = 0
+        """Leader: entry bytes appended in this term and not yet handed out as committed."""
         self.pending_conf_index = 0
         """The index of the latest membership change the leader proposed (or, right after
         election, the last index: any uncommitted entry might be one). While it is above
@@ -193,6 +201,9 @@ class RaftCore:
         if hard_state != HardState():
             self.load_state(hard_state)
         if config.applied:
+            if config.applied > self.log.committed:
+                raise ValueError(f"applied {config.applied} is past the persisted commit "
+                                 f"index {self.log.committed}")
             self.log.applied_to(max(config.applied, self.log.applied))
         self.become_follower(self._term, NONE)
         # The state the caller already holds: only changes from here on go into a Ready.
@@ -328,6 +339,8 @@ class RaftCore:
                 self.apply_conf_change(codec.decode_conf_change(entry.data), entry.index)
         if rd.committed_entries:
             self.log.applied_to(rd.committed_entries[-1].index)
+            done = sum(e.size() for e in rd.committed_entries)
+            self.uncommitted_bytes = max(0, self.uncommitted_bytes - done)
         if self._role == Role.LEADER:
             pr = self.progress.get(self._id)
             if pr is not None and pr.maybe_update(self.log.persisted_last_index()):
@@ -358,8 +371,14 @@ class RaftCore:
         return self.propose_batch([data])[0]
 
     def propose_batch(self, datas: Sequence[bytes]) -> list[int]:
-        """Append several entries at once (one round of APPENDs); their indexes, in order."""
+        """Append several entries at once (one round of APPENDs); their indexes, in order.
+        The batch is accepted or refused as a whole."""
         self._check_can_propose()
+        size = sum(len(d) for d in datas)
+        limit = self.config.max_uncommitted_bytes
+        if limit and self.uncommitted_bytes and self.uncommitted_bytes + size > limit:
+            raise ProposalDroppedError(
+                f"{self.uncommitted_bytes} bytes already wait for commitment (limit {limit})")
         return self._append_and_replicate([(EntryKind.NORMAL, d) for d in datas])
 
     def propose_conf_change(self, change: ConfChange) -> int:
@@ -475,6 +494,7 @@ class RaftCore:
         self.votes = {}
         self.reset_progress()
         self.pending_conf_index = 0
+        self.uncommitted_bytes = 0
 
     def reset_progress(self) -> None:
         """Fresh Progress for every member, probing from our last index."""
@@ -762,6 +782,7 @@ class RaftCore:
         entries = [Entry(last + 1 + i, self._term, kind, data)
                    for i, (kind, data) in enumerate(items)]
         self.log.append(entries)
+        self.uncommitted_bytes += sum(e.size() for e in entries)
 
     def maybe_commit(self) -> bool:
         """Advance the commit index to what a majority of voters has persisted, but only to an
@@ -992,6 +1013,11 @@ class RaftCore:
                 pr.recent_active = True  # give it a chance (and a snapshot) before judging
                 self.progress[node_id] = pr
             pr.is_learner = node_id in learners
+        if self._role in (Role.CANDIDATE, Role.PRE_CANDIDATE) and self._id not in voters:
+            # Removed while campaigning (the change was applied from a Ready handed out before
+            # the campaign): a non-voter must not win.
+            self.become_follower(self._term, NONE)
+            return
         if self._role != Role.LEADER:
             return
         if self._id not in voters:

@@ -618,3 +618,21 @@ def test_describe_is_one_stable_line() -> None:
     assert core.ready().describe() == (
         "Ready hard=(term=1 vote=1 commit=0) msgs=[2->1 VOTE_RESP term=1] sync")
     assert "\n" not in core.describe()
+
+
+def test_uncommitted_bytes_bound() -> None:
+    """Rillet flow control: a leader that cannot commit (no quorum) refuses proposals once
+    max_uncommitted_bytes wait, instead of growing its log without bound; commits free room."""
+    net = Network([1, 2, 3], max_uncommitted_bytes=3000)
+    leader = net.elect(1)
+    net.isolate(2)
+    net.isolate(3)
+
+    for _ in range(3):
+        leader.propose(b"x" * 1000)
+    with pytest.raises(ProposalDroppedError):
+        leader.propose(b"x" * 1000)
+    net.heal()
+    _settle(net, 1)
+
+    assert leader.propose(b"x" * 1000) > 0
