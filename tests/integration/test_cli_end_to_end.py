@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import select
+import signal
 import subprocess
 import sys
 import time
@@ -117,3 +119,40 @@ def test_bench_json(broker: Any) -> None:
     proc = ok(rillet("bench", "consume", "--count", "20000", "--json", "--topic", "bn",
                      bootstrap=broker.address))
     assert json.loads(proc.stdout)["records"] == 20000
+
+
+def _readline(proc: subprocess.Popen[bytes], deadline_s: float) -> bytes:
+    """One line of the child's stdout, or fail once the deadline passes."""
+    assert proc.stdout is not None
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.1)
+        if ready:
+            return proc.stdout.readline()
+    raise AssertionError("no output before the deadline")
+
+
+def test_consume_tails_until_ctrl_c(broker: Any) -> None:
+    b = broker.address
+    ok(rillet("topic", "create", "tail", bootstrap=b))
+    ok(rillet("produce", "tail", stdin=b"first\n", bootstrap=b))
+    # Python ignores SIGINT in a child when its parent shell did; restore the default so the
+    # child behaves as in a terminal.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rillet.cli", "consume", "tail", "--from", "earliest",
+         "--bootstrap", b],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert _readline(proc, 20) == b"first\n"
+        ok(rillet("produce", "tail", stdin=b"second\n", bootstrap=b))
+        assert _readline(proc, 20) == b"second\n"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()
+        proc.stderr.close()
