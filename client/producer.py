@@ -214,7 +214,7 @@ class Producer:
         linger_ms: float = 5.0,
         batch_bytes: int = DEFAULT_BATCH_BYTES,
         max_in_flight: int = 8,
-        buffer_bytes: int = 32 * 1024 * 1024,
+        buffer_bytes: int = 8 * 1024 * 1024,
         retries: int = 5,
         retry_backoff_ms: float = 100.0,
         retry_backoff_max_ms: float = 1000.0,

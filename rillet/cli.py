@@ -479,11 +479,14 @@ def _bench_options(f: F) -> F:
               "send_many() in chunks, one future per chunk.")
 @click.option("--chunk", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Records per send_many() call with --api many.")
+@click.option("--buffer-bytes", type=click.IntRange(min=1024 * 1024), default=8 * 1024 * 1024,
+              show_default=True, help="Unacknowledged bytes before send waits; latency "
+              "includes time spent queued here.")
 @client_options
 def bench_produce_cmd(topic_name: str, record_size: int, count: int, partitions: int,
                       as_json: bool, acks: str, linger_ms: float, batch_bytes: int,
-                      max_in_flight: int, api: str, chunk: int, bootstrap: str,
-                      timeout: float) -> None:
+                      max_in_flight: int, api: str, chunk: int, buffer_bytes: int,
+                      bootstrap: str, timeout: float) -> None:
     """Produce COUNT records as fast as the client can; report records/s, MB/s, latency."""
     async def go() -> None:
         bs = _check_bootstrap(bootstrap)
@@ -491,7 +494,7 @@ def bench_produce_cmd(topic_name: str, record_size: int, count: int, partitions:
         result = await bench_produce(
             bs, topic_name, count=count, record_bytes=record_size, acks=acks,
             partitions=partitions, linger_ms=linger_ms, batch_bytes=batch_bytes,
-            max_in_flight=max_in_flight, api=api, chunk=chunk)
+            max_in_flight=max_in_flight, api=api, chunk=chunk, buffer_bytes=buffer_bytes)
         click.echo(json.dumps(result.as_dict()) if as_json else result.summary())
     _run(go())
 
