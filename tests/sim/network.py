@@ -1,9 +1,12 @@
 """The simulated network: one set of faults per directed link, deliveries as scheduled events.
 
 Every message is encoded to bytes when sent and decoded when delivered, so sender and receiver
-never share an object (and the codec is exercised on every message of every run). Reordering
-is not a separate knob: each copy gets its own delay (minimum plus an exponential), so two
-messages on one link overtake each other whenever the second draws a shorter delay.
+never share an object (and the codec is exercised on every message of every run).
+
+Reordering comes from delay variance: each copy gets its own delay (minimum plus an
+exponential), so on a link with `fifo=False` a later message overtakes an earlier one whenever
+it draws a shorter delay. A `fifo=True` link (the default: Rillet's peers talk over one
+long-lived gRPC stream) never delivers out of send order, but still drops and duplicates.
 
 Fault vocabulary (all directed-link based, so every partition shape is a combination):
 - `enabled=False`: the link drops everything (a partition).
@@ -41,6 +44,7 @@ class LinkFaults:
     delay_min_ms: int = 1
     delay_mean_ms: float = 2.0  # mean of the exponential part added to delay_min_ms
     clogged_until_ms: int = 0
+    fifo: bool = True
 
     def describe(self) -> str:
         state = "up" if self.enabled else "CUT"
@@ -76,6 +80,7 @@ class Network(Generic[M]):
         self.defaults = defaults or LinkFaults()
         self._links: dict[tuple[int, int], LinkFaults] = {}
         self._held: dict[tuple[int, int], list[tuple[bytes, M]]] = {}
+        self._last_due: dict[tuple[int, int], int] = {}  # per link, for fifo links
         self.stats = NetworkStats()
 
     # -- links -------------------------------------------------------------------------------
@@ -87,7 +92,7 @@ class Network(Generic[M]):
         if faults is None:
             d = self.defaults
             faults = LinkFaults(d.enabled, d.drop, d.duplicate, d.delay_min_ms,
-                                d.delay_mean_ms, d.clogged_until_ms)
+                                d.delay_mean_ms, d.clogged_until_ms, d.fifo)
             self._links[key] = faults
         return faults
 
@@ -122,6 +127,10 @@ class Network(Generic[M]):
         delay = faults.delay_min_ms
         if faults.delay_mean_ms > 0:
             delay += int(self._rng.expovariate(1.0 / faults.delay_mean_ms))
+        if faults.fifo:
+            due = max(self._scheduler.now_ms + delay, self._last_due.get((frm, to), 0))
+            self._last_due[(frm, to)] = due
+            delay = due - self._scheduler.now_ms
         self._scheduler.schedule(delay, "recv", self._make_delivery(frm, to, data), node=to,
                                  subject=message)
 

@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="print every event's one-line description")
     parser.add_argument("--keep-going", action="store_true",
                         help="in a sweep, report every failing seed instead of stopping")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override one of the seed's swarm options (repeatable)")
     parser.add_argument("--log-level", default="ERROR",
                         help="level for the cores' own logs (default ERROR; INFO shows all)")
     args = parser.parse_args(argv)
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()  # wall time is only reported, never used by a run
     for seed in seeds:
         print(f"seed {seed}", flush=True)
-        sim = simulation_for(seed, args.bug, verbose=verbose)
+        sim = simulation_for(seed, args.bug, overrides=args.set, verbose=verbose)
         try:
             result = sim.run()
         except SimulationFailure as exc:

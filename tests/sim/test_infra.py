@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass
 
 import pytest
+
 from rillet.cluster.raft.types import ConfState, Entry, HardState, Role
 
 from .disk import SimDisk
