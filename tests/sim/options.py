@@ -83,7 +83,12 @@ class Options:
         # one message in flight only with big messages, so a lagging node can still catch
         # up within the liveness budget.
         options.max_size_per_msg, options.max_inflight_msgs = rng.choice(
-            ((1 << 20, 256), (1 << 20, 256), (1, 256), (16, 8), (1 << 20, 1)))
+            ((1 << 20, 256), (1 << 20, 256), (1, 256), (16, 8), (1 << 20, 1), (1, 1)))
+        if options.max_inflight_msgs == 1 and options.max_size_per_msg == 1:
+            # One entry per round trip: slow to catch up, so a light workload. This is the
+            # shape that holds a new leader's old-term entries acknowledged but its own
+            # entries not yet, for many round trips (Raft Figure 8's window).
+            options.propose_mean_ms = max(options.propose_mean_ms, 60.0)
         if options.reorder and options.max_inflight_msgs > 8:
             # Known storm (see README): one-entry APPENDs, a deep pipeline and a reordering,
             # duplicating link feed each other until the event budget runs out. Keep

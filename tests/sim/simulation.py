@@ -359,7 +359,9 @@ class Simulation:
             return
         leaders = self.leaders()
         if leaders and self._workload_rng.random() < 0.85:
-            target = leaders[0]
+            # Any node that believes it leads, stale leaders included (clients with an old
+            # leader cache do exactly that).
+            target = self._workload_rng.choice(leaders)
         else:
             target = self.nodes[self._workload_rng.choice(up)]
         self._propose(target, tag="v")
@@ -463,7 +465,8 @@ class Simulation:
         if opts.crashes:
             actions += ["crash", "crash", "reboot", "reboot"]
         if opts.partitions and len(ids) > 1:
-            actions += ["partition", "cut", "isolate", "split", "heal", "heal", "heal"]
+            actions += ["partition", "cut", "isolate", "isolate-leader", "isolate-leader",
+                        "split", "heal", "heal", "heal"]
         if opts.swizzle and len(ids) > 1:
             actions += ["swizzle"]
         if not actions:
@@ -499,6 +502,14 @@ class Simulation:
             a = rng.choice(ids)
             self.network.isolate(a, ids)
             self.scheduler.note("isolate", node=a)
+        elif action == "isolate-leader":
+            # A cut-off leader keeps taking proposals it can never commit: the divergent
+            # uncommitted suffixes that Raft's commitment rule (Figure 8) is about.
+            leaders = self.leaders()
+            if leaders:
+                a = leaders[0].node_id
+                self.network.isolate(a, ids)
+                self.scheduler.note("isolate-leader", node=a)
         elif action == "split":
             size = rng.randint(1, len(ids) // 2)
             minority = sorted(rng.sample(ids, size))
