@@ -942,8 +942,10 @@ class RaftCore:
                           log_term=hint_term))
 
     def handle_heartbeat(self, m: Message) -> None:
-        """Learn the commit index (capped by the leader at what we hold) and answer."""
-        self.log.commit_to(min(m.commit, self.log.last_index()))
+        """Learn the commit index (capped by the leader at what we acknowledged holding) and
+        answer. A commit index past our last entry means our disk lost acknowledged entries:
+        commit_to asserts rather than paper over it."""
+        self.log.commit_to(m.commit)
         self.send(Message(MessageType.HEARTBEAT_RESP, to=m.frm, frm=self._id, term=self._term,
                           context=m.context))
 

@@ -29,8 +29,10 @@ from rillet.cluster.raft import (
 def _run(seed: int, steps: int = 300) -> None:
     print(f"seed={seed}")
     rng = random.Random(seed)
-    net = Network([1, 2, 3], seed=seed, pre_vote=rng.random() < 0.8,
-                  check_quorum=rng.random() < 0.8)
+    size = 3 if rng.random() < 0.6 else 5
+    net = Network(range(1, size + 1), seed=seed, pre_vote=rng.random() < 0.8,
+                  check_quorum=rng.random() < 0.8, max_size_per_msg=rng.choice([1, 64, 1 << 20]),
+                  max_inflight_msgs=rng.choice([1, 4, 256]))
     applied_at: dict[int, tuple[int, bytes]] = {}
     seen: dict[int, int] = dict.fromkeys(net.cores, 0)
     proposed = 0
@@ -66,7 +68,7 @@ def _run(seed: int, steps: int = 300) -> None:
                 new = max(members | set(net.cores)) + 1
                 if leader.conf_state.learners:
                     kind, node = ConfChangeKind.PROMOTE, min(leader.conf_state.learners)
-                elif len(leader.conf_state.voters) > 3 and rng.random() < 0.5:
+                elif len(leader.conf_state.voters) > size and rng.random() < 0.5:
                     kind, node = ConfChangeKind.REMOVE, rng.choice(
                         sorted(leader.conf_state.voters))
                 else:
