@@ -32,6 +32,8 @@ NO_PRODUCER = -1
 _STAMP = struct.Struct("<q")
 _LENGTH = struct.Struct("<i")
 _TERM_OFFSET = 12
+_CRC = struct.Struct("<I")
+CRC_FIELD = 21
 
 
 class BatchError(ValueError):
@@ -177,6 +179,17 @@ def stamp(batch: bytearray, base_offset: int, leader_term: int, pos: int = 0) ->
     _STAMP.pack_into(batch, pos + _TERM_OFFSET, leader_term)
 
 
+_ZEROS: list[int] = []
+
+
+def _zeros(n: int) -> list[int]:
+    """A shared list of at least n zeros, sliced; saves building one per batch."""
+    global _ZEROS
+    if len(_ZEROS) < n:
+        _ZEROS = [0] * max(n, 2 * len(_ZEROS))
+    return _ZEROS[:n]
+
+
 def encode(
     values: Sequence[bytes],
     *,
@@ -198,7 +211,12 @@ def encode(
     records.values.extend(values)
     if keys and any(keys):
         records.keys.extend(keys)
-    records.timestamp_deltas_ms.extend([t - first for t in timestamps_ms])
+    hi = max(timestamps_ms)
+    if hi == first and min(timestamps_ms) == first:
+        # Common case: a producer stamps a whole linger window with one clock reading.
+        records.timestamp_deltas_ms.extend(_zeros(n))
+    else:
+        records.timestamp_deltas_ms.extend([t - first for t in timestamps_ms])
     if headers is not None and any(headers):
         if len(headers) != n:
             raise ValueError("headers need one entry per value")
@@ -207,13 +225,13 @@ def encode(
             for hk, hv in items:
                 rh.items.add(key=hk, value=hv)
     body = records.SerializeToString()
-    out = bytearray(HEADER_SIZE + len(body))
-    out[HEADER_SIZE:] = body
-    HEADER.pack_into(
-        out, 0, 0, len(out) - LENGTH_PREFIX_SIZE, 0, MAGIC, 0, 0, n, first,
-        max(timestamps_ms), producer_id, producer_epoch, base_sequence)
-    struct.pack_into("<I", out, 21, crc32c(memoryview(out)[CRC_START:]))
-    return bytes(out)
+    # Seal the header with the CRC of (header tail + body) without copying the body twice.
+    header = bytearray(HEADER.pack(
+        0, HEADER_SIZE + len(body) - LENGTH_PREFIX_SIZE, 0, MAGIC, 0, 0, n, first, hi,
+        producer_id, producer_epoch, base_sequence))
+    crc = google_crc32c.extend(google_crc32c.value(bytes(header[CRC_START:])), body)
+    _CRC.pack_into(header, CRC_FIELD, crc)
+    return bytes(header) + body
 
 
 def iter_batches(buf: bytes | bytearray | memoryview) -> Iterator[tuple[BatchHeader, memoryview]]:
