@@ -50,6 +50,9 @@ class Network:
         self.cut_links: set[tuple[int, int]] = set()
         self.queue: deque[bytes] = deque()
         self.delivered: list[Message] = []
+        self.chaos: random.Random | None = None
+        """When set, each delivery round is shuffled and some messages are duplicated or
+        dropped (Raft must stay safe on a network that reorders, duplicates and loses)."""
         self.trace: list[str] | None = None
         """When a list, every Ready handled is appended to it as ``n<id>: <describe>``."""
         self.hook: Callable[[Message], Message | None] | None = None
@@ -122,6 +125,11 @@ class Network:
                 self.send(self.handle_ready(node_id))
             if not self.queue and not any(c.has_ready() for c in self.cores.values()):
                 return
+            if self.chaos is not None:
+                batch = [b for b in self.queue if self.chaos.random() > 0.05]
+                batch += [b for b in batch if self.chaos.random() < 0.05]
+                self.chaos.shuffle(batch)
+                self.queue = deque(batch)
             while self.queue:
                 m = decode_message(self.queue.popleft())
                 if m.to not in self.cores or (m.frm, m.to) in self.cut_links:

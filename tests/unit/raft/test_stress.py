@@ -33,6 +33,8 @@ def _run(seed: int, steps: int = 300) -> None:
     net = Network(range(1, size + 1), seed=seed, pre_vote=rng.random() < 0.8,
                   check_quorum=rng.random() < 0.8, max_size_per_msg=rng.choice([1, 64, 1 << 20]),
                   max_inflight_msgs=rng.choice([1, 4, 256]))
+    if rng.random() < 0.5:
+        net.chaos = random.Random(seed)
     applied_at: dict[int, tuple[int, bytes]] = {}
     seen: dict[int, int] = dict.fromkeys(net.cores, 0)
     proposed = 0
@@ -97,6 +99,7 @@ def _run(seed: int, steps: int = 300) -> None:
 
     # Liveness: heal, and a leader must emerge and commit a final entry everywhere it can.
     net.heal()
+    net.chaos = None
     for _ in range(300):
         net.tick_all()
         if net.leaders():
