@@ -1,0 +1,562 @@
+"""RaftDriver: the asyncio loop that runs MANY Raft groups of one node.
+
+Each group is a ``RaftCore`` (pure, no I/O) plus its ``DurableLog`` and its ``StateMachine``.
+The driver gives the cores time (one tick task for all groups), feeds them messages
+(``receive``) and proposals (``propose``), and carries out their ``Ready`` batches.
+
+The ordering contract (enforced in ONE place: ``RaftDriver._round``)
+-------------------------------------------------------------------
+One round takes a Ready from every group that has one, then, for all of them together:
+
+1. **persist**: for each Ready, ``apply_snapshot`` (if any), ``append(entries)``,
+   ``set_hard_state`` (if changed) on the group's ``DurableLog``. These writes are only staged;
+   then, if any Ready of the round ``must_sync``, ONE ``Syncer.sync(logs)`` call makes every
+   staged write of the round durable (group commit: one fsync round for all groups, however
+   many there are).
+2. **send**: every Ready's messages, encoded with the raft codec and tagged with their group
+   id, coalesced per peer: one ``Transport.send`` per peer per round. Only now, because a vote
+   or an append acknowledgement promises that step 1 is on disk.
+3. **apply**: every Ready's snapshot (``StateMachine.restore``) and committed entries
+   (``StateMachine.apply``), in log order per group; then the proposal futures those entries
+   settle are resolved (success = the entry committed AND was applied here).
+4. **advance**: ``core.advance(ready)`` for each, with the very Ready it handed out.
+
+Inputs may arrive while a round waits for its sync (``receive``, ``propose``, ticks): the core
+accepts them between ``ready()`` and ``advance()`` and puts their effects in the next Ready.
+
+Proposals
+---------
+``propose(group, data)`` refuses at once (raises) when the node does not lead the group
+(``NotLeaderError``), the leader refuses (``ProposalDroppedError``), the group is unknown or
+the driver stopped. Otherwise it returns a future that
+
+- resolves with the entry's index once the entry is committed and applied on this node;
+- fails with ``EntryOverwrittenError`` when the entry at that index commits with another term
+  (a new leader replaced it: it is certainly NOT in the log);
+- fails with ``LeadershipLostError`` when this node stops leading the group (term or role
+  change) before the entry committed: the outcome is UNKNOWN, the entry may still commit under
+  the new leader (a producer retries with its idempotence keys);
+- fails with ``DriverStoppedError`` / ``GroupRemovedError`` when the driver stops or the group
+  is removed (outcome unknown too).
+
+Bounds: the tick and ready loops do a bounded amount of work per iteration (every group at
+most once per round; the core bounds bytes per Ready and in flight); pending proposals are
+bounded per group (``max_pending_proposals``) on top of the core's uncommitted-bytes bound;
+transports bound their queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import logging
+import random
+from collections.abc import Sequence
+from typing import Protocol
+
+from rillet.cluster.raft import (
+    CodecError,
+    Config,
+    Entry,
+    HardState,
+    NotLeaderError,
+    ProposalDroppedError,
+    RaftCore,
+    RaftError,
+    Ready,
+    Role,
+    Snapshot,
+    Storage,
+)
+from rillet.cluster.raft.codec import decode_message, encode_message
+from rillet.cluster.transport import GroupMessage, Transport
+
+log = logging.getLogger(__name__)
+
+
+# -- protocols the driver needs ----------------------------------------------------------------
+
+
+class DurableLog(Storage, Protocol):
+    """A group's Raft log as the driver writes it: the core's read side (``Storage``) plus the
+    write side of Ready step 1. Writes are STAGED: they must be visible to the reads at once
+    (the core reads back what it handed out), but are only promised durable after the next
+    ``Syncer.sync`` that includes this log. ``MemoryStorage`` satisfies it."""
+
+    def append(self, entries: list[Entry]) -> None:
+        """Append, first dropping any held suffix from ``entries[0].index`` on."""
+        ...
+
+    def set_hard_state(self, hard_state: HardState) -> None:
+        """Save term, vote and commit index."""
+        ...
+
+    def apply_snapshot(self, snapshot: Snapshot) -> None:
+        """Replace the log with ``snapshot``: it restarts after ``snapshot.meta.index``."""
+        ...
+
+
+class Syncer(Protocol):
+    """Makes the staged writes of many logs durable at once: the group commit.
+
+    The driver calls ``sync`` at most once per round, with every log that staged writes
+    needing durability in that round, and sends nothing of the round before it returns. A disk
+    implementation runs its fsyncs in ONE worker-thread call (``asyncio.to_thread``) so the
+    event loop keeps serving meanwhile, and raises if any fsync failed (the driver then stops:
+    a node that cannot persist must not vote or acknowledge)."""
+
+    async def sync(self, logs: Sequence[DurableLog]) -> None:
+        """Return once every write staged on ``logs`` so far is durable."""
+        ...
+
+
+class StateMachine(Protocol):
+    """What a group's committed entries are applied to (a partition, the metadata state)."""
+
+    def apply(self, entries: list[Entry]) -> None:
+        """Apply committed entries, in log order. Empty NORMAL entries are leader no-ops;
+        CONF_CHANGE entries are membership steps the core itself takes into account."""
+        ...
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Replace the state with ``snapshot`` (called before entries that follow it)."""
+        ...
+
+
+class CountingSyncer:
+    """A ``Syncer`` for in-memory logs: nothing to flush, so it only counts rounds and logs
+    (tests assert group commit with ``calls``)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.logs_synced = 0
+
+    async def sync(self, logs: Sequence[DurableLog]) -> None:
+        """Count one shared sync covering ``logs``."""
+        self.calls += 1
+        self.logs_synced += len(logs)
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+class DriverError(Exception):
+    """Base of the driver's own errors. ``outcome_unknown``: the entry may or may not end up
+    committed; ``retriable``: trying again (perhaps on another node) may work."""
+
+    retriable = True
+    outcome_unknown = True
+
+
+class LeadershipLostError(DriverError):
+    """This node stopped leading the group before the proposed entry committed."""
+
+
+class EntryOverwrittenError(DriverError):
+    """Another leader's entry committed at the proposed index: the proposal is not in the log."""
+
+    outcome_unknown = False
+
+
+class DriverStoppedError(DriverError):
+    """The driver stopped (or died) before the entry was applied, or refuses new work."""
+
+
+class GroupRemovedError(DriverError):
+    """The group was removed from this node before the entry was applied."""
+
+
+class UnknownGroupError(DriverError):
+    """No group with this id runs on this node."""
+
+    retriable = False
+    outcome_unknown = False
+
+
+# -- the driver ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Pending:
+    index: int
+    term: int
+    future: asyncio.Future[int]
+
+
+class _Group:
+    """One group on this node: its core, log, state machine and the proposals waiting."""
+
+    __slots__ = ("core", "id", "log", "machine", "pending")
+
+    def __init__(self, group_id: int, core: RaftCore, log: DurableLog,
+                 machine: StateMachine) -> None:
+        self.id = group_id
+        self.core = core
+        self.log = log
+        self.machine = machine
+        # Ordered by index (proposals get increasing indexes within a term; on a term change
+        # they are all failed first).
+        self.pending: collections.deque[_Pending] = collections.deque()
+
+    def fail_pending(self, exc_factory: type[DriverError], why: str) -> None:
+        while self.pending:
+            p = self.pending.popleft()
+            if not p.future.done():
+                p.future.set_exception(exc_factory(f"group {self.id} entry {p.index}: {why}"))
+
+
+@dataclasses.dataclass
+class DriverStats:
+    """Counters for benchmarks, tests and metrics."""
+
+    rounds: int = 0
+    syncs: int = 0
+    ticks: int = 0
+    readies: int = 0
+    sends: int = 0
+    messages_out: int = 0
+    messages_in: int = 0
+    dropped_in: int = 0
+
+
+class RaftDriver:
+    """Runs many Raft groups of node ``node_id``; see the module docstring for the contract.
+
+    ``raft_config`` is the template for every group's ``Config`` (its ``id`` is replaced by
+    ``node_id``). ``tick_ms`` is how long one tick lasts. The driver owns ``transport``: it
+    closes it in ``stop()``.
+    """
+
+    def __init__(self, node_id: int, transport: Transport, syncer: Syncer, *,
+                 raft_config: Config | None = None, tick_ms: float = 100.0,
+                 max_pending_proposals: int = 4096, seed: int | None = None) -> None:
+        if tick_ms <= 0:
+            raise ValueError(f"tick_ms must be positive, not {tick_ms}")
+        if max_pending_proposals <= 0:
+            raise ValueError("max_pending_proposals must be positive")
+        self.node_id = node_id
+        self.transport = transport
+        self.syncer = syncer
+        self.raft_config = dataclasses.replace(raft_config or Config(id=node_id), id=node_id)
+        self.raft_config.validate()
+        self.tick_s = tick_ms / 1000.0
+        self.max_pending_proposals = max_pending_proposals
+        self.stats = DriverStats()
+        self._rng = random.Random(seed)
+        self._groups: dict[int, _Group] = {}
+        self._dirty: dict[int, None] = {}  # groups that may have a Ready (insertion-ordered)
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = False
+        self._failure: BaseException | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the tick task and the ready loop (on the running event loop)."""
+        if self._tasks or self._stopped:
+            raise RuntimeError("RaftDriver.start() called twice or after stop()")
+        for name, coro in (("tick", self._tick_loop()), ("ready", self._ready_loop())):
+            task = asyncio.create_task(coro, name=f"raft-{name}-{self.node_id}")
+            task.add_done_callback(self._on_task_done)
+            self._tasks.append(task)
+
+    async def stop(self) -> None:
+        """Cancel and await both tasks, fail every pending proposal, close the transport.
+        Idempotent. Readies taken but not advanced are abandoned with the cores."""
+        if self._stopped:
+            return
+        self._stopped = True
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._fail_all("driver stopped")
+        await self.transport.close()
+
+    @property
+    def running(self) -> bool:
+        return bool(self._tasks) and not self._stopped and self._failure is None
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        # A loop died (a storage or sync failure, a broken invariant): this node must neither
+        # vote nor acknowledge any more. Refuse everything and fail what waits.
+        log.critical("raft driver %d: %s task died; refusing all work", self.node_id,
+                     task.get_name(), exc_info=exc)
+        self._failure = exc
+        self._fail_all(f"driver failed: {exc!r}")
+        for other in self._tasks:
+            if other is not task:
+                other.cancel()
+
+    def _fail_all(self, why: str) -> None:
+        for group in self._groups.values():
+            group.fail_pending(DriverStoppedError, why)
+
+    def _check_running(self) -> None:
+        if self._stopped or self._failure is not None:
+            raise DriverStoppedError(f"raft driver {self.node_id} is stopped")
+
+    # -- groups ---------------------------------------------------------------------------------
+
+    def add_group(self, group_id: int, storage: DurableLog, machine: StateMachine, *,
+                  config: Config | None = None) -> RaftCore:
+        """Start a member of group ``group_id`` on this node over ``storage`` (which holds its
+        persisted state: a restarted member picks up its term, vote and log from it)."""
+        self._check_running()
+        if group_id in self._groups:
+            raise ValueError(f"group {group_id} already runs on node {self.node_id}")
+        cfg = dataclasses.replace(config or self.raft_config, id=self.node_id)
+        core = RaftCore(cfg, storage, random.Random(self._rng.getrandbits(64)),
+                        logging.getLogger(f"{__name__}.g{group_id}"))
+        self._groups[group_id] = _Group(group_id, core, storage, machine)
+        self._mark(group_id)
+        return core
+
+    def remove_group(self, group_id: int) -> None:
+        """Stop running ``group_id`` here; its pending proposals fail with GroupRemovedError.
+        A Ready of it taken by a round in flight is dropped with the group."""
+        group = self._groups.pop(group_id, None)
+        if group is None:
+            raise UnknownGroupError(f"group {group_id} does not run on node {self.node_id}")
+        self._dirty.pop(group_id, None)
+        group.fail_pending(GroupRemovedError, "group removed")
+
+    def groups(self) -> list[int]:
+        """The ids of the groups running here."""
+        return list(self._groups)
+
+    def core(self, group_id: int) -> RaftCore:
+        """The core of ``group_id`` (read its ``role``, ``leader``, ``commit_index``...).
+        Callers must not feed it inputs directly: use the driver's methods."""
+        return self._get(group_id).core
+
+    def _get(self, group_id: int) -> _Group:
+        group = self._groups.get(group_id)
+        if group is None:
+            raise UnknownGroupError(f"group {group_id} does not run on node {self.node_id}")
+        return group
+
+    def _mark(self, group_id: int) -> None:
+        self._dirty[group_id] = None
+        self._wake.set()
+
+    # -- inputs ---------------------------------------------------------------------------------
+
+    def propose(self, group_id: int, data: bytes) -> asyncio.Future[int]:
+        """Propose ``data`` to ``group_id``; see the module docstring for the outcomes."""
+        self._check_running()
+        group = self._get(group_id)
+        if len(group.pending) >= self.max_pending_proposals:
+            raise ProposalDroppedError(
+                f"group {group_id}: {len(group.pending)} proposals already pending")
+        core = group.core
+        index = core.propose(data)  # raises NotLeaderError / ProposalDroppedError
+        if group.pending and group.pending[-1].term != core.term:
+            self._fail_deposed(group)  # keep the queue ordered by (term, index)
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        group.pending.append(_Pending(index, core.term, fut))
+        self._mark(group_id)
+        return fut
+
+    def campaign(self, group_id: int) -> None:
+        """Make this node campaign for ``group_id`` now (placement, tests, benchmarks)."""
+        self._check_running()
+        self._get(group_id).core.campaign()
+        self._mark(group_id)
+
+    def transfer_leader(self, group_id: int, target: int) -> None:
+        """Hand leadership of ``group_id`` to ``target`` (raises NotLeaderError if not ours)."""
+        self._check_running()
+        self._get(group_id).core.transfer_leader(target)
+        self._mark(group_id)
+
+    def receive(self, frm: int, messages: list[GroupMessage]) -> None:
+        """Messages from peer ``frm`` (the transport server calls this). Messages for unknown
+        groups, undecodable or misaddressed ones are dropped and counted: the sender retries,
+        and a group being created or removed is a normal race."""
+        if self._stopped or self._failure is not None:
+            return
+        groups = self._groups
+        for group_id, buf in messages:
+            group = groups.get(group_id)
+            if group is None:
+                self.stats.dropped_in += 1
+                continue
+            try:
+                m = decode_message(buf)
+            except CodecError as exc:
+                self.stats.dropped_in += 1
+                log.warning("node %d: undecodable message for group %d from %d: %s",
+                            self.node_id, group_id, frm, exc)
+                continue
+            if m.to != self.node_id or m.frm != frm:
+                self.stats.dropped_in += 1
+                log.warning("node %d: group %d: dropped misaddressed %s (arrived from %d)",
+                            self.node_id, group_id, m.describe(), frm)
+                continue
+            try:
+                group.core.step(m)
+            except RaftError as exc:
+                self.stats.dropped_in += 1
+                log.info("node %d: group %d: step %s refused: %s", self.node_id, group_id,
+                         m.describe(), exc)
+                continue
+            self.stats.messages_in += 1
+            self._dirty[group_id] = None
+        self._wake.set()
+
+    # -- the two tasks --------------------------------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        """Tick every group once per ``tick_s``, on a fixed schedule (a late tick does not push
+        the later ones back; ticks missed during a long stall are skipped, not bunched)."""
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + self.tick_s
+        while True:
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            now = loop.time()
+            next_at += self.tick_s
+            if next_at < now:
+                next_at = now + self.tick_s
+            for group_id, group in self._groups.items():
+                group.core.tick()
+                self._dirty[group_id] = None
+            self.stats.ticks += 1
+            self._wake.set()
+
+    async def _ready_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._round()
+            # Yield at least once per round so transports and servicers run in between.
+            await asyncio.sleep(0)
+
+    async def _round(self) -> None:
+        """ONE round of the contract: persist (+ one shared sync) -> send -> apply -> advance.
+        This is the only place where Readies are taken and advanced."""
+        dirty, self._dirty = self._dirty, {}
+        work: list[tuple[_Group, Ready]] = []
+        for group_id in dirty:
+            group = self._groups.get(group_id)
+            if group is not None and group.core.has_ready():
+                work.append((group, group.core.ready()))
+        if not work:
+            return
+        self.stats.rounds += 1
+        self.stats.readies += len(work)
+
+        # 1. persist, then one shared sync for every log that needs it.
+        to_sync: list[DurableLog] = []
+        for group, rd in work:
+            storage = group.log
+            if rd.snapshot is not None:
+                storage.apply_snapshot(rd.snapshot)
+            if rd.entries:
+                storage.append(rd.entries)
+            if rd.hard_state is not None:
+                storage.set_hard_state(rd.hard_state)
+            if rd.must_sync:
+                to_sync.append(storage)
+        if to_sync:
+            await self.syncer.sync(to_sync)
+            self.stats.syncs += 1
+
+        # 2. send, coalesced per peer.
+        out: dict[int, list[GroupMessage]] = {}
+        for group, rd in work:
+            gid = group.id
+            for m in rd.messages:
+                batch = out.get(m.to)
+                if batch is None:
+                    batch = out[m.to] = []
+                batch.append((gid, encode_message(m)))
+        for peer, batch in out.items():
+            self.transport.send(peer, batch)
+            self.stats.sends += 1
+            self.stats.messages_out += len(batch)
+
+        # 3. apply, and settle the proposals the applied entries decide.
+        for group, rd in work:
+            if group.id not in self._groups:
+                continue  # removed while we synced
+            if rd.snapshot is not None:
+                group.machine.restore(rd.snapshot)
+                self._settle_snapshot(group, rd.snapshot)
+            if rd.committed_entries:
+                group.machine.apply(rd.committed_entries)
+                self._settle(group, rd.committed_entries)
+
+        # 4. advance; a group whose advance produced more work goes into the next round.
+        for group, rd in work:
+            if group.id not in self._groups:
+                continue
+            core = group.core
+            core.advance(rd)
+            if group.pending:
+                self._fail_deposed(group)
+            if core.has_ready():
+                self._mark(group.id)
+
+    def _fail_deposed(self, group: _Group) -> None:
+        """Fail the proposals of terms this node no longer leads (all of them if it is no
+        longer the leader). They are at the head of the queue: it is ordered by term."""
+        core = group.core
+        leading = core.role == Role.LEADER
+        pending = group.pending
+        while pending and (not leading or pending[0].term != core.term):
+            p = pending.popleft()
+            if not p.future.done():
+                p.future.set_exception(LeadershipLostError(
+                    f"group {group.id} entry {p.index}: node {self.node_id} no longer leads "
+                    f"term {p.term} (now {core.role.name} of term {core.term}, "
+                    f"leader {core.leader})"))
+
+    @staticmethod
+    def _settle(group: _Group, entries: list[Entry]) -> None:
+        pending = group.pending
+        last = entries[-1].index
+        first = entries[0].index
+        while pending and pending[0].index <= last:
+            p = pending.popleft()
+            if p.future.done():
+                continue  # the proposer gave up (cancelled)
+            if p.index < first:
+                # Applied before, without us seeing it (cannot happen without a snapshot).
+                p.future.set_exception(LeadershipLostError(
+                    f"group {group.id} entry {p.index}: applied out of our sight"))
+                continue
+            entry = entries[p.index - first]
+            if entry.term == p.term:
+                p.future.set_result(p.index)
+            else:
+                p.future.set_exception(EntryOverwrittenError(
+                    f"group {group.id} entry {p.index}: committed with term {entry.term}, "
+                    f"proposed in term {p.term}"))
+
+    @staticmethod
+    def _settle_snapshot(group: _Group, snapshot: Snapshot) -> None:
+        pending = group.pending
+        while pending and pending[0].index <= snapshot.meta.index:
+            p = pending.popleft()
+            if not p.future.done():
+                p.future.set_exception(LeadershipLostError(
+                    f"group {group.id} entry {p.index}: replaced by a snapshot at "
+                    f"{snapshot.meta.index}"))
+
+
+__all__ = [
+    "CountingSyncer", "DriverError", "DriverStats", "DriverStoppedError", "DurableLog",
+    "EntryOverwrittenError", "GroupRemovedError", "LeadershipLostError", "NotLeaderError",
+    "ProposalDroppedError", "RaftDriver", "StateMachine", "Syncer", "UnknownGroupError",
+]
