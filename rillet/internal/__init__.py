@@ -1,0 +1,1 @@
+"""Generated gRPC stubs of the node-to-node contract (proto/rillet/internal/v1); do not edit."""
