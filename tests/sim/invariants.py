@@ -132,7 +132,15 @@ class Invariants:
 
     def on_write(self, node: NodeView, entries: Iterable[Entry]) -> None:
         """A node wrote entries to its log (pending, not yet durable): log matching."""
+        commit = node.commit_index
         for entry in entries:
+            # Below its own commit index a node may only write the committed entry. (Above
+            # it, a node outside the committing majority may still hold or even receive a
+            # stale entry at a committed index: it never claimed that index committed.)
+            known = self.committed.get(entry.index) if entry.index <= commit else None
+            if known is not None and known.entry != entry:
+                self._fail(f"n{node.id} wrote {entry.describe()} at or below its commit "
+                           f"index {commit}, over the committed {known.entry.describe()}")
             if entry.index <= 1:
                 prev_term = 0
             else:

@@ -45,6 +45,10 @@ class SimulationFailure(AssertionError):
     reproduce it and shows the last events."""
 
 
+class LivenessFailure(AssertionError):
+    """The healed cluster did not converge within the liveness budget."""
+
+
 def core_factory(core_class: type, options: Options) -> CoreFactory:
     """Build cores of `core_class` (RaftCore or a planted-bug subclass) with the seed's
     configuration."""
@@ -244,6 +248,8 @@ class Simulation:
             liveness_ms = self._liveness_phase()
         except InvariantViolation as exc:
             raise SimulationFailure(self.report(f"invariant violated: {exc}")) from exc
+        except LivenessFailure as exc:
+            raise SimulationFailure(self.report(f"liveness failure: {exc}")) from exc
         except (AssertionError, RaftError) as exc:
             raise SimulationFailure(self.report(f"{type(exc).__name__}: {exc}")) from exc
         return RunResult(
@@ -308,7 +314,7 @@ class Simulation:
 
         self.scheduler.run_until(until, max_events)
         if not converged():
-            raise AssertionError(self._liveness_report(budget_ms, fresh))
+            raise LivenessFailure(self._liveness_report(budget_ms, fresh))
         self._final_checks()
         return self.scheduler.now_ms - start_ms
 
@@ -324,7 +330,7 @@ class Simulation:
             fresh.append(proposal)
 
     def _liveness_report(self, budget_ms: int, fresh: list[Proposal]) -> str:
-        lines = [f"liveness: no convergence within {LIVENESS_TICKS} ticks ({budget_ms} ms)",
+        lines = [f"no convergence within {LIVENESS_TICKS} ticks ({budget_ms} ms)",
                  f"members {self.conf.describe()} fresh proposals tried: {len(fresh)}"]
         for node_id in sorted(self.nodes):
             node = self.nodes[node_id]
@@ -463,7 +469,7 @@ class Simulation:
         ids = sorted(self.nodes)
         actions: list[str] = []
         if opts.crashes:
-            actions += ["crash", "crash", "reboot", "reboot"]
+            actions += ["crash", "crash", "reboot", "reboot", "power-failure"]
         if opts.partitions and len(ids) > 1:
             actions += ["partition", "cut", "isolate", "isolate-leader", "isolate-leader",
                         "split", "heal", "heal", "heal"]
@@ -490,6 +496,18 @@ class Simulation:
                        else int(rng.expovariate(1.0 / opts.down_mean_ms)))
             self.scheduler.schedule(down_ms, "restart", lambda: self._restart(victim),
                                     node=victim.node_id)
+        elif action == "power-failure":
+            # Several nodes lose power at the same instant (a rack, a zone): whatever was
+            # acknowledged but not fsynced is gone from all of them at once.
+            up = [n for n in ids if self.nodes[n].up]
+            if not up:
+                return
+            victims = sorted(rng.sample(up, rng.randint(max(1, len(up) // 2), len(up))))
+            for node_id in victims:
+                report = self.nodes[node_id].crash()
+                self.scheduler.note("power-failure", node=node_id, subject=report)
+                self.scheduler.schedule(rng.randint(1, 50), "restart",
+                                        self._restart_action(node_id), node=node_id)
         elif action == "partition":
             a, b = rng.sample(ids, 2)
             self.network.partition(a, b)
@@ -544,6 +562,9 @@ class Simulation:
             else:
                 self.network.unclog_node(node_id, ids)
         return act
+
+    def _restart_action(self, node_id: int) -> Callable[[], None]:
+        return lambda: self._restart(self.nodes[node_id])
 
     def _restart(self, node: SimNode) -> None:
         if self.phase != "safety" or node.up or node.removed:

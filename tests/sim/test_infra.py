@@ -85,7 +85,7 @@ def test_network_is_deterministic_per_seed() -> None:
 
 def test_network_drops_duplicates_and_reorders() -> None:
     sched = Scheduler()
-    net, got = _network(sched, 5, drop=0.3, duplicate=0.3, delay_mean_ms=10.0)
+    net, got = _network(sched, 5, drop=0.3, duplicate=0.3, delay_mean_ms=10.0, fifo=False)
     sent = [f"m{i}" for i in range(200)]
     for text in sent:
         net.send(1, 2, Note(text))
@@ -96,6 +96,18 @@ def test_network_drops_duplicates_and_reorders() -> None:
     assert set(texts) < set(sent), "some message was lost"
     firsts = list(dict.fromkeys(texts))
     assert firsts != sorted(firsts, key=sent.index), "nothing was reordered"
+
+
+def test_fifo_links_keep_send_order_but_still_lose_and_duplicate() -> None:
+    sched = Scheduler()
+    net, got = _network(sched, 5, drop=0.3, duplicate=0.3, delay_mean_ms=10.0)
+    sent = [f"m{i}" for i in range(200)]
+    for text in sent:
+        net.send(1, 2, Note(text))
+    sched.run_until(lambda: False, 10_000)
+    positions = [sent.index(t) for _, _, t in got]
+    assert positions == sorted(positions)
+    assert len(positions) != len(set(positions)) and set(positions) != set(range(200))
 
 
 def test_partitions_are_directed_and_heal() -> None:

@@ -15,7 +15,9 @@ import pytest
 pytest.importorskip("rillet.cluster.raft.core",
                     reason="the Raft core (cluster/raft/core.py) has not landed yet")
 
+from .invariants import InvariantViolation
 from .planted import BUGS, simulation_for
+from .scenarios import FIGURE8_OPTIONS, figure8
 from .simulation import Simulation, SimulationFailure
 
 DEFAULT_SEEDS = range(100)
@@ -31,10 +33,30 @@ def test_seed(seed: int) -> None:
 
 
 @pytest.mark.slow
-def test_slow_sweep() -> None:
+def test_slow_sweep(request: pytest.FixtureRequest) -> None:
+    """Thousands of seeds. Runs every seed and lists every failure, so one known bug does not
+    hide the next; the first failure's full report (with its last events) comes first."""
+    if "slow" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("the long sweep runs only when selected: pytest -m slow")
+    failures: list[str] = []
     for seed in range(SLOW_FIRST_SEED, SLOW_FIRST_SEED + SLOW_SEEDS):
         print(f"seed {seed}")
-        Simulation(seed).run()
+        try:
+            Simulation(seed).run()
+        except SimulationFailure as exc:
+            failures.append(str(exc))
+    if failures:
+        headlines = "\n".join(f.splitlines()[0] + "  |  " + _reproduce_line(f)
+                              for f in failures)
+        pytest.fail(f"{len(failures)} of {SLOW_SEEDS} seeds failed:\n{headlines}\n\n"
+                    f"first failure:\n{failures[0]}")
+
+
+def _reproduce_line(report: str) -> str:
+    for line in report.splitlines():
+        if line.startswith("reproduce: "):
+            return line
+    return "reproduce: (not found)"
 
 
 def _transcript(seed: int, bug: str | None = None) -> str:
@@ -52,15 +74,37 @@ def test_a_seed_replays_event_for_event(seed: int) -> None:
     assert _transcript(seed) == _transcript(seed)
 
 
-@pytest.mark.parametrize("bug", sorted(BUGS))
+NOT_CAUGHT_BY_SEEDS = {
+    "commit_previous_term": "random seeds do not reach Raft Figure 8's history within the "
+                            "default budget (none of seeds 0-699 caught it when measured); the "
+                            "scripted test_figure8_catches_commit_by_counting does",
+}
+
+
+@pytest.mark.parametrize("bug", [
+    pytest.param(b, marks=pytest.mark.xfail(strict=True, reason=NOT_CAUGHT_BY_SEEDS[b]))
+    if b in NOT_CAUGHT_BY_SEEDS else b for b in sorted(BUGS)])
 def test_planted_bug_is_caught(bug: str) -> None:
-    """The simulator is not vacuous: each planted bug breaks an invariant on some default
-    seed (and test_seed shows the real core passes those same seeds)."""
+    """The simulator is not vacuous: each planted bug breaks a safety invariant on some
+    default seed (and test_seed shows the real core passes those same seeds). A safety
+    invariant is the simulator's checker or an assertion of the core itself (a core that
+    notices its log was corrupted); a missed liveness budget does not count."""
     for seed in DEFAULT_SEEDS:
         try:
             simulation_for(seed, bug).run()
         except SimulationFailure as exc:
-            if "invariant violated" in str(exc):
-                print(f"{bug}: caught by seed {seed}")
+            if "liveness failure" not in str(exc).splitlines()[0]:
+                print(f"{bug}: caught by seed {seed}: {str(exc).splitlines()[0]}")
                 return
     pytest.fail(f"planted bug {bug} survived seeds {DEFAULT_SEEDS}")
+
+
+def test_figure8_real_core_keeps_the_committed_prefix() -> None:
+    """Raft §5.4.2 / Figure 8: the real core does not commit an earlier term's entry by
+    counting, so the scripted history breaks nothing."""
+    figure8(simulation_for(1, overrides=FIGURE8_OPTIONS))
+
+
+def test_figure8_catches_commit_by_counting() -> None:
+    with pytest.raises(InvariantViolation, match="leader completeness"):
+        figure8(simulation_for(1, "commit_previous_term", overrides=FIGURE8_OPTIONS))
