@@ -59,7 +59,7 @@ def figure8(sim: Simulation) -> None:
 
     net.isolate(n1.node_id, ids)
     sim.scheduler.note("script", subject="isolate n1; propose A on n1")
-    sim._propose(n1, tag="A")
+    sim.propose_to(n1, tag="A")
     _until(sim, "A durable on n1", lambda: n1.disk.durable >= 1 and n1.last_log_index() >= 2)
 
     net.heal_partitions()

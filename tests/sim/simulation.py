@@ -372,6 +372,10 @@ class Simulation:
             target = self.nodes[self._workload_rng.choice(up)]
         self._propose(target, tag="v")
 
+    def propose_to(self, node: SimNode, tag: str) -> Proposal | None:
+        """Propose a fresh unique value on `node`; None when it refuses (not leader...)."""
+        return self._propose(node, tag)
+
     def _propose(self, node: SimNode, tag: str) -> Proposal | None:
         self._next_value += 1
         value = f"{tag}{self._next_value}".encode()
