@@ -10,7 +10,10 @@ last write may be torn part way). Nothing here corrupts durable data: an fsynced
 never damaged, the same promise a real disk with working fsync gives.
 
 Within one Ready the records go snapshot, entries, hard state (the order of etcd's WAL), so a
-torn tail that keeps a hard state keeps the entries its commit index may point at.
+torn tail that keeps a hard state keeps the entries its commit index may point at. A Ready
+that installs a snapshot is written as ONE record when `atomic_snapshot` is set (the default):
+the core refuses to start from a durable snapshot newer than the durable hard state's commit
+index, so a driver must write the two together (see the README's findings).
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Record:
-    """One write. Exactly one of the payload fields is set."""
+    """One write: entries, a hard state, a snapshot (possibly with the entries and hard state
+    of its Ready, written atomically), or a compaction."""
 
     entries: tuple[Entry, ...] = ()
     hard_state: HardState | None = None
@@ -62,8 +66,9 @@ class CrashReport:
 class SimDisk:
     """A node's disk. Survives the node's crashes (that is the point of it)."""
 
-    def __init__(self, node_id: int, conf: ConfState) -> None:
+    def __init__(self, node_id: int, conf: ConfState, *, atomic_snapshot: bool = True) -> None:
         self.node_id = node_id
+        self.atomic_snapshot = atomic_snapshot
         self._bootstrap = conf
         self._records: list[Record] = []
         self.durable = 0  # records[:durable] are fsynced
@@ -76,6 +81,9 @@ class SimDisk:
               hard_state: HardState | None) -> bool:
         """Write a Ready's persistent parts in WAL order; True if anything was written."""
         wrote = False
+        if snapshot is not None and not snapshot.is_empty() and self.atomic_snapshot:
+            self._add(Record(snapshot=snapshot, entries=tuple(entries), hard_state=hard_state))
+            return True
         if snapshot is not None and not snapshot.is_empty():
             self._add(Record(snapshot=snapshot))
             wrote = True
@@ -126,7 +134,9 @@ class SimDisk:
             cut = rng.randrange(len(pending))  # records fully kept; pending[cut] is torn
             kept = pending[:cut]
             torn = pending[cut]
-            torn_entries = rng.randrange(len(torn.entries)) if torn.entries else 0
+            splittable = torn.snapshot is None and torn.hard_state is None
+            torn_entries = rng.randrange(len(torn.entries)) if torn.entries and splittable \
+                else 0
             if torn_entries:
                 kept.append(Record(entries=torn.entries[:torn_entries]))
         report = CrashReport(len(pending), len(kept), torn_entries)

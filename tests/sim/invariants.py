@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from rillet.cluster.raft.types import Entry, Role
+from rillet.cluster.raft.types import Entry, EntryKind, Role
 
 log = logging.getLogger(__name__)
 
@@ -187,9 +187,25 @@ class Invariants:
             self._fail(f"n{node_id} applied {entry.describe()} but {known.entry.describe()} "
                        f"was committed at that index")
 
-    def on_snapshot_restore(self, node_id: int, incarnation: int, index: int) -> None:
-        """A node's state machine was replaced by a snapshot up to `index`."""
+    def on_snapshot_restore(self, node_id: int, incarnation: int, index: int,
+                            values: list[bytes] | None = None) -> None:
+        """A node's state machine was replaced by a snapshot up to `index`; `values` (the
+        snapshot's applied values) must be exactly the committed values up to there."""
         self._applied[(node_id, incarnation)] = index
+        if values is None or index == 0:
+            return
+        expected: list[bytes] = []
+        for i in range(1, index + 1):
+            known = self.committed.get(i)
+            if known is None:
+                self._fail(f"n{node_id} restored a snapshot to {index} but index {i} was "
+                           f"never seen committed")
+                return
+            if known.entry.kind == EntryKind.NORMAL and known.entry.data:
+                expected.append(known.entry.data)
+        if values != expected:
+            self._fail(f"n{node_id} restored a snapshot to {index} whose state differs from "
+                       f"the committed values ({len(values)} vs {len(expected)} values)")
 
     # -- helpers -----------------------------------------------------------------------------
 

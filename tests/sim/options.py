@@ -36,6 +36,7 @@ class Options:
     torn_probability: float = 0.5
     fault_mean_ms: float = 200.0  # mean time between fault actions
     down_mean_ms: float = 300.0  # mean time a crashed node stays down
+    reboot_after_vote: float = 0.0  # chance a node reboots right after granting a vote
     # disk and time
     fsync_mean_ms: float = 2.0
     tick_jitter_ms: int = 2
@@ -43,6 +44,8 @@ class Options:
     propose_mean_ms: float = 20.0
     membership: bool = False
     transfers: bool = False
+    compact_every: int = 0  # compact a node's log each time this many entries were applied
+    atomic_snapshot: bool = True  # write a Ready's snapshot and hard state as one record
     # core configuration
     pre_vote: bool = True
     check_quorum: bool = True
@@ -69,6 +72,7 @@ class Options:
             torn_probability=rng.choice((0.0, 0.5, 0.9)),
             fault_mean_ms=rng.choice((60.0, 150.0, 400.0)),
             down_mean_ms=rng.choice((50.0, 300.0, 1000.0)),
+            reboot_after_vote=rng.choice((0.0, 0.0, 0.2, 0.5)),
             fsync_mean_ms=rng.choice((0.5, 2.0, 6.0)),
             tick_jitter_ms=rng.choice((0, 2, 4)),
             propose_mean_ms=rng.choice((5.0, 20.0, 60.0)),
@@ -78,6 +82,7 @@ class Options:
             check_quorum=rng.random() < 0.8,
             election_ticks=rng.choice((5, 10, 10, 20)),
             max_committed_bytes_per_ready=rng.choice((1, 64 << 20, 64 << 20)),
+            compact_every=rng.choice((0, 0, 5, 40)),
         )
         # (bytes per APPEND, APPENDs in flight): tiny messages only with a deep pipeline and
         # one message in flight only with big messages, so a lagging node can still catch

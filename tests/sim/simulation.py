@@ -22,6 +22,7 @@ from rillet.cluster.raft.types import (
     Entry,
     EntryKind,
     Message,
+    MessageType,
     Role,
 )
 
@@ -162,17 +163,42 @@ class Simulation:
 
     def _add_node(self, node_id: int) -> SimNode:
         opts = self.options
-        hooks = NodeHooks(send=self.network.send, applied=self._on_applied,
+        hooks = NodeHooks(send=self._send, applied=self._on_applied,
                           checker=self.checker, crash_rng=self._disk_rng,
-                          torn_probability=opts.torn_probability)
+                          torn_probability=opts.torn_probability,
+                          compact_every=opts.compact_every)
         timing = NodeTiming(tick_ms=TICK_MS, tick_jitter_ms=opts.tick_jitter_ms,
                             fsync_mean_ms=opts.fsync_mean_ms)
-        node = self._node_class(node_id, SimDisk(node_id, self.genesis), self.scheduler,
+        disk = SimDisk(node_id, self.genesis, atomic_snapshot=opts.atomic_snapshot)
+        node = self._node_class(node_id, disk, self.scheduler,
                                 self._factory, hooks, timing, self._tick_rng, self._disk_rng,
                                 random.Random(self._node_rng.getrandbits(64)))
         self.nodes[node_id] = node
         node.start()
         return node
+
+    def _send(self, frm: int, to: int, msg: Message) -> None:
+        """Every message leaves through here: the network, plus one targeted fault."""
+        self.network.send(frm, to, msg)
+        opts = self.options
+        if (msg.type == MessageType.VOTE_RESP and not msg.reject and opts.crashes
+                and self.phase == "safety" and opts.reboot_after_vote
+                and self._fault_rng.random() < opts.reboot_after_vote):
+            # A voter that reboots mid-election must still remember its vote (Raft §5.2:
+            # the vote is persisted before the reply). Come back while the election runs.
+            self.scheduler.schedule(self._fault_rng.randint(0, 3), "reboot-after-vote",
+                                    self._reboot_action(frm), node=frm)
+
+    def _reboot_action(self, node_id: int) -> Callable[[], None]:
+        def reboot() -> None:
+            node = self.nodes[node_id]
+            if self.phase != "safety" or not node.up:
+                return
+            report = node.crash()
+            self.scheduler.note("reboot", node=node_id, subject=report)
+            self.scheduler.schedule(self._fault_rng.randint(1, 15), "restart",
+                                    self._restart_action(node_id), node=node_id)
+        return reboot
 
     def _deliver(self, to: int, msg: Message) -> None:
         node = self.nodes.get(to)
@@ -250,7 +276,7 @@ class Simulation:
             raise SimulationFailure(self.report(f"invariant violated: {exc}")) from exc
         except LivenessFailure as exc:
             raise SimulationFailure(self.report(f"liveness failure: {exc}")) from exc
-        except (AssertionError, RaftError) as exc:
+        except Exception as exc:  # any crash of a core is a finding: report it with the seed
             raise SimulationFailure(self.report(f"{type(exc).__name__}: {exc}")) from exc
         return RunResult(
             seed=self.seed, options=self.options, events=self.scheduler.events_run,
