@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from rillet.batch import HEADER_SIZE, LENGTH_PREFIX_SIZE, InvalidBatchError
 from rillet.node.storage.atomic import fsync_dir, write_atomic
 from rillet.node.storage.errors import OffsetOutOfRangeError, StorageError
 from rillet.node.storage.segment import (
@@ -53,8 +54,6 @@ from rillet.node.storage.segment import (
     TIMEINDEX_SUFFIX,
     Segment,
 )
-
-from rillet.batch import HEADER_SIZE, LENGTH_PREFIX_SIZE, InvalidBatchError
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,9 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
+from rillet.batch import HEADER, HEADER_SIZE, LENGTH_PREFIX_SIZE, BatchError, verify
 from rillet.node.storage.errors import LogCorruptionError
 from rillet.node.storage.index import NO_TIMESTAMP, OffsetIndex, TimeIndex
-
-from rillet.batch import HEADER, HEADER_SIZE, LENGTH_PREFIX_SIZE, BatchError, verify
 
 log = logging.getLogger(__name__)
 
@@ -345,6 +344,18 @@ class Segment:
                 head = os.pread(self.fd, LENGTH_PREFIX_SIZE, last[1])
                 ok = (len(head) == LENGTH_PREFIX_SIZE
                       and _BASE_AND_LENGTH.unpack(head)[0] == self.base_offset + last[0])
+        if ok and self.size > 0:
+            # Walk the headers after the last index entry: the last batch must end exactly at
+            # the end of the file and at the next segment's base offset (this also catches a
+            # missing segment after this one). At most about one index interval of headers.
+            end_pos, end_offset = (last[1] if last else 0), -1
+            try:
+                for pos, fields in self.iter_headers(end_pos):
+                    end_pos = pos + fields[1] + LENGTH_PREFIX_SIZE
+                    end_offset = fields[0] + fields[6]
+            except LogCorruptionError:
+                ok = False
+            ok = ok and end_pos == self.size and end_offset == next_offset
         if not ok:
             log.info("%s: rebuilding indexes (they do not match the log)", self.log_path)
             return False

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from rillet.node.storage.log import PartitionLog
-
 from rillet import batch
+from rillet.node.storage.log import PartitionLog
 
 
 class FakeClock:

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from rillet.node.storage.errors import OffsetOutOfRangeError, StorageError
-from rillet.node.storage.log import CHECKPOINT_NAME, LogConfig, PartitionLog
 
 from rillet import batch
+from rillet.node.storage.errors import OffsetOutOfRangeError, StorageError
+from rillet.node.storage.log import CHECKPOINT_NAME, LogConfig, PartitionLog
 
 from .helpers import FakeClock, make_batch, read_all
 
@@ -211,6 +211,19 @@ def test_retention_by_time_uses_each_segments_largest_timestamp(open_log: OpenLo
     assert read_all(log)[0][0].base_offset == log.log_start_offset == 20
     assert log.enforce_retention(now_ms=10**9) == 1  # never the active segment
     assert log.segment_count == 1
+
+
+def test_retention_stops_at_the_first_segment_that_must_stay(open_log: OpenLog) -> None:
+    # Segment maxima 5000, 100, 100, ...: the second segment has expired, but retention only
+    # ever removes a prefix, so nothing goes while the first one is still young.
+    log = open_log(LogConfig(segment_bytes=500, retention_ms=1000))
+    stamps = [5000] + [100] * 19
+    for i, ts in enumerate(stamps):
+        log.append(make_batch(2, ts_ms=ts, tag=i))
+    assert log.segment_count == 4
+    assert log.enforce_retention(now_ms=2000) == 0
+    assert log.log_start_offset == 0
+    assert log.enforce_retention(now_ms=6001) == 3
 
 
 def test_flush_reports_the_flushed_offset_and_reopen_keeps_everything(
