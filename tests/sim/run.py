@@ -3,6 +3,7 @@
     .venv/bin/python -m tests.sim.run --seed 1234 -v        # one seed, every event printed
     .venv/bin/python -m tests.sim.run --first 0 --count 500 # a sweep, one line per seed
     .venv/bin/python -m tests.sim.run --seed 7 --bug vote_without_log_check
+    .venv/bin/python -m tests.sim.run --scenario figure8 --bug commit_previous_term -v
 
 The seed is printed first, before anything can go wrong. A failure prints the report (seed,
 reproduce command, options, last events) and exits with status 1.
@@ -15,8 +16,12 @@ import logging
 import sys
 import time
 
+from .invariants import InvariantViolation
 from .planted import BUGS, simulation_for
+from .scenarios import SCRIPTED_OPTIONS, double_vote_after_reboot, figure8
 from .simulation import SimulationFailure
+
+SCENARIOS = {"figure8": figure8, "double_vote": double_vote_after_reboot}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="print every event's one-line description")
     parser.add_argument("--keep-going", action="store_true",
                         help="in a sweep, report every failing seed instead of stopping")
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS),
+                        help="run a scripted scenario (scenarios.py) instead of random faults")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override one of the seed's swarm options (repeatable)")
     parser.add_argument("--log-level", default="ERROR",
@@ -39,6 +46,19 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [args.seed] if args.seed is not None else list(
         range(args.first, args.first + args.count))
     verbose = print if args.verbose else None
+    if args.scenario:
+        seed = args.seed if args.seed is not None else 1
+        print(f"seed {seed} scenario {args.scenario}", flush=True)
+        sim = simulation_for(seed, args.bug, overrides=SCRIPTED_OPTIONS + args.set,
+                             verbose=verbose)
+        sim.overrides, sim.scenario = args.set, args.scenario  # for the reproduce line
+        try:
+            SCENARIOS[args.scenario](sim)
+        except InvariantViolation as exc:
+            print(f"FAIL {sim.report(f'invariant violated: {exc}')}")
+            return 1
+        print("  ok: no invariant broken")
+        return 0
     failures = 0
     started = time.perf_counter()  # wall time is only reported, never used by a run
     for seed in seeds:

@@ -108,9 +108,10 @@ class RunResult:
 
 
 def reproduce_command(seed: int, bug: str | None = None,
-                      overrides: list[str] | None = None) -> str:
+                      overrides: list[str] | None = None, scenario: str | None = None) -> str:
     """The one command that replays `seed` exactly, printing every event."""
-    extra = f" --bug {bug}" if bug else ""
+    extra = f" --scenario {scenario}" if scenario else ""
+    extra += f" --bug {bug}" if bug else ""
     extra += "".join(f" --set {item}" for item in overrides or [])
     return f".venv/bin/python -m tests.sim.run --seed {seed}{extra} -v"
 
@@ -126,6 +127,7 @@ class Simulation:
         self.seed = seed
         self.bug = bug
         self.overrides = overrides or []
+        self.scenario: str | None = None  # set by the runner for scripted runs
         self.options = (options or Options.swarm(seed, derive(seed, "options"))).override(
             self.overrides)
         opts = self.options
@@ -605,8 +607,9 @@ class Simulation:
 
     def report(self, headline: str) -> str:
         """Seed, reproduce command, options, and the last events."""
+        command = reproduce_command(self.seed, self.bug, self.overrides, self.scenario)
         lines = [f"seed {self.seed}: {headline}",
-                 f"reproduce: {reproduce_command(self.seed, self.bug, self.overrides)}",
+                 f"reproduce: {command}",
                  f"options: {self.options.describe()}",
                  f"at {self.scheduler.now_ms}ms after {self.scheduler.events_run} events; "
                  f"last {len(self.scheduler.history)} events:"]
