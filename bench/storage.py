@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -46,6 +47,25 @@ def bench_append(directory: Path, payload: bytes, count: int, flush_every: int) 
             "MB_per_s": round(mb / elapsed, 1), "batches_per_s": round(count / elapsed, 1),
             "flush_p50_ms": round(statistics.median(flush_ms), 2),
             "flush_p99_ms": round(sorted(flush_ms)[int(len(flush_ms) * 0.99)], 2)}
+
+
+def bench_raw(directory: Path, payload: bytes, count: int, flush_every: int) -> dict[str, float]:
+    """The floor to compare against: plain os.write + fdatasync of the same bytes, no log."""
+    directory.mkdir(parents=True)
+    fd = os.open(directory / "raw", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    t0 = time.perf_counter()
+    try:
+        for i in range(count):
+            os.write(fd, payload)
+            if (i + 1) % flush_every == 0:
+                os.fdatasync(fd)
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    elapsed = time.perf_counter() - t0
+    mb = len(payload) * count / 1e6
+    return {"raw_write_fdatasync_every": flush_every, "MB": round(mb, 1),
+            "MB_per_s": round(mb / elapsed, 1)}
 
 
 def bench_read(directory: Path, max_bytes: int) -> dict[str, float]:
@@ -86,6 +106,8 @@ def main() -> None:
     results = []
     try:
         for flush_every in (1, 16):
+            results.append(bench_raw(scratch / f"raw{flush_every}", payload, count,
+                                     flush_every))
             d = scratch / f"flush{flush_every}"
             results.append(bench_append(d, payload, count, flush_every))
         for max_bytes in (1024 * 1024, 4 * 1024 * 1024):

@@ -11,6 +11,7 @@ duplicated for fsync outside the lock.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
 import os
@@ -34,6 +35,8 @@ _SCAN_CHUNK = 64 * 1024
 _RECOVER_CHUNK = 4 * 1024 * 1024
 _BASE_AND_LENGTH = struct.Struct("<qi")
 _MIN_BATCH_LENGTH = HEADER_SIZE - LENGTH_PREFIX_SIZE
+# Positions in the rillet.batch.HEADER tuple.
+_F_BASE, _F_LENGTH, _F_TERM, _F_RAFT_INDEX, _F_COUNT, _F_MAX_TS = 0, 1, 2, 3, 7, 9
 
 
 def segment_name(base_offset: int) -> str:
@@ -179,8 +182,8 @@ class Segment:
         """(position, header fields) of each batch from `pos` (a batch start) up to `end`.
 
         Reads in chunks so small batches do not cost one system call each. Fields are the raw
-        tuple of rillet.batch.HEADER (0 base_offset, 1 batch_length, 6 record_count,
-        8 max_timestamp).
+        tuple of rillet.batch.HEADER (0 base_offset, 1 batch_length, 2 leader_term,
+        3 raft_index, 7 record_count, 9 max_timestamp).
         """
         end = self.size if end is None else end
         while pos < end:
@@ -205,7 +208,7 @@ class Segment:
             base = fields[0]
             if base > offset:
                 break
-            if offset < base + fields[6]:
+            if offset < base + fields[_F_COUNT]:
                 return pos
         raise LogCorruptionError(
             f"{self.log_path.name}: no batch holds offset {offset} "
@@ -234,22 +237,43 @@ class Segment:
             if len(data) != first_size:
                 raise LogCorruptionError(f"{self.log_path.name}: short read at {pos}")
             return data, pos + first_size < self.size
-        buf = os.pread(self.fd, min(max_bytes, remaining), pos)
-        off = 0
+        # Find where the read ends without reading the data: the offset index gives a batch
+        # boundary near the budget, and the few headers after it are read one by one. Then
+        # one pread of exactly that range, so the result is never a copy of a bigger buffer.
+        limit = min(max_bytes, remaining)
+        off = max(first_size, self._skip_by_index(pos, limit, upper))
         stopped = False
-        n = len(buf)
-        while off + LENGTH_PREFIX_SIZE <= n:
-            base, length = _BASE_AND_LENGTH.unpack_from(buf, off)
+        while off + LENGTH_PREFIX_SIZE <= limit:
+            base, length = _BASE_AND_LENGTH.unpack(
+                os.pread(self.fd, LENGTH_PREFIX_SIZE, pos + off))
             if base >= upper:
                 stopped = True
                 break
             size = length + LENGTH_PREFIX_SIZE
-            if off + size > n:
+            if off + size > limit:
                 break
             off += size
         if not stopped and off < remaining:
             stopped = True  # the budget ended before the segment did
-        return (buf if off == n else buf[:off]), stopped
+        data = os.pread(self.fd, off, pos)
+        if len(data) != off:
+            raise LogCorruptionError(f"{self.log_path.name}: short read at {pos}")
+        return data, stopped
+
+    def _skip_by_index(self, pos: int, n: int, upper: int) -> int:
+        """How far into a read of `n` bytes from `pos` the batches are known whole and < upper.
+
+        An index entry marks where a batch starts, so every batch before it is whole; and if
+        that batch's offset is <= upper, every batch before it is below upper. Starting the
+        header walk there makes a read of many small batches cost about one index interval of
+        Python work instead of one step per batch.
+        """
+        idx = self.offset_index
+        if not idx.rels:
+            return 0
+        i = min(bisect.bisect_right(idx.positions, pos + n),
+                bisect.bisect_right(idx.rels, upper - self.base_offset)) - 1
+        return idx.positions[i] - pos if i >= 0 and idx.positions[i] > pos else 0
 
     def offset_for_timestamp(self, timestamp_ms: int) -> int | None:
         """Base offset of the first batch here whose max_timestamp >= timestamp_ms."""
@@ -258,7 +282,7 @@ class Segment:
         rel = self.time_index.scan_start(timestamp_ms)
         start = self.position_of(self.base_offset + rel)
         for _pos, fields in self.iter_headers(start):
-            if fields[8] >= timestamp_ms:
+            if fields[_F_MAX_TS] >= timestamp_ms:
                 return int(fields[0])
         raise LogCorruptionError(
             f"{self.log_path.name}: max timestamp {self.max_timestamp_ms} not found in the log")
@@ -352,7 +376,7 @@ class Segment:
             try:
                 for pos, fields in self.iter_headers(end_pos):
                     end_pos = pos + fields[1] + LENGTH_PREFIX_SIZE
-                    end_offset = fields[0] + fields[6]
+                    end_offset = fields[0] + fields[_F_COUNT]
             except LogCorruptionError:
                 ok = False
             ok = ok and end_pos == self.size and end_offset == next_offset
@@ -387,8 +411,8 @@ class Segment:
             self._max_timestamp_rel = 0
             start = 0
         for _p, fields in self.iter_headers(start):
-            if fields[8] > self.max_timestamp_ms:
-                self.max_timestamp_ms = fields[8]
+            if fields[_F_MAX_TS] > self.max_timestamp_ms:
+                self.max_timestamp_ms = fields[_F_MAX_TS]
                 self._max_timestamp_rel = fields[0] - self.base_offset
         last = self.offset_index.last()
         self._bytes_since_index = pos - (last[1] if last else 0)
