@@ -42,7 +42,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from rillet.batch import HEADER_SIZE, LENGTH_PREFIX_SIZE, InvalidBatchError
+from rillet.batch import (
+    HEADER_SIZE,
+    LENGTH_PREFIX_SIZE,
+    STAMPED_PREFIX,
+    STAMPED_PREFIX_SIZE,
+    InvalidBatchError,
+)
 from rillet.node.storage.atomic import fsync_dir, write_atomic
 from rillet.node.storage.errors import OffsetOutOfRangeError, StorageError
 from rillet.node.storage.segment import (
@@ -59,9 +65,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "recovery-point.json"
 _SEGMENT_FILE = re.compile(r"^(\d{20})\.(log|index|timeindex)$")
-_PREFIX = struct.Struct("<qiq")  # base_offset, batch_length, leader_term
-# From byte 8: batch_length @8, record_count @27, max_timestamp @39 (see records.proto).
-_BATCH_FIELDS = struct.Struct("<i15xi8xq")
+# From byte 8: batch_length @8, record_count @35, max_timestamp @47 (see records.proto).
+_BATCH_FIELDS = struct.Struct("<i23xi8xq")
 _MIB = 1024 * 1024
 _DAY_MS = 24 * 3600 * 1000
 
@@ -233,6 +238,7 @@ class PartitionLog:
             p.unlink(missing_ok=True)
 
     # ================================================================ properties
+    # Properties read plain fields; from another thread they may be a moment stale, never torn.
     @property
     def log_start_offset(self) -> int:
         """First offset still stored (moves up when retention deletes segments)."""
@@ -289,7 +295,8 @@ class PartitionLog:
                     or base + count - 1 - seg.base_offset > MAX_RELATIVE_OFFSET):
                 seg = self._roll()
             view = memoryview(batch)
-            seg.append([_PREFIX.pack(base, length, leader_term), view[20:]], n, base, count,
+            seg.append([STAMPED_PREFIX.pack(base, length, leader_term, 0),
+                        view[STAMPED_PREFIX_SIZE:]], n, base, count,
                        max_ts, now)
             self._log_end = base + count
             self._size += n
@@ -343,7 +350,9 @@ class PartitionLog:
                 os.close(fd)
         with self._checkpoint_lock:
             with self._lock:
-                if self._epoch != epoch:
+                if self._epoch != epoch or self._closed:
+                    # A truncation or close ran meanwhile: claim nothing, leave the checkpoint
+                    # they wrote alone.
                     return self._flushed_offset
                 for _fd, seg, size in jobs:
                     seg.flushed_size = max(seg.flushed_size, size)
@@ -404,7 +413,8 @@ class PartitionLog:
         """Base offset of the first batch whose max_timestamp >= ts_ms, or None.
 
         Segments are checked in order by their in-memory maximum timestamp; inside one, the
-        time index narrows the scan to about one index interval of batch headers.
+        time index narrows the scan to about one index interval of batch headers. Event-loop
+        thread only.
         """
         with self._lock:
             self._check_open()
@@ -501,7 +511,12 @@ class PartitionLog:
 
     # ================================================================ shutdown
     def close(self) -> None:
-        """Flush, record a clean shutdown, and release the files. Idempotent."""
+        """Flush, record a clean shutdown, and release the files. Idempotent.
+
+        Event-loop thread. A flush still running in a worker thread finishes harmlessly (it
+        syncs duplicated descriptors and claims nothing once it sees the log closed); the
+        caller should still stop its flusher first so that flush's result is not lost.
+        """
         if self._closed:
             return
         self.flush()

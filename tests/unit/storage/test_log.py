@@ -3,6 +3,7 @@ retention, flush and reopen."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -298,3 +299,58 @@ def test_config_rejects_nonsense() -> None:
         LogConfig(segment_bytes=2**31)
     with pytest.raises(ValueError, match="retention"):
         LogConfig(retention_ms=-2)
+
+
+def test_flush_is_one_fdatasync_however_many_batches(
+        open_log: OpenLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = open_log()
+    log.append(make_batch())
+    log.flush()  # the first flush after open may also sync the directory
+    calls: list[str] = []
+    real_fdatasync, real_fsync = os.fdatasync, os.fsync
+
+    def count_fdatasync(fd: int) -> None:
+        calls.append("fdatasync")
+        real_fdatasync(fd)
+
+    def count_fsync(fd: int) -> None:
+        calls.append("fsync")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", count_fdatasync)
+    monkeypatch.setattr(os, "fsync", count_fsync)
+    for i in range(50):
+        log.append(make_batch(tag=i))
+    assert log.flush() == 153
+    assert calls == ["fdatasync"]
+    calls.clear()
+    assert log.flush() == 153  # nothing new: nothing to sync
+    assert calls == []
+
+
+def test_flush_after_close_is_refused(open_log: OpenLog) -> None:
+    log = open_log()
+    log.append(make_batch())
+    log.close()
+    with pytest.raises(StorageError, match="closed"):
+        log.flush()
+
+
+def test_a_flush_that_straddles_a_truncation_claims_nothing(
+        open_log: OpenLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = open_log()
+    for i in range(10):
+        log.append(make_batch(tag=i))
+    real_fdatasync = os.fdatasync
+
+    def truncate_during_sync(fd: int) -> None:
+        real_fdatasync(fd)
+        monkeypatch.setattr(os, "fdatasync", real_fdatasync)
+        log.truncate_to(15)  # as if the event loop ran while the worker thread synced
+
+    monkeypatch.setattr(os, "fdatasync", truncate_during_sync)
+    assert log.flush() == 0  # claims nothing: what it synced is partly gone
+    assert log.flushed_offset == 0 and log.log_end_offset == 15
+    assert log.flush() == 15  # the next flush claims what survived the truncation
+    log.append(make_batch(tag=99))
+    assert log.flush() == 18
