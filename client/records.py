@@ -101,12 +101,13 @@ def decode_batches(
 ) -> list[RecordBatch]:
     """Split concatenated stored batches (CRC checked) and keep records in [first, end).
 
-    Batches entirely below `first_offset` are skipped without parsing their records.
+    Batches entirely below `first_offset` are skipped without parsing their records, and so
+    are control batches (the partition's Raft no-ops and membership changes: no records).
     """
     out: list[RecordBatch] = []
     for header, view in codec.iter_batches(buf):
         nxt = header.base_offset + header.record_count
-        if nxt <= first_offset:
+        if header.is_control or nxt <= first_offset:
             continue
         if end_offset is not None and header.base_offset >= end_offset:
             break

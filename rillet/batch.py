@@ -17,23 +17,34 @@ import google_crc32c
 
 from rillet.api.v1 import records_pb2
 
-# base_offset, batch_length, leader_term, magic, crc, attributes, record_count,
+# base_offset, batch_length, leader_term, raft_index, magic, crc, attributes, record_count,
 # first_timestamp, max_timestamp, producer_id, producer_epoch, base_sequence
-HEADER = struct.Struct("<qiqbIhiqqqhi")
-HEADER_SIZE = HEADER.size  # 61
+HEADER = struct.Struct("<qiqqbIhiqqqhi")
+HEADER_SIZE = HEADER.size  # 69
 # Bytes before batch_length counts: base_offset and batch_length themselves.
 LENGTH_PREFIX_SIZE = 12
+# The broker-stamped prefix: base_offset, batch_length, leader_term, raft_index (bytes 0..27).
+STAMPED_PREFIX = struct.Struct("<qiqq")
+STAMPED_PREFIX_SIZE = STAMPED_PREFIX.size  # 28
 # The CRC covers everything from the attributes field to the end of the batch.
-CRC_START = 25
+CRC_START = 33
+CRC_FIELD = 29
+RECORD_COUNT_FIELD = 35
 MAGIC = 1
 COMPRESSION_MASK = 0x7
+CONTROL_FLAG = 0x10
+"""Attributes bit 4: a control batch, written by the partition's Raft log itself (the leader's
+no-op entry, membership changes). It holds no records and occupies no offsets."""
+CONF_CHANGE_FLAG = 0x20
+"""Attributes bit 5, only with CONTROL_FLAG: the entry is a Raft membership change."""
+_KNOWN_ATTRIBUTES = COMPRESSION_MASK | CONTROL_FLAG | CONF_CHANGE_FLAG
 NO_PRODUCER = -1
 
 _STAMP = struct.Struct("<q")
 _LENGTH = struct.Struct("<i")
 _TERM_OFFSET = 12
+_RAFT_INDEX_OFFSET = 20
 _CRC = struct.Struct("<I")
-CRC_FIELD = 21
 
 
 class BatchError(ValueError):
@@ -55,6 +66,7 @@ class BatchHeader:
     base_offset: int
     batch_length: int
     leader_term: int
+    raft_index: int
     magic: int
     crc: int
     attributes: int
@@ -69,6 +81,11 @@ class BatchHeader:
     def size(self) -> int:
         """Total bytes of the batch, header included."""
         return self.batch_length + LENGTH_PREFIX_SIZE
+
+    @property
+    def is_control(self) -> bool:
+        """A control batch (Raft no-op or membership change): no records, skipped by readers."""
+        return bool(self.attributes & CONTROL_FLAG)
 
     @property
     def last_offset(self) -> int:
@@ -111,7 +128,11 @@ def parse_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHead
         raise CorruptBatchError(f"unknown batch magic {header.magic} (expected {MAGIC})")
     if header.batch_length < HEADER_SIZE - LENGTH_PREFIX_SIZE:
         raise CorruptBatchError(f"batch_length {header.batch_length} is shorter than a header")
-    if header.record_count < 1:
+    if header.attributes & CONTROL_FLAG:
+        if header.record_count != 0:
+            raise InvalidBatchError(
+                f"a control batch holds no records, header says {header.record_count}")
+    elif header.record_count < 1:
         raise InvalidBatchError(f"record_count must be at least 1, got {header.record_count}")
     return header
 
@@ -150,6 +171,10 @@ def validate(batch: bytes | bytearray | memoryview) -> BatchHeader:
         raise InvalidBatchError(
             f"request holds {len(batch)} bytes but the batch declares {header.size}; "
             "send exactly one batch per request")
+    if header.attributes & CONTROL_FLAG:
+        raise InvalidBatchError(
+            "control batches (attributes bit 4) are written by the broker's Raft log; "
+            "producers may not send them")
     if header.attributes & ~COMPRESSION_MASK:
         raise InvalidBatchError(f"unknown attribute bits {header.attributes:#06x}")
     if header.attributes & COMPRESSION_MASK:
@@ -173,10 +198,38 @@ def validate(batch: bytes | bytearray | memoryview) -> BatchHeader:
     return header
 
 
-def stamp(batch: bytearray, base_offset: int, leader_term: int, pos: int = 0) -> None:
-    """Write the broker-assigned base offset and leader term; both are outside the CRC."""
+def stamp(batch: bytearray, base_offset: int, leader_term: int, raft_index: int = 0,
+          pos: int = 0) -> None:
+    """Write the broker-assigned base offset, leader term and Raft index; all three are outside
+    the CRC, so stamping never re-seals the batch."""
     _STAMP.pack_into(batch, pos, base_offset)
     _STAMP.pack_into(batch, pos + _TERM_OFFSET, leader_term)
+    _STAMP.pack_into(batch, pos + _RAFT_INDEX_OFFSET, raft_index)
+
+
+def encode_control(data: bytes, *, conf_change: bool = False) -> bytes:
+    """A control batch carrying a Raft entry the core made itself: `data` is the entry's raw
+    bytes (empty for the leader's no-op, the encoded ConfChange for a membership change).
+
+    Every field is a function of its arguments (timestamps 0, no producer), so every replica
+    that stores the same entry writes the same bytes. Stamp it like any batch.
+    """
+    attributes = CONTROL_FLAG | (CONF_CHANGE_FLAG if conf_change else 0)
+    header = bytearray(HEADER.pack(
+        0, HEADER_SIZE + len(data) - LENGTH_PREFIX_SIZE, 0, 0, MAGIC, 0, attributes, 0, 0, 0,
+        NO_PRODUCER, NO_PRODUCER, NO_PRODUCER))
+    crc = google_crc32c.extend(google_crc32c.value(bytes(header[CRC_START:])), data)
+    _CRC.pack_into(header, CRC_FIELD, crc)
+    return bytes(header) + data
+
+
+def control_data(batch: bytes | bytearray | memoryview) -> tuple[bool, bytes]:
+    """(is a membership change, raw entry bytes) of a verified control batch."""
+    header = parse_header(batch)
+    if not header.is_control:
+        raise InvalidBatchError("not a control batch")
+    return (bool(header.attributes & CONF_CHANGE_FLAG),
+            bytes(memoryview(batch)[HEADER_SIZE:header.size]))
 
 
 _ZEROS: list[int] = []
@@ -227,7 +280,7 @@ def encode(
     body = records.SerializeToString()
     # Seal the header with the CRC of (header tail + body) without copying the body twice.
     header = bytearray(HEADER.pack(
-        0, HEADER_SIZE + len(body) - LENGTH_PREFIX_SIZE, 0, MAGIC, 0, 0, n, first, hi,
+        0, HEADER_SIZE + len(body) - LENGTH_PREFIX_SIZE, 0, 0, MAGIC, 0, 0, n, first, hi,
         producer_id, producer_epoch, base_sequence))
     crc = google_crc32c.extend(google_crc32c.value(bytes(header[CRC_START:])), body)
     _CRC.pack_into(header, CRC_FIELD, crc)
@@ -235,7 +288,10 @@ def encode(
 
 
 def iter_batches(buf: bytes | bytearray | memoryview) -> Iterator[tuple[BatchHeader, memoryview]]:
-    """Split concatenated batches (a read response), verifying each CRC."""
+    """Split concatenated batches (a read response), verifying each CRC.
+
+    Yields control batches too (check `header.is_control`); decode and decode_range skip them.
+    """
     view = memoryview(buf)
     pos = 0
     while pos < len(view):
@@ -245,8 +301,10 @@ def iter_batches(buf: bytes | bytearray | memoryview) -> Iterator[tuple[BatchHea
 
 
 def decode(batch: bytes | bytearray | memoryview) -> list[Record]:
-    """Decode the records of one verified batch."""
+    """Decode the records of one verified batch; a control batch has none."""
     header = parse_header(batch)
+    if header.is_control:
+        return []
     records = records_pb2.Records()
     records.ParseFromString(bytes(memoryview(batch)[HEADER_SIZE:header.size]))
     keys = records.keys or [b""] * len(records.values)
@@ -269,7 +327,7 @@ def decode_range(
     """Decode concatenated batches, keeping records in [first_offset, end_offset)."""
     out: list[Record] = []
     for header, view in iter_batches(buf):
-        if header.next_offset <= first_offset:
+        if header.is_control or header.next_offset <= first_offset:
             continue
         if end_offset is not None and header.base_offset >= end_offset:
             break

@@ -8,6 +8,7 @@ import struct
 from dataclasses import dataclass, field
 
 from rillet.api.v1 import common_pb2
+from rillet.batch import RECORD_COUNT_FIELD
 from rillet.node.config import BrokerConfig
 from rillet.node.errors import InvalidRequestError, OffsetOutOfRangeError
 from rillet.node.partition import Partition
@@ -17,10 +18,11 @@ DEFAULT_MAX_BYTES = 1024 * 1024
 DEFAULT_MAX_WAIT_MS = 5000
 MAX_WAIT_MS_LIMIT = 60_000
 
-# base_offset (int64) and batch_length (int32) at the start of every batch; record_count at 27.
+# base_offset (int64) and batch_length (int32) at the start of every batch; record_count at 35
+# (records.proto; 0 for a control batch, which occupies no offsets).
 _PREFIX = struct.Struct("<qi")
 _COUNT = struct.Struct("<i")
-_COUNT_AT = 27
+_COUNT_AT = RECORD_COUNT_FIELD
 
 
 @dataclass

@@ -23,7 +23,7 @@ def make_batch(values: list[bytes]) -> bytes:
 
 
 def with_crc(buf: bytearray) -> bytes:
-    struct.pack_into("<I", buf, 21, batch.crc32c(memoryview(buf)[batch.CRC_START:]))
+    struct.pack_into("<I", buf, batch.CRC_FIELD, batch.crc32c(memoryview(buf)[batch.CRC_START:]))
     return bytes(buf)
 
 
@@ -66,7 +66,8 @@ async def test_bad_batches_get_their_error_and_the_stream_and_log_continue(stubs
     corrupt = bytearray(good)
     corrupt[-1] ^= 0xFF  # a flipped bit in the records: CRC mismatch
     miscounted = bytearray(good)
-    struct.pack_into("<i", miscounted, 27, 5)  # header says 5 records, batch holds 4
+    # The header says 5 records, the batch holds 4.
+    struct.pack_into("<i", miscounted, batch.RECORD_COUNT_FIELD, 5)
     too_large = make_batch([b"v" * 1000] * 1100)  # about 1.1 MB, above the 1 MiB default
     before = await snapshot(stubs, topic)
     cases = [

@@ -49,8 +49,8 @@ def test_every_flipped_byte_inside_the_crc_is_detected() -> None:
 
 def test_record_count_mismatch_is_invalid() -> None:
     data = bytearray(batch.encode([b"a", b"b"], timestamps_ms=[1, 1]))
-    data[27] = 3  # record_count, then re-seal the CRC so only the count is wrong
-    struct.pack_into("<I", data, 21, batch.crc32c(bytes(data[batch.CRC_START:])))
+    data[batch.RECORD_COUNT_FIELD] = 3  # then re-seal the CRC so only the count is wrong
+    struct.pack_into("<I", data, batch.CRC_FIELD, batch.crc32c(bytes(data[batch.CRC_START:])))
     with pytest.raises(batch.InvalidBatchError, match="record count mismatch"):
         batch.validate(data)
 
@@ -73,3 +73,55 @@ def test_decode_range_trims_to_the_requested_offsets() -> None:
         parts.append(bytes(b))
     recs = batch.decode_range(b"".join(parts), first_offset=2, end_offset=5)
     assert [r.offset for r in recs] == [2, 3, 4]
+
+
+def test_header_positions_match_records_proto() -> None:
+    data = bytearray(batch.encode([b"a", b"b"], timestamps_ms=[7, 9]))
+    batch.stamp(data, 40, 3, 17)
+    assert struct.unpack_from("<qiqqb", data) == (40, len(data) - 12, 3, 17, batch.MAGIC)
+    assert batch.HEADER_SIZE == 69 and batch.CRC_START == 33
+    assert struct.unpack_from("<I", data, 29)[0] == batch.crc32c(bytes(data[33:]))
+    assert struct.unpack_from("<hiqq", data, 33) == (0, 2, 7, 9)
+    header = batch.validate(data)
+    assert (header.base_offset, header.leader_term, header.raft_index) == (40, 3, 17)
+
+
+@given(st.binary(max_size=100), st.booleans(), st.integers(0, 2**40), st.integers(1, 2**40))
+def test_control_batch_round_trips_its_entry(data: bytes, conf: bool, base: int,
+                                             index: int) -> None:
+    control = bytearray(batch.encode_control(data, conf_change=conf))
+    batch.stamp(control, base, 5, index)
+    header = batch.verify(control)
+    assert header.is_control and header.record_count == 0 and header.next_offset == base
+    assert header.raft_index == index and header.size == len(control)
+    assert batch.control_data(control) == (conf, data)
+    assert batch.decode(control) == []
+
+
+def test_producers_may_not_send_control_batches() -> None:
+    with pytest.raises(batch.InvalidBatchError, match="producers may not send them"):
+        batch.validate(batch.encode_control(b""))
+
+
+def test_a_control_batch_with_records_is_invalid() -> None:
+    control = bytearray(batch.encode_control(b"x"))
+    struct.pack_into("<i", control, batch.RECORD_COUNT_FIELD, 1)
+    struct.pack_into("<I", control, batch.CRC_FIELD,
+                     batch.crc32c(bytes(control[batch.CRC_START:])))
+    with pytest.raises(batch.InvalidBatchError, match="control batch holds no records"):
+        batch.verify(control)
+
+
+def test_decode_range_skips_control_batches() -> None:
+    noop = bytearray(batch.encode_control(b""))
+    batch.stamp(noop, 0, 1, 1)
+    data = bytearray(batch.encode([b"x", b"y"], timestamps_ms=[1, 2]))
+    batch.stamp(data, 0, 1, 2)
+    conf = bytearray(batch.encode_control(b"\x00\x04", conf_change=True))
+    batch.stamp(conf, 2, 1, 3)
+    more = bytearray(batch.encode([b"z"], timestamps_ms=[3]))
+    batch.stamp(more, 2, 1, 4)
+    buf = b"".join(map(bytes, (noop, data, conf, more)))
+    assert [(r.offset, r.value) for r in batch.decode_range(buf)] == [
+        (0, b"x"), (1, b"y"), (2, b"z")]
+    assert [r.value for r in batch.decode_range(buf, 2)] == [b"z"]

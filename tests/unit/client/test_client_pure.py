@@ -242,6 +242,17 @@ def test_decode_batches_skips_below_first_and_at_or_above_end() -> None:
     assert decode_batches("t", 0, buf, 6) == []
 
 
+def test_decode_batches_skips_control_batches() -> None:
+    noop = bytearray(codec.encode_control(b""))
+    codec.stamp(noop, 0, 2, 1)
+    conf = bytearray(codec.encode_control(b"\x00\x04", conf_change=True))
+    codec.stamp(conf, 2, 2, 3)
+    buf = bytes(noop) + _stored(0, [b"a", b"b"]) + bytes(conf) + _stored(2, [b"c"])
+    got = decode_batches("t", 0, buf)
+    assert [r.value for b in got for r in b] == [b"a", b"b", b"c"]
+    assert [r.offset for b in decode_batches("t", 0, buf, 2) for r in b] == [2]
+
+
 def test_decode_batches_rejects_damage() -> None:
     buf = bytearray(_stored(0, [b"hello", b"world"]))
     buf[-1] ^= 0xFF
