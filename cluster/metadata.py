@@ -77,6 +77,7 @@ MAX_PRODUCER_ID = 2**63 - 1
 MAX_PRODUCER_ID_BLOCK = 1_000_000
 MAX_OFFSET_METADATA_CHARS = 4096
 MAX_RACK_CHARS = 255
+MAX_ADDRESS_CHARS = 300
 INT64_MAX = 2**63 - 1
 
 # cleanup.policy values, as in admin.proto's CleanupPolicy.
@@ -586,8 +587,10 @@ def _check_settings(settings: Mapping[str, int]) -> None:
 
 def _check_address(address: str) -> None:
     host, sep, port = address.rpartition(":")
-    if (not sep or not host or not _HOST_RE.fullmatch(host) or not port.isascii()
-            or not port.isdigit() or not 1 <= int(port) <= 65535):
+    # Length first: int() of thousands of digits raises instead of answering.
+    if (len(address) > MAX_ADDRESS_CHARS or not sep or not host or not _HOST_RE.fullmatch(host)
+            or not port.isascii() or not port.isdigit() or len(port) > 5
+            or not 1 <= int(port) <= 65535):
         raise _Reject(RejectCode.INVALID_BROKER,
                       f"broker address must be HOST:PORT with a port in [1, 65535], "
                       f"got {address!r}")

@@ -97,6 +97,7 @@ def test_register_broker_then_reregister_updates_address_and_keeps_draining() ->
     (RegisterBroker(1, "a:0"), RejectCode.INVALID_BROKER, ("port",)),
     (RegisterBroker(1, "a:70000"), RejectCode.INVALID_BROKER, ("port",)),
     (RegisterBroker(1, "a b:1"), RejectCode.INVALID_BROKER, ("HOST:PORT",)),
+    (RegisterBroker(1, "a:" + "9" * 5000), RejectCode.INVALID_BROKER, ("HOST:PORT",)),
     (RegisterBroker(1, "a:1", rack=""), RejectCode.INVALID_BROKER, ("rack",)),
     (RegisterBroker(1, "10.0.0.0:9091"), RejectCode.ADDRESS_IN_USE, ("broker 0",)),
 ])
