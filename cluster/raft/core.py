@@ -569,17 +569,24 @@ class RaftCore:
 
     def tick_heartbeat(self) -> None:
         """Leaders: heartbeat every ``heartbeat_ticks``; every ``election_ticks``, check the
-        quorum (check-quorum) and abandon an unfinished leader transfer."""
+        quorum (check-quorum) and abandon an unfinished leader transfer (a removed leader
+        retries its hand-off instead; see ``removed_leader``)."""
         self.heartbeat_elapsed += 1
         self.election_elapsed += 1
         if self.election_elapsed >= self.config.election_ticks:
             self.election_elapsed = 0
-            if self.config.check_quorum and not self.quorum_active():
+            if self.removed_leader():
+                # Stepping down would leave the others without anyone who can tell them the
+                # removal committed (see apply_conf_change): keep trying to hand off instead.
+                self.quorum_active()  # start the next round of recent_active
+                self.abort_leader_transfer()
+                self.maybe_hand_off()
+            elif self.config.check_quorum and not self.quorum_active():
                 self.logger.warning("raft %d: [term %d] stepped down: no quorum heard within "
                                     "an election timeout", self._id, self._term)
                 self.become_follower(self._term, NONE)
                 return
-            if self.lead_transferee != NONE:
+            elif self.lead_transferee != NONE:
                 self.logger.info("raft %d: transfer to %d timed out", self._id,
                                  self.lead_transferee)
                 self.abort_leader_transfer()
@@ -750,6 +757,8 @@ class RaftCore:
     def _check_can_propose(self) -> None:
         if self._role != Role.LEADER:
             raise NotLeaderError(self.lead)
+        if self.removed_leader():
+            raise ProposalDroppedError("this leader removed itself and is handing off")
         if self.lead_transferee != NONE:
             raise ProposalDroppedError(
                 f"leadership is being transferred to {self.lead_transferee}")
@@ -858,6 +867,31 @@ class RaftCore:
     def send_timeout_now(self, to: int) -> None:
         """Tell a caught-up transfer target to campaign at once."""
         self.send(Message(MessageType.TIMEOUT_NOW, to=to, frm=self._id, term=self._term))
+
+    def removed_leader(self) -> bool:
+        """Whether we lead a membership we are no longer a voter of (we applied our own
+        REMOVE). Such a leader accepts no proposals, does not count itself, does not step
+        down for check-quorum, and hands leadership to the most up-to-date voter."""
+        return self._role == Role.LEADER and self._id not in self.conf.voters
+
+    def maybe_hand_off(self) -> None:
+        """As a removed leader: (re)start a transfer to the voter whose log matches ours
+        furthest (lowest id on a tie). Our APPENDs and heartbeats meanwhile carry the commit
+        index that tells the others our removal committed; the transfer makes the target
+        campaign at once, and its higher term ends our leadership."""
+        if not self.removed_leader() or self.lead_transferee != NONE:
+            return
+        candidates = [v for v in sorted(self.conf.voters) if v in self.progress]
+        if not candidates:
+            return
+        target = max(candidates, key=lambda v: (self.progress[v].match, -v))
+        self.logger.info("raft %d: [term %d] removed: handing leadership to %d", self._id,
+                         self._term, target)
+        self.election_elapsed = 0
+        self.lead_transferee = target
+        self.bcast_append()
+        if self.progress[target].match == self.log.last_index():
+            self.send_timeout_now(target)
 
     def abort_leader_transfer(self) -> None:
         """Give up a leader transfer (timed out, target removed, or we stopped leading)."""
@@ -1022,13 +1056,15 @@ class RaftCore:
             return
         if self._role != Role.LEADER:
             return
-        if self._id not in voters:
-            # We removed (or could not keep) ourselves: stop leading; the rest elect anew.
-            self.logger.info("raft %d: no longer a voter: stepping down", self._id)
-            self.become_follower(self._term, NONE)
-            return
         if self.lead_transferee not in voters:
             self.abort_leader_transfer()
+        if self._id not in voters:
+            # We removed ourselves. Stepping down now could wedge the group: the remaining
+            # voters may not have learned that the removal committed, so they still count us,
+            # and our longer log makes us refuse their votes. Keep leading without counting
+            # ourselves (thesis §4.2.2) until an up-to-date voter takes over.
+            self.logger.info("raft %d: no longer a voter: handing off leadership", self._id)
+            self.maybe_hand_off()
         # The quorum may have shrunk: something may now be committed.
         if self.maybe_commit():
             self.bcast_append()

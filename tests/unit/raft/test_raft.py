@@ -350,7 +350,8 @@ def test_remove_voter_shrinks_quorum() -> None:
 
 def test_removed_leader_steps_down() -> None:
     """Thesis §4.2.2: a leader removed from the membership steps down once the change is
-    applied; the remaining servers elect a new leader."""
+    committed (here: once it has handed leadership to a remaining voter); the remaining
+    servers then lead on their own."""
     net = Network([1, 2, 3])
     net.elect(1)
 
@@ -363,6 +364,95 @@ def test_removed_leader_steps_down() -> None:
             break
     assert net.leaders() in ([2], [3])
     assert not net.cores[1].promotable()
+
+
+def test_removed_leader_keeps_leading_until_the_others_know() -> None:
+    """Thesis §4.2.2: "there will be a period of time (while it is committing Cnew) where a
+    leader is managing a cluster that does not include itself". With membership applied at
+    commit, that period lasts until the remaining voters LEARN the commit: before, they still
+    count the old leader, and its longer log makes it refuse their votes. A leader that
+    stepped down the moment it applied its own removal wedged the group for good (found by
+    the simulator, seed 201976).
+
+    Init: {1, 2, 3}; 3 is removed, leaving the two voters {1, 2}; leader 1 proposes its own
+    removal at r and an entry at r + 1. The network drops, once each, the APPEND carrying
+    r + 1 to 2 and the first message telling 2 that r committed."""
+    net = Network([1, 2, 3])
+    net.elect(1)
+    _conf_change(net, 1, ConfChangeKind.REMOVE, 3)
+    net.isolate(3)
+    leader = net.cores[1]
+    assert leader.conf_state.voters == {1, 2}
+    r = leader.propose_conf_change(ConfChange(ConfChangeKind.REMOVE, 1))
+    dropped: list[str] = []
+
+    def drop_once(m: Message) -> Message | None:
+        if m.frm != 1 or m.to != 2:
+            return m
+        carries_tail = any(e.index == r + 1 for e in m.entries)
+        tells_commit = m.type in (T.APPEND, T.HEARTBEAT) and m.commit >= r
+        for what, hit in (("tail", carries_tail), ("commit", tells_commit)):
+            if hit and what not in dropped:
+                dropped.append(what)
+                return None
+        return m
+
+    net.hook = drop_once
+    leader.propose(b"after the removal")
+    net.stabilize()
+    assert sorted(dropped) == ["commit", "tail"]
+    assert leader.conf_state.voters == {2}  # 1 applied its own removal
+
+    # Test: time passes (1 is never stopped: an operator stops it only once 2 knows).
+    for _ in range(10 * leader.config.election_ticks):
+        net.tick_all()
+        if net.leaders() == [2] and net.cores[2].conf_state.voters == {2}:
+            break
+
+    # Check: 2 leads the new membership alone, has the removed leader's last entry, and
+    # commits new entries; 1 stepped down and never campaigns again.
+    assert net.leaders() == [2], [c.describe() for c in net.cores.values()]
+    assert net.cores[2].conf_state.voters == {2}
+    assert net.applied_data(2) == net.applied_data(1)
+    assert net.applied_data(2)[-1] == b"after the removal"
+    index = net.propose(2, b"new leader")
+    assert net.cores[2].commit_index == index
+    assert net.cores[1].role == Role.FOLLOWER and not net.cores[1].promotable()
+
+
+def test_removed_leader_refuses_proposals_and_hands_off() -> None:
+    """Rillet API: a leader that applied its own removal accepts no new entries (they could
+    only make its log longer than the voters' it must hand over to) and names itself no
+    longer a voter in the reason."""
+    net = Network([1, 2, 3])
+    leader = net.elect(1)
+    net.isolate(2)
+    net.isolate(3)
+    r = leader.propose_conf_change(ConfChange(ConfChangeKind.REMOVE, 1))
+    net.stabilize()
+    # Only 2 and 3 can commit it now: let 2 acknowledge, so 1 commits and applies it.
+    net.heal()
+    net.isolate(3)
+    # 2 learns neither the commit nor the hand-off, so 1 keeps leading.
+    net.hook = lambda m: None if (m.frm == 1 and m.to == 2 and (
+        m.commit >= r or m.type == T.TIMEOUT_NOW)) else m
+    net.tick(1)
+    assert leader.role == Role.LEADER and leader.conf_state.voters == {2, 3}
+    assert leader.status().lead_transferee == 2
+    with pytest.raises(ProposalDroppedError, match="removed itself"):
+        leader.propose(b"x")
+    # It does not step down for want of a quorum either (nobody else could tell 2).
+    for _ in range(3 * leader.config.election_ticks):
+        net.tick(1)
+    assert leader.role == Role.LEADER
+    # Once the network heals, the hand-off completes and 1 follows.
+    net.hook = None
+    net.heal()
+    for _ in range(3 * leader.config.election_ticks):
+        net.tick_all()
+        if leader.role == Role.FOLLOWER and net.leaders():
+            break
+    assert net.leaders() in ([2], [3]) and leader.role == Role.FOLLOWER
 
 
 # -- log compaction / log start (thesis chapter 5) ---------------------------------------------

@@ -105,12 +105,16 @@ def _run(seed: int, steps: int = 300) -> None:
         if net.leaders():
             break
     assert net.leaders(), f"seed {seed}: no leader after healing"
-    leader = net.cores[net.leaders()[-1]]
-    for _ in range(5 * leader.config.election_ticks):
+    for _ in range(10 * net.cores[net.leaders()[-1]].config.election_ticks):
+        # The newest leader; a leader that removed itself hands off first (and refuses).
+        if not net.leaders():
+            net.tick_all()
+            continue
+        leader = max((net.cores[n] for n in net.leaders()), key=lambda c: (c.term, c.id))
         try:
             index = leader.propose(b"final")
             break
-        except ProposalDroppedError:
+        except (ProposalDroppedError, NotLeaderError):
             net.tick_all()
     else:
         raise AssertionError(f"seed {seed}: leader never accepted a proposal")
