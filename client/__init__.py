@@ -1,6 +1,6 @@
 """The Python client: producer, consumer, replay, admin (asyncio; blocking wrappers in .sync)."""
 
-from rillet.client.accumulator import ChunkAck, RecordMetadata
+from rillet.client.accumulator import ChunkAck, RecordFuture, RecordMetadata
 from rillet.client.admin import Admin
 from rillet.client.consumer import Consumer, Replay, Timestamp
 from rillet.client.errors import RilletError
@@ -10,5 +10,5 @@ from rillet.client.records import ConsumerRecord, RecordBatch
 
 __all__ = [
     "Admin", "ChunkAck", "ClusterMetadata", "Consumer", "ConsumerRecord", "Producer",
-    "RecordBatch", "RecordMetadata", "Replay", "RilletError", "Timestamp",
+    "RecordBatch", "RecordFuture", "RecordMetadata", "Replay", "RilletError", "Timestamp",
 ]

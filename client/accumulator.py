@@ -3,18 +3,20 @@
 Records are appended column by column (values, keys, timestamps, headers) so that sealing a
 batch is one call to `rillet.batch.encode`, the client's hot path (PERFORMANCE.md: columns cost
 a fraction of one message per record). The producer decides when to seal (size, linger, flush)
-and what to do with sealed batches; this module only keeps the columns and the futures.
+and what to do with sealed batches; this module only keeps the columns and the outcome.
+
+A record's future is a `RecordFuture`: a (batch, index) handle that reads its outcome from the
+batch. There is no asyncio.Future per record; the batch is completed once, and the few handles
+that are awaited or given a done-callback register with the batch (docs/decisions/0300).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-from collections import deque
-from collections.abc import Sequence
+import contextvars
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from itertools import count, repeat
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from rillet import batch as codec
 
@@ -92,13 +94,143 @@ def record_size(value: bytes, key: bytes | None,
     return size
 
 
-_new_metadata = functools.partial(tuple.__new__, RecordMetadata)
-_set_result = asyncio.Future.set_result
+# A done-callback registered on a record: (callback, the record's handle, its context).
+_Callback = tuple[Callable[[Any], object], "RecordFuture", contextvars.Context]
+
+
+class RecordFuture:
+    """The future of one record sent with `Producer.send()`: resolves to its RecordMetadata.
+
+    Future-like, not an `asyncio.Future`: it is a (batch, index) handle, and the offset is
+    derived from the batch's base offset when asked for, so a record costs no future, no
+    callback and no metadata object unless the caller wants one. It offers the asyncio.Future
+    methods callers use: `await`, `done()`, `result()`, `exception()`, `cancelled()`,
+    `cancel()`, `add_done_callback(fn)` (fn receives this handle, and runs from the event loop
+    as with asyncio.Future) and `remove_done_callback(fn)`. `asyncio.gather`, `asyncio.wait`
+    and `asyncio.wait_for` accept it (they wrap it in a task); `asyncio.isfuture()` is False.
+
+    `cancel()` only stops this handle from waiting: the record itself was already handed to
+    a batch and is still sent. Cancelling a task that awaits the handle cancels that wait only.
+    """
+
+    __slots__ = ("_batch", "_index")
+
+    def __init__(self, batch: PartitionBatch, index: int) -> None:
+        self._batch = batch
+        #: Position of the record in its batch.
+        self._index = index
+
+    def __repr__(self) -> str:
+        b = self._batch
+        state = ("cancelled" if self.cancelled() else
+                 "pending" if not b.done else "failed" if b.error is not None else "done")
+        return f"<RecordFuture {b.topic}[{b.partition}] #{self._index} {state}>"
+
+    def done(self) -> bool:
+        b = self._batch
+        return b.done or (b.cancelled is not None and self._index in b.cancelled)
+
+    def cancelled(self) -> bool:
+        cancelled = self._batch.cancelled
+        return cancelled is not None and self._index in cancelled
+
+    def result(self) -> RecordMetadata:
+        """The record's metadata; raises its error, or InvalidStateError while pending."""
+        b = self._batch
+        i = self._index
+        if b.cancelled is not None and i in b.cancelled:
+            raise asyncio.CancelledError()
+        if not b.done:
+            raise asyncio.InvalidStateError("record not acknowledged yet")
+        if b.error is not None:
+            raise b.error
+        return RecordMetadata(b.topic, b.partition, b.base_offset + i, b.timestamps[i])
+
+    def exception(self) -> BaseException | None:
+        b = self._batch
+        if b.cancelled is not None and self._index in b.cancelled:
+            raise asyncio.CancelledError()
+        if not b.done:
+            raise asyncio.InvalidStateError("record not acknowledged yet")
+        return b.error
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._batch.get_loop()
+
+    def add_done_callback(self, fn: Callable[[Any], object], *,
+                          context: contextvars.Context | None = None) -> None:
+        """Call `fn(self)` from the event loop once the record is acked, failed or cancelled."""
+        if context is None:
+            context = contextvars.copy_context()
+        b = self._batch
+        if self.done():
+            b.get_loop().call_soon(fn, self, context=context)
+        elif b.callbacks is None:
+            b.callbacks = [(fn, self, context)]
+        else:
+            b.callbacks.append((fn, self, context))
+
+    def remove_done_callback(self, fn: Callable[[Any], object]) -> int:
+        """Unregister `fn` for this record; returns how many registrations were removed."""
+        b = self._batch
+        if not b.callbacks:
+            return 0
+        keep = [c for c in b.callbacks if not (c[1] is self and c[0] == fn)]
+        removed = len(b.callbacks) - len(keep)
+        b.callbacks = keep
+        return removed
+
+    def cancel(self, msg: Any = None) -> bool:
+        """Stop waiting for this record (it is still sent); False once it is done."""
+        if self.done():
+            return False
+        b = self._batch
+        if b.cancelled is None:
+            b.cancelled = set()
+        b.cancelled.add(self._index)
+        if b.waiters:
+            for i, w in b.waiters:
+                if i == self._index:
+                    w.cancel(msg)
+        if b.callbacks:
+            mine = [c for c in b.callbacks if c[1] is self]
+            b.callbacks = [c for c in b.callbacks if c[1] is not self]
+            b.get_loop().call_soon(_run_callbacks, mine)
+        return True
+
+    def __await__(self) -> Generator[Any, None, RecordMetadata]:
+        b = self._batch
+        if not self.done():
+            # One plain future per awaiting caller, never the batch's: cancelling a task
+            # that awaits this record must not touch the other records of the batch.
+            waiter = b.get_loop().create_future()
+            if b.waiters is None:
+                b.waiters = [(self._index, waiter)]
+            else:
+                b.waiters.append((self._index, waiter))
+            yield from waiter.__await__()
+        return self.result()
+
+    __iter__ = __await__
+
+
+def _run_callbacks(callbacks: list[_Callback]) -> None:
+    """Run records' done-callbacks (one loop turn for a whole batch, not one per record)."""
+    for fn, handle, context in callbacks:
+        try:
+            context.run(fn, handle)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:  # as asyncio.Handle does: report, keep going
+            handle.get_loop().call_exception_handler({
+                "message": f"Exception in done-callback {fn!r} of {handle!r}",
+                "exception": exc,
+            })
 
 
 @dataclass(eq=False, slots=True)
 class PartitionBatch:
-    """An open (then sealed) batch of one partition, with one future per record."""
+    """An open (then sealed) batch of one partition, then its outcome (shared by its records)."""
 
     topic: str
     partition: int
@@ -106,12 +238,8 @@ class PartitionBatch:
     keys: list[bytes] = field(default_factory=list)
     timestamps: list[int] = field(default_factory=list)
     headers: list[Sequence[tuple[str, bytes]]] = field(default_factory=list)
-    #: One future per record, or None for records that belong to a `send_many` chunk.
-    futures: list[asyncio.Future[RecordMetadata] | None] = field(default_factory=list)
     #: `send_many` chunks: (first record index, record count, owner, chunk sequence).
     chunks: list[tuple[int, int, ManyFuture, int]] = field(default_factory=list)
-    #: How many entries of `futures` are real futures (0 lets completion skip the loop).
-    record_futures: int = 0
     has_keys: bool = False
     has_headers: bool = False
     #: Estimated encoded size so far, an upper bound.
@@ -124,13 +252,27 @@ class PartitionBatch:
     deadline: float = 0.0
     #: Linger timer handle while the batch is open.
     timer: asyncio.TimerHandle | None = None
+    #: The loop its records' callbacks run on (the running loop when None).
+    loop: asyncio.AbstractEventLoop | None = None
+    #: Set once by `complete()` or `fail()`.
+    done: bool = False
+    #: Offset of record 0, once acknowledged.
+    base_offset: int = -1
+    error: BaseException | None = None
+    #: (record index, future) of each caller awaiting a record, created on demand.
+    waiters: list[tuple[int, asyncio.Future[None]]] | None = None
+    #: Done-callbacks registered on records, in registration order.
+    callbacks: list[_Callback] | None = None
+    #: Indexes of records whose handle was cancelled.
+    cancelled: set[int] | None = None
 
     def __len__(self) -> int:
         return len(self.values)
 
     def append(self, value: bytes, key: bytes | None, timestamp_ms: int,
-               headers: Sequence[tuple[str, bytes]] | None, size: int,
-               future: asyncio.Future[RecordMetadata]) -> None:
+               headers: Sequence[tuple[str, bytes]] | None, size: int) -> int:
+        """Add one record; returns its index in the batch."""
+        index = len(self.values)
         self.values.append(value)
         if key:
             if not self.has_keys:
@@ -147,9 +289,8 @@ class PartitionBatch:
         elif self.has_headers:
             self.headers.append(())
         self.timestamps.append(timestamp_ms)
-        self.futures.append(future)
-        self.record_futures += 1
         self.size += size
+        return index
 
     def extend(self, values: Sequence[bytes], timestamp_ms: int, size: int, owner: ManyFuture,
                seq: int) -> None:
@@ -162,7 +303,6 @@ class PartitionBatch:
         if self.has_headers:
             self.headers.extend([()] * n)
         self.timestamps.extend([timestamp_ms] * n)
-        self.futures.extend([None] * n)
         self.chunks.append((start, n, owner, seq))
         owner.pending += 1
         self.size += size
@@ -178,37 +318,42 @@ class PartitionBatch:
             )
         return self.payload
 
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+        return self.loop
+
     def complete(self, base_offset: int) -> None:
-        """Resolve every record future from the broker-assigned base offset."""
+        """Record the broker-assigned base offset: every record's handle resolves from it."""
+        if self.done:
+            return
+        self.base_offset = base_offset
+        self.done = True
+        self._wake()
         topic, partition = self.topic, self.partition
-        if self.record_futures == len(self.futures):
-            # Every record has a future: resolve them with map() over C callables, no Python
-            # frame per record. A future the caller cancelled stops it; the loop below
-            # finishes the rest.
-            metas = map(_new_metadata, zip(repeat(topic), repeat(partition),
-                                           count(base_offset), self.timestamps))
-            try:
-                deque(map(_set_result, self.futures, metas), maxlen=0)  # type: ignore[arg-type]
-                self.record_futures = 0
-            except asyncio.InvalidStateError:
-                pass
-        if self.record_futures:
-            offset = base_offset
-            for fut, ts in zip(self.futures, self.timestamps, strict=True):
-                if fut is not None and not fut.done():
-                    fut.set_result(RecordMetadata(topic, partition, offset, ts))
-                offset += 1
         for start, n, owner, seq in self.chunks:
             owner.chunk_done(seq, ChunkAck(topic, partition, base_offset + start, n), None)
 
     def fail(self, exc: BaseException) -> None:
-        for fut in self.futures:
-            if fut is not None and not fut.done():
-                fut.set_exception(exc)
-                # The caller may never look at a future it did not need; don't warn about it.
-                fut.exception()
+        """Fail every record of the batch (and every `send_many` call with a chunk in it)."""
+        if self.done:
+            return
+        self.error = exc
+        self.done = True
+        self._wake()
         for _, _, owner, seq in self.chunks:
             owner.chunk_done(seq, None, exc)
+
+    def _wake(self) -> None:
+        # Only records someone waits on cost anything here.
+        if self.waiters is not None:
+            for _, w in self.waiters:
+                if not w.done():
+                    w.set_result(None)
+            self.waiters = None
+        if self.callbacks:
+            self.get_loop().call_soon(_run_callbacks, self.callbacks)
+            self.callbacks = None
 
 
 class Accumulator:
@@ -225,10 +370,11 @@ class Accumulator:
 
     def append(
         self, topic: str, partition: int, value: bytes, key: bytes | None, timestamp_ms: int,
-        headers: Sequence[tuple[str, bytes]] | None, future: asyncio.Future[RecordMetadata],
-        size: int | None = None,
+        headers: Sequence[tuple[str, bytes]] | None, size: int | None = None,
     ) -> tuple[PartitionBatch, PartitionBatch | None, bool]:
         """Add a record; returns (its batch, a batch sealed to make room or None, batch is new).
+
+        The record is the last of its batch (index `len(batch) - 1`).
 
         `size` is `record_size(...)` when the caller computed it already. A record too big to
         share a batch still gets one of its own; the producer rejects records above the broker
@@ -246,12 +392,10 @@ class Accumulator:
         if current is None:
             current = self._open[tp] = PartitionBatch(topic, partition)
         if key or headers or current.has_keys or current.has_headers:
-            current.append(value, key, timestamp_ms, headers, size, future)
+            current.append(value, key, timestamp_ms, headers, size)
         else:  # the common case, inlined: a record with neither key nor headers
             current.values.append(value)
             current.timestamps.append(timestamp_ms)
-            current.futures.append(future)
-            current.record_futures += 1
             current.size += size
         return current, sealed, created
 

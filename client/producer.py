@@ -1,6 +1,7 @@
 """The asyncio producer: batches records per partition and pipelines them to partition leaders.
 
-Shape (aiokafka's, trimmed): `send()` appends a record to the accumulator and returns a future;
+Shape (aiokafka's, trimmed): `send()` appends a record to the accumulator and returns a
+`RecordFuture` (a future-like handle on the record's batch, no asyncio.Future per record);
 a batch is sealed when full, when `linger_ms` passes, or on `flush()`; each broker address has a
 `_Sender` task that owns ONE bidi Produce stream with at most `max_in_flight` unanswered batches
 and matches responses to batches in order (the broker answers in order).
@@ -38,6 +39,7 @@ from rillet.client.accumulator import (
     ChunkAck,
     ManyFuture,
     PartitionBatch,
+    RecordFuture,
     RecordMetadata,
     record_size,
 )
@@ -64,7 +66,9 @@ _MAX_RECORD_BYTES = MAX_BATCH_BYTES - _BATCH_SLACK
 
 ACKS = {"none": log_pb2.ACKS_NONE, "leader": log_pb2.ACKS_LEADER, "all": log_pb2.ACKS_ALL}
 
-__all__ = ["ACKS", "Producer", "RecordMetadata"]
+__all__ = ["ACKS", "Producer", "RecordFuture", "RecordMetadata"]
+
+_time = time.time
 
 
 class _StreamBroken(Exception):
@@ -203,7 +207,8 @@ class Producer:
     """Asyncio producer; use `async with Producer(...) as p:` and `await p.send(...)`.
 
     `send()` is a coroutine so it can wait when `buffer_bytes` of records are unacknowledged
-    (backpressure); it returns a future that resolves to RecordMetadata once the broker acked.
+    (backpressure); it returns a `RecordFuture` that resolves to RecordMetadata once the broker
+    acked (await it, or use `result()`/`add_done_callback()` as with an asyncio.Future).
     """
 
     def __init__(
@@ -244,6 +249,10 @@ class Producer:
         # Partition counts by topic, read on every send(); cleared when metadata refreshes.
         self._counts: dict[str, int] = {}
         self._batch_futures: dict[int, asyncio.Future[None]] = {}
+        # Open batches that plain records may be appended to without further checks, keyed
+        # by topic (the sticky partition of keyless records) and by (topic, partition).
+        self._hot: dict[str | tuple[str, int], PartitionBatch] = {}
+        self._batch_bytes = batch_bytes
         self._buffered = 0
         self._room = asyncio.Event()
         self._room.set()
@@ -288,8 +297,44 @@ class Producer:
         headers: Sequence[tuple[str, bytes]] | None = None,
         partition: int | None = None,
         timestamp_ms: int | None = None,
-    ) -> asyncio.Future[RecordMetadata]:
-        """Queue one record; returns a future for its RecordMetadata (await it for the ack)."""
+    ) -> RecordFuture:
+        """Queue one record; returns its RecordFuture (await it for the RecordMetadata).
+
+        The returned handle is future-like (see `RecordFuture`), not an asyncio.Future. The
+        call itself only waits when `buffer_bytes` of records are unacknowledged or when the
+        record sealed a batch (it yields once so the sender can run).
+        """
+        # Fast path: a keyless, headerless record that fits the open batch of its partition
+        # (most records). No await, no future: append to the columns, return a handle.
+        # `_hot` holds only open batches without keys or headers; it is empty before start()
+        # and after close(), and a batch leaves it when sealed.
+        if key is None and headers is None:
+            if partition is None:
+                batch = self._hot.get(topic)
+            else:
+                batch = self._hot.get((topic, partition))
+            if batch is not None:
+                size = len(value) + _RECORD_OVERHEAD
+                if batch.size + size <= self._batch_bytes and self._buffered < self.buffer_bytes:
+                    index = len(batch.values)
+                    batch.values.append(value)
+                    batch.timestamps.append(
+                        int(_time() * 1000) if timestamp_ms is None else timestamp_ms)
+                    batch.size += size
+                    self._buffered += size
+                    return RecordFuture(batch, index)
+        return await self._send(topic, value, key, headers, partition, timestamp_ms)
+
+    async def _send(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: Sequence[tuple[str, bytes]] | None,
+        partition: int | None,
+        timestamp_ms: int | None,
+    ) -> RecordFuture:
+        """Every case the fast path of `send()` does not take."""
         if not self._started:
             raise ClientClosedError("producer not started: use `async with` or await start()")
         if self._closed:
@@ -299,10 +344,12 @@ class Producer:
         n = self._counts.get(topic)
         if n is None:
             n = await self._partition_count(topic)
+        sticky = False
         if partition is None:
             if key:
                 partition = codec.partition_for_key(key, n)
             else:
+                sticky = True
                 partition = self._round_robin.get(topic)
                 if partition is None or partition >= n:
                     partition = self._sticky(topic, n)
@@ -310,41 +357,44 @@ class Producer:
             raise PartitionOutOfRangeError(
                 f"partition {partition} out of range: topic {topic!r} has {n} partitions")
         if timestamp_ms is None:
-            timestamp_ms = int(time.time() * 1000)
+            timestamp_ms = int(_time() * 1000)
         size = len(value) + _RECORD_OVERHEAD if key is None and headers is None else record_size(
             value, key, headers)
         if size > _MAX_RECORD_BYTES:
             raise BatchTooLargeError(
                 f"record of about {size} bytes does not fit in a batch of at most "
                 f"{MAX_BATCH_BYTES} bytes")
-        fut: asyncio.Future[RecordMetadata] = self._loop.create_future()
-        if key is None and headers is None:
-            # Fast path: a plain record that fits the open batch (most of them).
-            batch = self._acc._open.get((topic, partition))
-            if (batch is not None and batch.size + size <= self._acc.batch_bytes
-                    and not batch.has_keys and not batch.has_headers):
-                batch.values.append(value)
-                batch.timestamps.append(timestamp_ms)
-                batch.futures.append(fut)
-                batch.record_futures += 1
-                batch.size += size
-                self._buffered += size
-                return fut
         batch, sealed, created = self._acc.append(
-            topic, partition, value, key, timestamp_ms, headers, fut, size)
+            topic, partition, value, key, timestamp_ms, headers, size)
+        handle = RecordFuture(batch, len(batch.values) - 1)
         self._buffered += size
-        if sealed is not None:
-            self._dispatch(sealed)
-            # A caller sending in a tight loop never yields otherwise, and the sender
-            # tasks (writes, acks) only run when it does.
-            await asyncio.sleep(0)
         if created:
             self._buffered += _BATCH_SLACK
             if self.linger_ms > 0:
                 batch.timer = self._loop.call_later(self.linger_ms / 1000, self._linger, batch)
             else:
                 batch.timer = self._loop.call_soon(self._linger, batch)  # type: ignore[assignment]
-        return fut
+        if batch.has_keys or batch.has_headers:
+            self._unhot(batch)
+        elif key is None and headers is None:
+            # Later plain records to this partition take the fast path into this batch.
+            self._hot[(topic, partition)] = batch
+            if sticky:
+                self._hot[topic] = batch
+        if sealed is not None:
+            self._dispatch(sealed)
+            # A caller sending in a tight loop never yields otherwise, and the sender
+            # tasks (writes, acks) only run when it does.
+            await asyncio.sleep(0)
+        return handle
+
+    def _unhot(self, batch: PartitionBatch) -> None:
+        """Take a batch out of the fast path of `send()` (sealed, or given keys or headers)."""
+        hot = self._hot
+        if hot.get((batch.topic, batch.partition)) is batch:
+            del hot[(batch.topic, batch.partition)]
+        if hot.get(batch.topic) is batch:
+            del hot[batch.topic]
 
     def _sticky(self, topic: str, n: int) -> int:
         """The partition keyless records of `topic` fill now (round robin per batch)."""
@@ -440,6 +490,7 @@ class Producer:
 
     def _dispatch(self, batch: PartitionBatch) -> None:
         """Hand a sealed batch to the sender of its partition's leader."""
+        self._unhot(batch)
         if batch.timer is not None:
             batch.timer.cancel()
             batch.timer = None
@@ -474,6 +525,7 @@ class Producer:
                 await fetch_metadata(self._pool, self._metadata,
                                      timeout_s=self.request_timeout_s)
                 self._counts.clear()
+                self._hot.clear()
             except RilletError as exc:
                 log.info("metadata refresh failed: %s", exc)
                 return
@@ -523,6 +575,7 @@ class Producer:
         if self._closed:
             return
         self._closed = True
+        self._hot.clear()
         try:
             if flush:
                 try:

@@ -152,3 +152,66 @@ async def test_in_flight_is_bounded(make_fake: Any) -> None:
         assert len(sender.in_flight) == 3 and len(sender.queue) >= 1
         assert fake.requests == 3
         await producer.close(flush=False)
+
+
+async def test_record_futures_of_one_batch_resolve_to_consecutive_offsets(make_fake: Any) -> None:
+    seen: list[codec.Record] = []
+
+    def script(n: int, req: log_pb2.ProduceRequest) -> None:
+        seen.extend(codec.decode(req.batch))
+    fake = await make_fake(script)
+    async with Producer(fake.address, linger_ms=60_000) as producer:
+        # Plain, keyed and headed records mixed in one batch of partition 0.
+        futs = [await producer.send("t", b"%d" % i, partition=0,
+                                    key=b"k" if i % 4 == 1 else None,
+                                    headers=[("h", b"1")] if i % 5 == 2 else None,
+                                    timestamp_ms=1000 + i)
+                for i in range(20)]
+        waiters = [asyncio.ensure_future(_wait(f)) for f in futs[::3]]
+        await producer.flush()
+        metas = await asyncio.gather(*waiters)
+    assert fake.requests == 1, "one batch"
+    assert [(m.partition, m.offset, m.timestamp_ms) for m in metas] == [
+        (0, i, 1000 + i) for i in range(0, 20, 3)]
+    assert [f.result().offset for f in futs] == list(range(20))
+    assert fake.stored[0] == [b"%d" % i for i in range(20)]
+    # The columns stay aligned whichever path (fast or not) appended each record.
+    assert [(r.key, r.headers) for r in seen] == [
+        (b"k" if i % 4 == 1 else b"", (("h", b"1"),) if i % 5 == 2 else ()) for i in range(20)]
+
+
+async def _wait(fut: Any) -> Any:
+    return await fut
+
+
+async def test_a_failed_batch_fails_each_of_its_records(make_fake: Any) -> None:
+    fake = await make_fake(lambda n, req: common_pb2.Error(
+        code=common_pb2.ERROR_CODE_CORRUPT_BATCH, message="CRC mismatch"))
+    async with Producer(fake.address, linger_ms=60_000) as producer:
+        futs = [await producer.send("t", b"%d" % i, partition=1) for i in range(10)]
+        waiter = asyncio.ensure_future(_wait(futs[4]))
+        await producer.flush()
+        with pytest.raises(errors.CorruptBatchError):
+            await waiter
+    for f in futs:
+        assert isinstance(f.exception(), errors.CorruptBatchError)
+
+
+async def test_close_fails_pending_records_and_their_waiters(make_fake: Any) -> None:
+    fake = await make_fake(lambda n, req: None, answer=False)
+    producer = Producer(fake.address, linger_ms=0, max_in_flight=1, batch_bytes=2048)
+    await producer.start()
+    # In flight, queued behind it, and still lingering in an open batch: all must fail.
+    sent = [await producer.send("t", b"x" * 500, partition=0) for _ in range(12)]
+    producer.linger_ms = 60_000
+    lingering = await producer.send("t", b"late", partition=1)
+    waiters = [asyncio.ensure_future(_wait(f)) for f in (sent[0], sent[-1], lingering)]
+    await asyncio.sleep(0)
+    await producer.close(flush=False)
+    for w in waiters:
+        with pytest.raises(errors.ClientClosedError):
+            await w
+    for f in [*sent, lingering]:
+        assert f.done() and isinstance(f.exception(), errors.ClientClosedError)
+    with pytest.raises(errors.ClientClosedError):
+        await producer.send("t", b"after close")

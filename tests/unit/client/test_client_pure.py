@@ -10,7 +10,7 @@ import pytest
 from rillet import batch as codec
 from rillet.api.v1 import admin_pb2, common_pb2
 from rillet.client import errors
-from rillet.client.accumulator import Accumulator, PartitionBatch, record_size
+from rillet.client.accumulator import Accumulator, PartitionBatch, RecordFuture
 from rillet.client.admin import config_dict, topic_config
 from rillet.client.connection import parse_bootstrap
 from rillet.client.consumer import Timestamp, to_position
@@ -169,7 +169,7 @@ async def test_accumulator_seals_when_the_next_record_does_not_fit() -> None:
     acc = Accumulator(batch_bytes=1000)
     sealed_batches = []
     for i in range(30):
-        _, sealed, _ = acc.append("t", 0, b"v" * 100, None, 1000 + i, None, _future())
+        _, sealed, _ = acc.append("t", 0, b"v" * 100, None, 1000 + i, None)
         if sealed is not None:
             sealed_batches.append(sealed)
     assert sealed_batches, "1000-byte batches cannot hold 30 records of 100 bytes"
@@ -184,10 +184,10 @@ async def test_accumulator_seals_when_the_next_record_does_not_fit() -> None:
 
 async def test_accumulator_keeps_partitions_apart_and_columns_aligned() -> None:
     acc = Accumulator()
-    acc.append("t", 0, b"a", None, 1, None, _future())
-    acc.append("t", 1, b"b", b"k", 2, [("h", b"1")], _future())
-    acc.append("t", 0, b"c", b"key", 3, None, _future())
-    acc.append("t", 0, b"d", None, 4, [("x", b"y")], _future())
+    acc.append("t", 0, b"a", None, 1, None)
+    acc.append("t", 1, b"b", b"k", 2, [("h", b"1")])
+    acc.append("t", 0, b"c", b"key", 3, None)
+    acc.append("t", 0, b"d", None, 4, [("x", b"y")])
     b0 = acc.seal("t", 0)
     assert b0 is not None and acc.seal("t", 0) is None
     assert b0.values == [b"a", b"c", b"d"]
@@ -198,21 +198,104 @@ async def test_accumulator_keeps_partitions_apart_and_columns_aligned() -> None:
         (b"", b"a", 1, ()), (b"key", b"c", 3, ()), (b"", b"d", 4, (("x", b"y"),))]
 
 
-async def test_batch_completion_resolves_futures_with_offsets() -> None:
+def _handles(b: PartitionBatch, n: int, t0: int = 100) -> list[RecordFuture]:
+    return [RecordFuture(b, b.append(b"v%d" % i, None, t0 + i, None, 10)) for i in range(n)]
+
+
+async def test_record_futures_resolve_to_their_own_offsets() -> None:
     b = PartitionBatch("t", 2)
-    futs = [_future() for _ in range(3)]
-    for i, f in enumerate(futs):
-        b.append(b"v", None, 100 + i, None, record_size(b"v", None, None), f)
-    futs[1].cancel()  # a caller gave up on one record: the others still resolve
+    hs = _handles(b, 3)
+    assert not any(h.done() for h in hs)
+    with pytest.raises(asyncio.InvalidStateError):
+        hs[0].result()
+    assert hs[1].cancel()  # a caller gave up on one record: the others still resolve
+    waiting = asyncio.ensure_future(_await(hs[2]))
+    await asyncio.sleep(0)
+    assert not waiting.done()
     b.complete(40)
-    assert futs[0].result() == ("t", 2, 40, 100)
-    assert futs[2].result().offset == 42
-    b2 = PartitionBatch("t", 0)
-    f = _future()
-    b2.append(b"v", None, 1, None, 10, f)
-    b2.fail(errors.UnavailableError("gone"))
+    assert hs[0].done() and hs[0].result() == ("t", 2, 40, 100)
+    assert hs[0].exception() is None
+    assert hs[1].cancelled() and not hs[1].cancel()
+    with pytest.raises(asyncio.CancelledError):
+        hs[1].result()
+    assert await waiting == ("t", 2, 42, 102)
+    # Awaiting after the ack, and awaiting twice, give the same metadata.
+    assert [await h for h in (hs[0], hs[2], hs[2])] == [
+        ("t", 2, 40, 100), ("t", 2, 42, 102), ("t", 2, 42, 102)]
+
+
+async def _await(h: RecordFuture) -> object:
+    return await h
+
+
+async def test_every_awaiter_of_a_multi_record_batch_gets_its_offset() -> None:
+    b = PartitionBatch("t", 0)
+    hs = _handles(b, 50)
+    tasks = [asyncio.ensure_future(_await(h)) for h in hs]
+    gathered = asyncio.gather(*hs[::7])  # gather wraps each handle in a task
+    await asyncio.sleep(0)
+    b.complete(1000)
+    got = await asyncio.gather(*tasks)
+    assert [m.offset for m in got] == list(range(1000, 1050))  # type: ignore[attr-defined]
+    assert [m.timestamp_ms for m in got] == list(range(100, 150))  # type: ignore[attr-defined]
+    assert [m.offset for m in await gathered] == list(range(1000, 1050, 7))
+
+
+async def test_done_callbacks_run_from_the_loop_with_the_handle() -> None:
+    b = PartitionBatch("t", 0)
+    hs = _handles(b, 4)
+    seen: list[tuple[str, int]] = []
+
+    def record(tag: str) -> object:
+        return lambda h: seen.append((tag, h.result().offset))
+    hs[0].add_done_callback(record("a"))
+    hs[3].add_done_callback(record("b"))
+    dropped = record("dropped")
+    hs[2].add_done_callback(dropped)
+    assert hs[2].remove_done_callback(dropped) == 1
+    b.complete(7)
+    assert seen == [], "callbacks are scheduled, not called inline"
+    await asyncio.sleep(0)
+    assert seen == [("a", 7), ("b", 10)]
+    hs[1].add_done_callback(record("late"))  # on a done record: scheduled at once
+    await asyncio.sleep(0)
+    assert seen[-1] == ("late", 8)
+
+
+async def test_a_failed_batch_fails_every_record() -> None:
+    b = PartitionBatch("t", 0)
+    hs = _handles(b, 5)
+    task = asyncio.ensure_future(_await(hs[3]))
+    called: list[BaseException | None] = []
+    hs[4].add_done_callback(lambda h: called.append(h.exception()))
+    await asyncio.sleep(0)
+    err = errors.UnavailableError("gone")
+    b.fail(err)
+    b.complete(5)  # a late answer changes nothing
+    for h in hs:
+        assert h.done() and h.exception() is err
+        with pytest.raises(errors.UnavailableError):
+            h.result()
     with pytest.raises(errors.UnavailableError):
-        f.result()
+        await task
+    await asyncio.sleep(0)
+    assert called == [err]
+
+
+async def test_cancelling_a_waiting_task_leaves_the_other_records_alone() -> None:
+    b = PartitionBatch("t", 0)
+    hs = _handles(b, 2)
+    t0, t1 = asyncio.ensure_future(_await(hs[0])), asyncio.ensure_future(_await(hs[1]))
+    await asyncio.sleep(0)
+    t0.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await t0
+    assert not hs[0].done(), "only the wait was cancelled, not the record"
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(hs[1], 0.01)
+    b.complete(3)
+    assert (await t1).offset == 4  # type: ignore[attr-defined]
+    assert hs[0].result().offset == 3
 
 
 def test_partition_for_key_matches_the_contract() -> None:
@@ -265,12 +348,11 @@ async def test_send_many_chunks_resolve_in_call_order() -> None:
 
     owner = ManyFuture(_future())
     b1, b2 = PartitionBatch("t", 0), PartitionBatch("t", 1)
-    f = _future()
-    b1.append(b"single", None, 5, None, 30, f)
+    f = RecordFuture(b1, b1.append(b"single", None, 5, None, 30))
     b1.extend([b"a", b"b"], 7, 42, owner, 0)
     b2.extend([b"c"], 7, 21, owner, 1)
     owner.closed = True
-    assert b1.values == [b"single", b"a", b"b"] and b1.futures[1:] == [None, None]
+    assert b1.values == [b"single", b"a", b"b"]
     b2.complete(100)
     assert not owner.future.done(), "waits for every chunk"
     b1.complete(10)
