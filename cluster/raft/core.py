@@ -911,10 +911,15 @@ class RaftCore:
                 next_probe, _ = self.log.find_conflict_by_term(next_probe, m.log_term)
             if pr.maybe_decr_to(m.index, next_probe):
                 if pr.state == ProgressState.REPLICATE:
+                    # Not stale: what we pipelined did not arrive in order. Probe with one
+                    # APPEND, and pipeline less deeply once it matches again.
+                    pr.inflights.shrink()
                     pr.become_probe()
                 self.maybe_send_append(m.frm, send_if_empty=True)
             return
         was_paused = pr.is_paused()
+        if pr.match < m.index:
+            pr.inflights.grow()
         if pr.maybe_update(m.index) or (pr.match == m.index and pr.state == ProgressState.PROBE):
             if pr.state == ProgressState.PROBE:
                 pr.become_replicate()
@@ -1076,11 +1081,18 @@ class RaftCore:
     # -- helpers ---------------------------------------------------------------------------------
 
     def load_state(self, hs: HardState) -> None:
-        """Start from a persisted hard state."""
-        if not self.log.committed <= hs.commit <= self.log.last_index():
-            raise ValueError(f"hard state commit {hs.commit} outside "
-                             f"[{self.log.committed}, {self.log.last_index()}]")
-        self.log.committed = hs.commit
+        """Start from a persisted hard state. The log start (``first_index() - 1``) is
+        committed by definition, so a hard state whose commit lags it (a crash between
+        writing a snapshot and the hard state after it) starts at the log start instead; a
+        commit past the last entry means acknowledged entries are gone, and raises."""
+        if hs.commit > self.log.last_index():
+            raise ValueError(f"hard state commit {hs.commit} is past the last index "
+                             f"{self.log.last_index()}")
+        if hs.commit < self.log.committed:
+            self.logger.info("raft %d: hard state commit %d is behind the log start %d: "
+                             "starting from the log start", self._id, hs.commit,
+                             self.log.committed)
+        self.log.committed = max(hs.commit, self.log.committed)
         self._term = hs.term
         self.vote = hs.vote
 

@@ -32,6 +32,10 @@ class ProgressState(enum.IntEnum):
     SNAPSHOT = 2
 
 
+SHRINK_FLOOR = 8
+"""The smallest window ``Inflights.shrink`` leaves (see there)."""
+
+
 class Inflights:
     """The APPENDs sent to one follower and not yet acknowledged, bounded by count and bytes.
 
@@ -44,6 +48,13 @@ class Inflights:
         assert max_count > 0, "an inflight window needs room for at least one message"
         self.max_count = max_count
         self.max_bytes = max_bytes
+        self.limit = max_count
+        """The count bound in effect, ``<= max_count``: halved when the follower
+        rejects an append it should have accepted (``shrink``), grown by one per append it
+        acknowledges (``grow``), so it doubles per round trip back to ``max_count``. On
+        in-order links nothing is rejected and it stays at ``max_count``; on reordering
+        links it keeps the pipeline from refilling a whole window that the follower can
+        only reject (it accepts an append only right after the previous one)."""
         self._items: deque[tuple[int, int]] = deque()
         self.bytes = 0
 
@@ -70,8 +81,20 @@ class Inflights:
 
     def full(self) -> bool:
         """No more APPENDs may be sent now."""
-        return len(self._items) >= self.max_count or (
+        return len(self._items) >= self.limit or (
             self.max_bytes > 0 and self.bytes >= self.max_bytes)
+
+    def shrink(self) -> None:
+        """A real rejection: halve the window, down to ``SHRINK_FLOOR`` messages (or
+        ``max_count`` if smaller). A few APPENDs in flight still catch a follower up over a
+        reordering link about as fast as many do, since it accepts only the in-order prefix
+        of what arrives; one alone would leave it a round trip per entry."""
+        self.limit = max(min(self.max_count, SHRINK_FLOOR), self.limit // 2)
+
+    def grow(self) -> None:
+        """An acknowledgement that moved the match: one more message in flight, up to
+        ``max_count``."""
+        self.limit = min(self.max_count, self.limit + 1)
 
     def reset(self) -> None:
         """Forget everything (the pipeline was abandoned)."""

@@ -27,7 +27,12 @@ A fresh storage starts at the log start (0, term 0), so ``first_index() == 1`` a
 - ``initial_state()`` is read once when a core starts: the last persisted ``HardState`` and
   the ``ConfState`` in effect at the caller's applied index (``Config.applied``), or, when the
   caller does not persist an applied index, at the log start (the core then re-applies the
-  committed log, membership changes included).
+  committed log, membership changes included). The core starts with commit index
+  ``max(hard_state.commit, first_index() - 1)``: the log start is committed by definition
+  (only committed entries are compacted or sent as a snapshot), so the hard state may lag it,
+  as it does after a crash between writing a snapshot and writing the hard state after it.
+  A hard state commit past ``last_index()`` is refused (``ValueError``): entries the node
+  acknowledged are gone.
 
 Ownership: returned lists are fresh and belong to the caller; ``Entry`` values are immutable,
 so sharing them is safe. Implementations must not call back into the core.

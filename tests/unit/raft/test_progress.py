@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rillet.cluster.raft.progress import Inflights, Progress, ProgressState
+from rillet.cluster.raft.progress import SHRINK_FLOOR, Inflights, Progress, ProgressState
 
 
 def test_inflights_bound_by_count_and_bytes() -> None:
@@ -54,3 +54,25 @@ def test_snapshot_state_resumes_past_snapshot() -> None:
     assert pr.is_paused()
     pr.become_probe()
     assert pr.next == 21 and pr.state == ProgressState.PROBE
+
+
+def test_inflights_window_halves_on_rejection_and_regrows_per_ack() -> None:
+    """Rillet flow control: a real rejection halves the window (not below SHRINK_FLOOR), each
+    acknowledgement that moves the match grows it by one, back to max_count."""
+    inf = Inflights(max_count=64)
+    assert inf.limit == 64
+    inf.shrink()
+    assert inf.limit == 32
+    for _ in range(5):
+        inf.shrink()
+    assert inf.limit == SHRINK_FLOOR
+    for _ in range(100):
+        inf.grow()
+    assert inf.limit == 64
+    small = Inflights(max_count=2)
+    small.shrink()
+    assert small.limit == 2  # the floor never exceeds max_count
+    inf.limit = 4
+    for n in range(4):
+        inf.add(n + 1, 1)
+    assert inf.full()  # the count bound in effect is the limit

@@ -28,6 +28,7 @@ from rillet.cluster.raft import (
     ProposalDroppedError,
     Role,
 )
+from rillet.cluster.raft.progress import ProgressState
 
 T = MessageType
 
@@ -530,6 +531,43 @@ def test_inflight_count_bound() -> None:
     assert len([m for m in out if m.type == T.APPEND and m.to == 2]) == 1
 
 
+def test_reordered_rejections_do_not_refill_a_whole_window() -> None:
+    """Rillet flow control, over a reordering link (found by the simulator: seed 1 with
+    reorder and one-entry APPENDs exhausted its event budget): the follower accepts only the
+    in-order prefix of a pipelined window and rejects the rest. The leader probes once per
+    real rejection, ignores the stale rejections of the abandoned window, and pipelines half
+    as deep when it replicates again, instead of refilling all max_inflight_msgs."""
+    core, storage = make_core(1, max_inflight_msgs=64, max_size_per_msg=1)
+    make_leader(core, storage)
+    base = core.log.last_index()
+    for i in range(64):
+        core.propose(b"p%d" % i)
+    window = [m for m in drain(core, storage) if m.type == T.APPEND and m.to == 2]
+    assert len(window) == 64
+
+    # The follower got entry base+1, then base+3 before base+2: it rejects that one.
+    core.step(msg(T.APPEND_RESP, 2, 1, 1, index=base + 1))
+    drain(core, storage)
+    core.step(msg(T.APPEND_RESP, 2, 1, 1, index=base + 2, reject=True, reject_hint=base + 1,
+                  log_term=1))
+    probe = [m for m in drain(core, storage) if m.type == T.APPEND and m.to == 2]
+    assert [m.index for m in probe] == [base + 1]  # one probe, then wait
+    assert core.progress[2].state == ProgressState.PROBE
+
+    # The rest of the old window arrives out of order too: stale rejections change nothing.
+    for prev in range(base + 3, base + 40):
+        core.step(msg(T.APPEND_RESP, 2, 1, 1, index=prev, reject=True,
+                      reject_hint=base + 1, log_term=1))
+    assert [m for m in drain(core, storage) if m.type == T.APPEND and m.to == 2] == []
+
+    # The probe is accepted: replicate again, with half the window.
+    core.step(msg(T.APPEND_RESP, 2, 1, 1, index=base + 2))
+    refill = [m for m in drain(core, storage) if m.type == T.APPEND and m.to == 2
+              and m.entries]
+    assert core.progress[2].state == ProgressState.REPLICATE
+    assert len(refill) == 64 // 2 + 1  # halved, plus one for the acknowledgement itself
+
+
 def test_inflight_bytes_bound() -> None:
     """Rillet flow control: the bytes of unacknowledged APPENDs per follower are bounded too
     (max_inflight_bytes), so large entries cannot pile up behind a slow follower."""
@@ -660,6 +698,37 @@ def test_restart_remembers_vote() -> None:
 
     assert restarted.vote == 1
     assert [(m.type, m.reject) for m in out] == [(T.VOTE_RESP, True)]
+
+
+def test_restart_after_snapshot_written_but_not_its_hard_state() -> None:
+    """Storage protocol (thesis §5.1: a snapshot holds only committed state): a crash between
+    writing a Ready's snapshot and its hard state leaves a durable log start newer than the
+    durable commit index. The core restarts with commit = the log start instead of refusing
+    to start (found by the simulator, seed 149 with atomic_snapshot=false)."""
+    storage = MemoryStorage(ConfState(frozenset({1, 2, 3})))
+    store_log(storage, [1, 1, 1, 1, 1, 1, 1])
+    storage.set_hard_state(HardState(term=1, vote=1, commit=3))
+    storage.compact(5)  # the snapshot at 5 reached the disk; the hard state after it did not
+
+    core, _ = make_core(2, storage=storage)
+
+    assert core.commit_index == 5
+    assert (core.term, core.vote) == (1, 1)
+    assert core.log.next_committed_entries(None) == []  # the log start is applied too
+    core.step(msg(T.APPEND, 1, 2, 1, index=7, log_term=1, commit=7))
+    drain(core, storage)
+    assert core.commit_index == 7
+
+
+def test_restart_refuses_a_commit_index_past_the_log() -> None:
+    """Raft paper Figure 2: a persisted commit index past the last persisted entry means the
+    disk lost entries this node acknowledged; starting anyway would hide that."""
+    storage = MemoryStorage(ConfState(frozenset({1, 2, 3})))
+    store_log(storage, [1, 1, 1])
+    storage.set_hard_state(HardState(term=1, vote=1, commit=5))
+
+    with pytest.raises(ValueError, match="past the last index 3"):
+        make_core(2, storage=storage)
 
 
 def test_messages_between_ready_and_advance_go_to_next_ready() -> None:
