@@ -94,11 +94,9 @@ class Options:
             # shape that holds a new leader's old-term entries acknowledged but its own
             # entries not yet, for many round trips (Raft Figure 8's window).
             options.propose_mean_ms = max(options.propose_mean_ms, 60.0)
-        if options.reorder and options.max_inflight_msgs > 8:
-            # Known storm (see README): one-entry APPENDs, a deep pipeline and a reordering,
-            # duplicating link feed each other until the event budget runs out. Keep
-            # reordering seeds to shallow pipelines until the core's behaviour is settled.
-            options.max_inflight_msgs = 8
+        # Drawn last so that adding it moved no other field of any seed: a Ready's snapshot
+        # and hard state as one record, or as two that a crash can separate.
+        options.atomic_snapshot = rng.random() < 0.5
         return options
 
     def replace(self, **changes: object) -> Options:

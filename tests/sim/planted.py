@@ -13,6 +13,9 @@ seeds; if one ever survives, the simulator has gone blind somewhere.
   an earlier term (the Figure 8 mistake; overrides `maybe_commit` only).
 - `forget_vote`: a core that never puts its vote into the hard state, so a restart in the
   same term can vote twice (overrides `hard_state` only).
+- `quorum_off_by_one`: a leader that counts an entry as committed once `n // 2` voters hold
+  it instead of `n // 2 + 1` (the classic `>=` for `>` slip): with 3 voters the leader alone
+  commits, with 5 any two (overrides `maybe_commit` only).
 """
 
 from __future__ import annotations
@@ -71,9 +74,24 @@ def _planted_cores() -> dict[str, type]:
             hs: HardState = super().hard_state()
             return HardState(hs.term, NONE, hs.commit)
 
+    class QuorumOffByOne(RaftCore):
+        """Planted bug: commit once n // 2 voters (a minority for odd n) hold the entry."""
+
+        def maybe_commit(self) -> bool:
+            matches = sorted((self.progress[v].match for v in self.conf.voters
+                              if v in self.progress), reverse=True)
+            if not matches:
+                return False
+            index = matches[max(0, len(matches) // 2 - 1)]
+            if index > self.log.committed and self.log.term_or_zero(index) == self.term:
+                self.log.commit_to(index)
+                return True
+            return False
+
     return {"vote_without_log_check": VoteWithoutLogCheck,
             "commit_previous_term": CommitPreviousTerm,
-            "forget_vote": ForgetVote}
+            "forget_vote": ForgetVote,
+            "quorum_off_by_one": QuorumOffByOne}
 
 
 BUGS: dict[str, str] = {
@@ -81,6 +99,7 @@ BUGS: dict[str, str] = {
     "vote_without_log_check": "votes granted without the log up-to-date check",
     "commit_previous_term": "leader commits an earlier term's entry by counting replicas",
     "forget_vote": "the vote is never persisted",
+    "quorum_off_by_one": "leader commits once n // 2 voters (not a majority) hold an entry",
 }
 
 
