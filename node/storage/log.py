@@ -4,6 +4,13 @@ Layout of a partition directory:
     00000000000000000000.log / .index / .timeindex    one segment per base offset
     recovery-point.json                               checkpoint, replaced atomically
 
+Every batch is also one Raft entry (decision 0401): its header carries a raft_index, and
+batches carry consecutive Raft indexes. `append` (the single-node produce path) stamps the
+next one itself, so there the Raft index is the entry count; `append_stamped` takes batches a
+Raft log stamped (control batches included), `truncate_to_raft_index`, `read_raft` and
+`reset` serve node/storage/raft_log.py. The checkpoint also holds the log start: its record
+offset, its Raft index, the term of the entry before it, and the owner's `start_meta`.
+
 Durability contract (what is on disk when):
 - `append` writes the stamped batch into the page cache (one pwritev, no fsync). A process
   crash keeps it; a machine crash may lose it.
@@ -43,11 +50,15 @@ from pathlib import Path
 from typing import NamedTuple
 
 from rillet.batch import (
+    CONTROL_FLAG,
+    CRC_START,
     HEADER_SIZE,
     LENGTH_PREFIX_SIZE,
     STAMPED_PREFIX,
     STAMPED_PREFIX_SIZE,
+    BatchError,
     InvalidBatchError,
+    parse_header,
 )
 from rillet.node.storage.atomic import fsync_dir, write_atomic
 from rillet.node.storage.errors import OffsetOutOfRangeError, StorageError
@@ -67,6 +78,9 @@ CHECKPOINT_NAME = "recovery-point.json"
 _SEGMENT_FILE = re.compile(r"^(\d{20})\.(log|index|timeindex)$")
 # From byte 8: batch_length @8, record_count @35, max_timestamp @47 (see records.proto).
 _BATCH_FIELDS = struct.Struct("<i23xi8xq")
+_LENGTH = struct.Struct("<i")
+_ATTRIBUTES = struct.Struct("<h")
+_RAFT_READ_CHUNK = 4 * 1024 * 1024
 _MIB = 1024 * 1024
 _DAY_MS = 24 * 3600 * 1000
 
@@ -127,6 +141,12 @@ class PartitionLog:
         self._dir_dirty = False
         self._epoch = 0  # bumped by truncation: a flush that straddles one claims nothing
         self._closed = False
+        # The Raft log start (checkpointed): the first entry held would be start_raft_index;
+        # start_prev_term is the term of the entry just before it, kept for log matching
+        # after retention deleted that entry (0 for a log that never lost its beginning).
+        self._start_raft_index = 1
+        self._start_prev_term = 0
+        self._start_meta = ""  # the owner's opaque notes about the log start (Raft: membership)
 
     # ================================================================ opening and recovery
     @classmethod
@@ -139,19 +159,27 @@ class PartitionLog:
         plog._recover()
         return plog
 
-    def _read_checkpoint(self) -> tuple[int, bool]:
+    def _read_checkpoint(self) -> tuple[int, bool, int, int, int]:
+        """(recovery point, clean, log start offset, start Raft index, its previous term)."""
         path = self.directory / CHECKPOINT_NAME
         try:
             doc = json.loads(path.read_bytes())
-            return int(doc["recovery_point"]), bool(doc.get("clean", False))
+            self._start_meta = str(doc.get("start_meta", ""))
+            return (int(doc["recovery_point"]), bool(doc.get("clean", False)),
+                    int(doc.get("start_offset", 0)), int(doc.get("start_raft_index", 1)),
+                    int(doc.get("start_prev_term", 0)))
         except FileNotFoundError:
-            return 0, False
+            return 0, False, 0, 1, 0
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("%s: unreadable checkpoint (%s); checking every segment", path, exc)
-            return 0, False
+            return 0, False, 0, 1, 0
 
-    def _write_checkpoint(self, recovery_point: int, clean: bool) -> None:
-        doc = {"version": 1, "recovery_point": recovery_point, "clean": clean}
+    def _write_checkpoint(self, recovery_point: int, clean: bool,
+                          start_offset: int | None = None) -> None:
+        doc = {"version": 1, "recovery_point": recovery_point, "clean": clean,
+               "start_offset": self.log_start_offset if start_offset is None else start_offset,
+               "start_raft_index": self._start_raft_index,
+               "start_prev_term": self._start_prev_term, "start_meta": self._start_meta}
         write_atomic(self.directory / CHECKPOINT_NAME, json.dumps(doc).encode())
         self._checkpoint_offset = recovery_point
 
@@ -175,12 +203,29 @@ class PartitionLog:
             if base not in bases:
                 log.info("%s: removing index %s that has no log", d, path.name)
                 path.unlink(missing_ok=True)
-        recovery_point, clean = self._read_checkpoint()
+        recovery_point, clean, start_offset, start_raft, prev_term = self._read_checkpoint()
+        self._start_raft_index, self._start_prev_term = start_raft, prev_term
         interval = self.config.index_interval_bytes
         segs = [Segment.open_existing(d, b, interval) for b in sorted(bases)]
+        # Finish a retention or a reset that the checkpoint announced but a crash interrupted:
+        # segments below the log start go; a first segment that does not begin exactly at the
+        # checkpointed start (offset and Raft index) is a log a reset replaced: all of it goes.
+        below = [s for s in segs if s.base_offset < start_offset]
+        rest = segs[len(below):]
+        if rest and rest[0].size and (rest[0].base_offset != start_offset
+                                      or rest[0].first_raft_index != start_raft):
+            below += rest
+            rest = []
+        for s in below:
+            log.info("%s: removing segment %d below the log start (offset %d, Raft index %d)",
+                     d, s.base_offset, start_offset, start_raft)
+            self._delete_files(s.rename_deleted())
+        segs = rest
         if not segs:
-            segs = [Segment.create(d, 0, interval)]
+            segs = [Segment.create(d, start_offset, interval, start_raft)]
             self._dir_dirty = True
+        elif not segs[0].size:
+            segs[0].first_raft_index = segs[0].next_raft_index = start_raft
         first_checked = max(0, bisect.bisect_right([s.base_offset for s in segs],
                                                    recovery_point) - 1)
         if not clean:
@@ -189,7 +234,10 @@ class PartitionLog:
         kept: list[Segment] = []
         cut_total = 0
         for i, seg in enumerate(segs):
-            if kept and kept[-1].next_offset != seg.base_offset:
+            if kept and not seg.size:
+                seg.first_raft_index = seg.next_raft_index = kept[-1].next_raft_index
+            if kept and (kept[-1].next_offset != seg.base_offset
+                         or kept[-1].next_raft_index != seg.first_raft_index):
                 # A gap or overlap (the previous segment lost its tail): nothing after a hole
                 # can be trusted.
                 dropped = segs[i:]
@@ -245,6 +293,35 @@ class PartitionLog:
         return self._bases[0] if self._bases else 0
 
     @property
+    def first_raft_index(self) -> int:
+        """Raft index of the first batch held (the log start + 1)."""
+        return self._segments[0].first_raft_index
+
+    @property
+    def next_raft_index(self) -> int:
+        """Raft index the next appended batch gets (last index + 1)."""
+        return self._segments[-1].next_raft_index
+
+    @property
+    def start_prev_term(self) -> int:
+        """Term of the entry just before `first_raft_index` (0 at the very beginning)."""
+        return self._start_prev_term
+
+    @property
+    def start_meta(self) -> str:
+        """The owner's notes about the log start, saved with it by `reset`/`enforce_retention`
+        in the same atomic checkpoint write (the Raft log keeps the membership there)."""
+        return self._start_meta
+
+    @property
+    def last_term(self) -> int:
+        """Term of the last batch held, or `start_prev_term` when the log is empty."""
+        for seg in reversed(self._segments):
+            if seg.next_raft_index > seg.first_raft_index:
+                return seg.last_term
+        return self._start_prev_term
+
+    @property
     def log_end_offset(self) -> int:
         """The offset the next appended record will get."""
         return self._log_end
@@ -283,30 +360,68 @@ class PartitionLog:
             raise InvalidBatchError(
                 f"batch header declares {length + LENGTH_PREFIX_SIZE} bytes and {count} "
                 f"records, got {n} bytes")
-        now = self._clock_ms()
         with self._lock:
             self._check_open()
             base = self._log_end
-            seg = self._segments[-1]
-            if not seg.is_empty and (
-                    seg.size + n > self.config.segment_bytes
-                    or (seg.created_ms is not None
-                        and now - seg.created_ms >= self.config.segment_ms)
-                    or base + count - 1 - seg.base_offset > MAX_RELATIVE_OFFSET):
-                seg = self._roll()
+            raft_index = self._segments[-1].next_raft_index
             view = memoryview(batch)
-            seg.append([STAMPED_PREFIX.pack(base, length, leader_term, 0),
-                        view[STAMPED_PREFIX_SIZE:]], n, base, count,
-                       max_ts, now)
-            self._log_end = base + count
-            self._size += n
+            now = self._append_locked(
+                [STAMPED_PREFIX.pack(base, length, leader_term, raft_index),
+                 view[STAMPED_PREFIX_SIZE:]], n, base, count, max_ts, leader_term)
         return AppendInfo(base, base + count - 1, now)
+
+    def append_stamped(self, batch: bytes | bytearray | memoryview) -> AppendInfo:
+        """Write a batch that is already stamped (a Raft entry: base offset, leader term and
+        Raft index set by the partition's Raft log, or by the leader it copies).
+
+        Control batches (no records) are accepted here and only here. The stamps must continue
+        the log: base_offset == log_end_offset and raft_index == next_raft_index, else
+        StorageError (a caller bug: writing it would break the log's invariants). Checks the
+        header, not the CRC. Durable only after `flush`. Event-loop thread only.
+        """
+        try:
+            header = parse_header(batch)
+        except BatchError as exc:
+            raise InvalidBatchError(f"cannot append: {exc}") from exc
+        n = len(batch)
+        if header.size != n:
+            raise InvalidBatchError(f"batch header declares {header.size} bytes, got {n}")
+        with self._lock:
+            self._check_open()
+            base, raft_index = self._log_end, self._segments[-1].next_raft_index
+            if header.base_offset != base or header.raft_index != raft_index:
+                raise StorageError(
+                    f"{self.directory}: batch stamped offset {header.base_offset} / Raft index "
+                    f"{header.raft_index} does not continue the log at offset {base} / Raft "
+                    f"index {raft_index}")
+            now = self._append_locked([batch], n, base, header.record_count,
+                                      header.max_timestamp_ms, header.leader_term)
+        return AppendInfo(base, base + header.record_count - 1, now)
+
+    def _append_locked(self, parts: list[bytes | bytearray | memoryview], n: int, base: int,
+                       count: int, max_ts: int, leader_term: int) -> int:
+        """Roll if due, then write one stamped batch. Caller holds _lock; returns the time."""
+        now = self._clock_ms()
+        seg = self._segments[-1]
+        # A segment is only closed once it holds records: a control batch occupies no offsets,
+        # so a segment of control batches only would share its name with the next one.
+        if not seg.is_empty and base > seg.base_offset and (
+                seg.size + n > self.config.segment_bytes
+                or (seg.created_ms is not None
+                    and now - seg.created_ms >= self.config.segment_ms)
+                or base + count - 1 - seg.base_offset > MAX_RELATIVE_OFFSET):
+            seg = self._roll()
+        seg.append(parts, n, base, count, max_ts, now, leader_term)  # type: ignore[arg-type]
+        self._log_end = base + count
+        self._size += n
+        return now
 
     def _roll(self) -> Segment:
         """Close the active segment and start a new one at the log end. Caller holds _lock."""
         old = self._segments[-1]
         old.seal()
-        new = Segment.create(self.directory, self._log_end, self.config.index_interval_bytes)
+        new = Segment.create(self.directory, self._log_end, self.config.index_interval_bytes,
+                             old.next_raft_index)
         self._pending_fsync.extend(old.write_index_files())
         self._segments.append(new)
         self._bases.append(new.base_offset)
@@ -409,6 +524,48 @@ class PartitionLog:
                     break
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def read_raft(self, lo: int, hi: int, max_bytes: int | None) -> list[bytes]:
+        """The stored batches that are Raft entries [lo, hi), each as its own bytes, within
+        `max_bytes` of entry data in total but at least one (None: no bound). An entry's size
+        is what cluster.raft counts: the whole batch, or a control batch's body. The caller
+        checked that first_raft_index <= lo < hi <= next_raft_index. Event-loop thread only."""
+        budget = (1 << 62) if max_bytes is None else max_bytes
+        out: list[bytes] = []
+        with self._lock:
+            self._check_open()
+            firsts = [s.first_raft_index for s in self._segments]
+            i = bisect.bisect_right(firsts, lo) - 1
+            while i > 0 and self._segments[i].next_raft_index <= lo:
+                i += 1  # an empty segment shares its first index with the next one
+            seg = self._segments[i]
+            pos = seg.position_of_raft(lo)
+            r = lo
+            full = False
+            while r < hi and not full:
+                chunk = min(max(budget, 0) + 8 * HEADER_SIZE, _RAFT_READ_CHUNK)
+                data, _stopped = seg.read_from(pos, chunk, 1 << 62, True)
+                off = 0
+                while off < len(data) and r < hi:
+                    size = _LENGTH.unpack_from(data, off + 8)[0] + LENGTH_PREFIX_SIZE
+                    control = _ATTRIBUTES.unpack_from(data, off + CRC_START)[0] & CONTROL_FLAG
+                    esize = size - HEADER_SIZE if control else size
+                    if out and esize > budget:
+                        full = True
+                        break
+                    out.append(data[off:off + size])
+                    off += size
+                    budget -= esize
+                    r += 1
+                pos += off
+                if not data:
+                    break
+                if pos >= seg.size:
+                    i += 1
+                    if i == len(self._segments):
+                        break
+                    seg, pos = self._segments[i], 0
+        return out
+
     def offset_for_timestamp(self, ts_ms: int) -> int | None:
         """Base offset of the first batch whose max_timestamp >= ts_ms, or None.
 
@@ -435,65 +592,155 @@ class PartitionLog:
             start, end = self.log_start_offset, self._log_end
             if offset < start or offset > end:
                 raise OffsetOutOfRangeError(offset, start, end)
-            if offset == end:
-                return
-            i = bisect.bisect_right(self._bases, offset) - 1
-            if offset == self._bases[i] and i > 0:
-                i -= 1  # the boundary ends segment i-1: keep it whole, drop the rest
+            # The first batch based at or after `offset` (control batches included): a control
+            # batch at a segment's base offset may end the segment before it.
+            i = max(0, bisect.bisect_left(self._bases, offset) - 1)
             target = self._segments[i]
-            pos = target.size if offset == target.next_offset else target.position_of(offset)
+            pos = target.position_of_first_at(offset)
             if pos < target.size:
-                got = next(target.iter_headers(pos))[1][0]
-                if got != offset:
-                    raise StorageError(
-                        f"cannot truncate to {offset}: it is inside the batch based at {got}")
-            if target.base_offset < self._checkpoint_offset:
-                self._write_checkpoint(target.base_offset, clean=False)
-            doomed = self._segments[i + 1:]
+                fields = next(target.iter_headers(pos))[1]
+                got, raft_index = fields[0], fields[3]
+            else:
+                got, raft_index = target.next_offset, target.next_raft_index
+            if got != offset:
+                inside = next(target.iter_headers(target.position_of(offset)))[1][0]
+                raise StorageError(
+                    f"cannot truncate to {offset}: it is inside the batch based at {inside}")
+            if pos == target.size and i == len(self._segments) - 1:
+                return  # nothing at or above `offset`
+            self._truncate_locked(i, pos, offset, raft_index)
+
+    def truncate_to_raft_index(self, raft_index: int) -> None:
+        """Remove the batch that is Raft entry `raft_index` and every later one (a follower
+        dropping a conflicting suffix). Same durability as `truncate_to`. Raises StorageError
+        outside [first_raft_index, next_raft_index]; a no-op at next_raft_index."""
+        with self._checkpoint_lock, self._lock:
+            self._check_open()
+            first, nxt = self._segments[0].first_raft_index, self._segments[-1].next_raft_index
+            if not first <= raft_index <= nxt:
+                raise StorageError(f"{self.directory}: cannot truncate to Raft index "
+                                   f"{raft_index}: the log holds {first} to {nxt - 1}")
+            if raft_index == nxt:
+                return
+            firsts = [s.first_raft_index for s in self._segments]
+            i = max(0, bisect.bisect_left(firsts, raft_index) - 1)
+            target = self._segments[i]
+            if raft_index == target.next_raft_index:
+                pos, offset = target.size, target.next_offset
+            else:
+                pos = target.position_of_raft(raft_index)
+                offset = next(target.iter_headers(pos))[1][0]
+            self._truncate_locked(i, pos, offset, raft_index)
+
+    def _truncate_locked(self, i: int, pos: int, offset: int, raft_index: int) -> None:
+        """Cut segment i at `pos` (the batch based at `offset`, Raft entry `raft_index`) and
+        drop every later segment. Caller holds both locks."""
+        target = self._segments[i]
+        if target.base_offset < self._checkpoint_offset:
+            self._write_checkpoint(target.base_offset, clean=False)
+        doomed = self._segments[i + 1:]
+        renamed: list[Path] = []
+        for seg in doomed:
+            renamed.extend(seg.rename_deleted())
+        del self._segments[i + 1:]
+        del self._bases[i + 1:]
+        dead = {p for s in doomed for p in (s.index_path, s.timeindex_path)}
+        dead |= {target.index_path, target.timeindex_path}
+        self._pending_fsync = [p for p in self._pending_fsync if p not in dead]
+        target.remove_index_files()
+        target.truncate_at(pos, offset, raft_index)
+        os.fsync(target.fd)
+        target.flushed_size = target.size
+        target.created_ms = self._clock_ms() if target.size else None
+        fsync_dir(self.directory)
+        self._delete_files(renamed)
+        self._epoch += 1
+        self._log_end = offset
+        self._flushed_offset = min(self._flushed_offset, offset)
+        self._size = sum(s.size for s in self._segments)
+        log.info("%s: truncated to offset %d (Raft index %d)", self.directory, offset,
+                 raft_index)
+
+    def reset(self, next_offset: int, next_raft_index: int, prev_term: int,
+              start_meta: str = "") -> None:
+        """Discard the whole log and restart it empty at record offset `next_offset` and Raft
+        index `next_raft_index` (whose previous entry had term `prev_term`): a Raft follower
+        installing the leader's snapshot. Durable on return: the checkpoint naming the new
+        start is written first, so recovery after a crash part-way removes the old segments.
+        """
+        with self._checkpoint_lock, self._lock:
+            self._check_open()
+            self._start_raft_index, self._start_prev_term = next_raft_index, prev_term
+            self._start_meta = start_meta
+            self._write_checkpoint(next_offset, clean=False, start_offset=next_offset)
             renamed: list[Path] = []
-            for seg in doomed:
+            for seg in self._segments:
                 renamed.extend(seg.rename_deleted())
-            del self._segments[i + 1:]
-            del self._bases[i + 1:]
-            dead = {p for s in doomed for p in (s.index_path, s.timeindex_path)}
-            dead |= {target.index_path, target.timeindex_path}
-            self._pending_fsync = [p for p in self._pending_fsync if p not in dead]
-            target.remove_index_files()
-            target.truncate_at(pos, offset)
-            os.fsync(target.fd)
-            target.flushed_size = target.size
-            target.created_ms = self._clock_ms() if target.size else None
+            new = Segment.create(self.directory, next_offset, self.config.index_interval_bytes,
+                                 next_raft_index)
+            self._segments = [new]
+            self._bases = [next_offset]
+            self._pending_fsync = []
             fsync_dir(self.directory)
             self._delete_files(renamed)
             self._epoch += 1
-            self._log_end = offset
-            self._flushed_offset = min(self._flushed_offset, offset)
-            self._size = sum(s.size for s in self._segments)
-            log.info("%s: truncated to offset %d", self.directory, offset)
+            self._log_end = self._flushed_offset = next_offset
+            self._size = 0
+            self._dir_dirty = False
+        log.info("%s: reset to offset %d, Raft index %d", self.directory, next_offset,
+                 next_raft_index)
 
-    def enforce_retention(self, now_ms: int | None = None) -> int:
+    def retention_point(self, now_ms: int, *, max_raft_index: int | None = None) -> int:
+        """The first Raft index `enforce_retention(now_ms, max_raft_index=...)` would keep
+        (first_raft_index when it would delete nothing). No side effects."""
+        with self._lock:
+            doomed = self._doomed_locked(now_ms, max_raft_index)
+            return doomed[-1].next_raft_index if doomed else self.first_raft_index
+
+    def _doomed_locked(self, now: int, max_raft_index: int | None) -> list[Segment]:
+        cfg = self.config
+        doomed: list[Segment] = []
+        size = self._size
+        for seg in self._segments[:-1]:
+            expired = cfg.retention_ms >= 0 and (
+                seg.is_empty or now - seg.max_timestamp_ms > cfg.retention_ms)
+            oversize = cfg.retention_bytes >= 0 and size > cfg.retention_bytes
+            if not (expired or oversize):
+                break
+            if max_raft_index is not None and seg.next_raft_index - 1 > max_raft_index:
+                break
+            doomed.append(seg)
+            size -= seg.size
+        return doomed
+
+    def enforce_retention(self, now_ms: int | None = None, *,
+                          max_raft_index: int | None = None,
+                          start_meta: str | None = None) -> int:
         """Delete whole closed segments past retention_ms or while over retention_bytes.
 
         A segment's age is `now - its largest record timestamp`. Deletes from the oldest end
-        only, never the active segment; each deletion renames the files to `.deleted`, syncs
-        the directory once, then unlinks. Returns how many segments went. Event-loop thread.
+        only, never the active segment, and (for a Raft log) never a segment holding an entry
+        above `max_raft_index` (the commit index: Raft must never forget uncommitted
+        entries). The checkpoint moves the log start (offset, Raft index and the term before
+        it) first; then the files are renamed to `.deleted`, the directory synced once, and
+        the files unlinked. Returns how many segments went. Event-loop thread.
         """
-        with self._lock:
+        with self._checkpoint_lock, self._lock:
             self._check_open()
             now = self._clock_ms() if now_ms is None else now_ms
-            cfg = self.config
-            doomed: list[Segment] = []
-            size = self._size
-            for seg in self._segments[:-1]:
-                expired = cfg.retention_ms >= 0 and (
-                    seg.is_empty or now - seg.max_timestamp_ms > cfg.retention_ms)
-                oversize = cfg.retention_bytes >= 0 and size > cfg.retention_bytes
-                if not (expired or oversize):
-                    break
-                doomed.append(seg)
-                size -= seg.size
+            doomed = self._doomed_locked(now, max_raft_index)
             if not doomed:
                 return 0
+            size = self._size - sum(s.size for s in doomed)
+            if start_meta is not None:
+                self._start_meta = start_meta
+            last = doomed[-1]
+            if last.next_raft_index > last.first_raft_index:
+                self._start_raft_index, self._start_prev_term = (
+                    last.next_raft_index, last.last_term)
+            new_start = self._bases[len(doomed)]
+            self._write_checkpoint(max(self._checkpoint_offset, new_start), clean=False,
+                                   start_offset=new_start)
             renamed: list[Path] = []
             for seg in doomed:
                 renamed.extend(seg.rename_deleted())

@@ -47,13 +47,19 @@ class Segment:
     """A contiguous run of batches [base_offset, next_offset) stored in one file."""
 
     def __init__(self, directory: Path, base_offset: int, fd: int, size: int,
-                 index_interval_bytes: int) -> None:
+                 index_interval_bytes: int, first_raft_index: int = 1) -> None:
         self.directory = directory
         self.base_offset = base_offset
         self.fd = fd
         self.size = size
         self.flushed_size = 0
         self.next_offset = base_offset
+        # Every batch is one Raft entry: batches carry consecutive Raft indexes, so a segment
+        # covers [first_raft_index, next_raft_index). last_term is the leader_term of its last
+        # batch (0 while empty). All three are derived from the log like the indexes.
+        self.first_raft_index = first_raft_index
+        self.next_raft_index = first_raft_index
+        self.last_term = 0
         self.index_interval_bytes = index_interval_bytes
         self.offset_index = OffsetIndex()
         self.time_index = TimeIndex()
@@ -78,11 +84,12 @@ class Segment:
         return self.directory / (segment_name(self.base_offset) + TIMEINDEX_SUFFIX)
 
     @classmethod
-    def create(cls, directory: Path, base_offset: int, index_interval_bytes: int) -> Segment:
+    def create(cls, directory: Path, base_offset: int, index_interval_bytes: int,
+               first_raft_index: int = 1) -> Segment:
         """A new empty segment; an old file of the same name (a leftover) is emptied."""
         path = directory / (segment_name(base_offset) + LOG_SUFFIX)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        seg = cls(directory, base_offset, fd, 0, index_interval_bytes)
+        seg = cls(directory, base_offset, fd, 0, index_interval_bytes, first_raft_index)
         for stale in (seg.index_path, seg.timeindex_path):
             stale.unlink(missing_ok=True)
         return seg
@@ -93,7 +100,11 @@ class Segment:
         path = directory / (segment_name(base_offset) + LOG_SUFFIX)
         fd = os.open(path, os.O_RDWR)
         size = os.fstat(fd).st_size
-        return cls(directory, base_offset, fd, size, index_interval_bytes)
+        seg = cls(directory, base_offset, fd, size, index_interval_bytes)
+        if size >= HEADER_SIZE:  # the first batch names the segment's first Raft index
+            seg.first_raft_index = seg.next_raft_index = int(
+                HEADER.unpack(os.pread(fd, HEADER_SIZE, 0))[_F_RAFT_INDEX])
+        return seg
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -136,7 +147,7 @@ class Segment:
         return self.size == 0
 
     def append(self, parts: list[bytes | memoryview], total: int, base_offset: int,
-               record_count: int, max_timestamp_ms: int, now_ms: int) -> None:
+               record_count: int, max_timestamp_ms: int, now_ms: int, leader_term: int) -> None:
         """Write one stamped batch (given as pieces, to avoid copying it) at the end."""
         pos = self.size
         try:
@@ -154,22 +165,25 @@ class Segment:
             raise
         if self.created_ms is None:
             self.created_ms = now_ms
-        self._note_batch(pos, base_offset, record_count, max_timestamp_ms, total)
+        self._note_batch(pos, base_offset, record_count, max_timestamp_ms, total, leader_term)
         self.size = pos + total
         self.next_offset = base_offset + record_count
 
     def _note_batch(self, pos: int, base_offset: int, record_count: int,
-                    max_timestamp_ms: int, size: int) -> None:
-        """Index bookkeeping for one batch, shared by append and recovery (so both agree)."""
+                    max_timestamp_ms: int, size: int, leader_term: int) -> None:
+        """Index bookkeeping for one batch, shared by append and recovery (so both agree).
+        The batch's Raft index is `next_raft_index` (the caller checked it)."""
         rel = base_offset - self.base_offset
         if max_timestamp_ms > self.max_timestamp_ms:
             self.max_timestamp_ms = max_timestamp_ms
             self._max_timestamp_rel = rel
         if self._bytes_since_index >= self.index_interval_bytes:
-            self.offset_index.append(rel, pos)
+            self.offset_index.append(rel, pos, self.next_raft_index - self.first_raft_index)
             self.time_index.maybe_append(self.max_timestamp_ms, rel)
             self._bytes_since_index = 0
         self._bytes_since_index += size
+        self.next_raft_index += 1
+        self.last_term = leader_term
 
     def seal(self) -> None:
         """The segment stops growing: make the time index's last entry the segment maximum."""
@@ -213,6 +227,25 @@ class Segment:
         raise LogCorruptionError(
             f"{self.log_path.name}: no batch holds offset {offset} "
             f"(segment covers {self.base_offset} to {self.next_offset - 1})")
+
+    def position_of_raft(self, raft_index: int) -> int:
+        """File position of the batch that is Raft entry `raft_index` (held by this segment)."""
+        start = self.offset_index.lookup_raft(raft_index - self.first_raft_index)
+        for pos, fields in self.iter_headers(start):
+            if fields[_F_RAFT_INDEX] == raft_index:
+                return pos
+        raise LogCorruptionError(
+            f"{self.log_path.name}: no batch is Raft entry {raft_index} (segment holds "
+            f"{self.first_raft_index} to {self.next_raft_index - 1})")
+
+    def position_of_first_at(self, offset: int) -> int:
+        """File position of the first batch based at or after `offset`, control batches
+        included (the segment size when there is none)."""
+        start = self.offset_index.lookup_before(offset - self.base_offset)
+        for pos, fields in self.iter_headers(start):
+            if fields[_F_BASE] >= offset:
+                return pos
+        return self.size
 
     def read_from(self, pos: int, max_bytes: int, upper: int,
                   at_least_one: bool) -> tuple[bytes, bool]:
@@ -299,6 +332,8 @@ class Segment:
         self.max_timestamp_ms = NO_TIMESTAMP
         self._max_timestamp_rel = 0
         self._bytes_since_index = 0
+        self.next_raft_index = self.first_raft_index
+        self.last_term = 0
         file_size = os.fstat(self.fd).st_size
         expected = self.base_offset
         pos = 0
@@ -329,11 +364,15 @@ class Segment:
             if header.base_offset != expected:
                 reason = f"base offset {header.base_offset} where {expected} was expected"
                 break
+            if header.raft_index != self.next_raft_index:
+                reason = (f"Raft index {header.raft_index} where {self.next_raft_index} was "
+                          "expected")
+                break
             if header.last_offset - self.base_offset > MAX_RELATIVE_OFFSET:
                 reason = "a batch beyond the segment's relative offset range"
                 break
             self._note_batch(pos, expected, header.record_count, header.max_timestamp_ms,
-                             header.size)
+                             header.size, header.leader_term)
             pos += header.size
             expected = header.next_offset
         cut = file_size - pos
@@ -373,13 +412,18 @@ class Segment:
             # the end of the file and at the next segment's base offset (this also catches a
             # missing segment after this one). At most about one index interval of headers.
             end_pos, end_offset = (last[1] if last else 0), -1
+            raft = self.first_raft_index + (last[2] if last else 0)
+            term = 0
             try:
                 for pos, fields in self.iter_headers(end_pos):
                     end_pos = pos + fields[1] + LENGTH_PREFIX_SIZE
                     end_offset = fields[0] + fields[_F_COUNT]
+                    ok = ok and fields[_F_RAFT_INDEX] == raft
+                    raft, term = raft + 1, fields[_F_TERM]
             except LogCorruptionError:
                 ok = False
             ok = ok and end_pos == self.size and end_offset == next_offset
+            self.next_raft_index, self.last_term = raft, term
         if not ok:
             log.info("%s: rebuilding indexes (they do not match the log)", self.log_path)
             return False
@@ -392,14 +436,17 @@ class Segment:
         return True
 
     # ----------------------------------------------------------------- truncation
-    def truncate_at(self, pos: int, offset: int) -> None:
-        """Drop every batch from file position `pos` (the batch based at `offset`) onwards."""
+    def truncate_at(self, pos: int, offset: int, raft_index: int) -> None:
+        """Drop every batch from file position `pos` (the batch based at `offset`, Raft entry
+        `raft_index`) onwards."""
         os.ftruncate(self.fd, pos)
         self.size = pos
         self.flushed_size = min(self.flushed_size, pos)
         self.next_offset = offset
+        self.next_raft_index = raft_index
+        self.last_term = 0
         rel = offset - self.base_offset
-        self.offset_index.truncate_to(rel)
+        self.offset_index.truncate_to_raft(raft_index - self.first_raft_index)
         self.time_index.truncate_to(rel)
         # Rebuild the running maximum from the last surviving time entry.
         if len(self.time_index):
@@ -411,6 +458,7 @@ class Segment:
             self._max_timestamp_rel = 0
             start = 0
         for _p, fields in self.iter_headers(start):
+            self.last_term = fields[_F_TERM]  # the scan ends at the new last batch
             if fields[_F_MAX_TS] > self.max_timestamp_ms:
                 self.max_timestamp_ms = fields[_F_MAX_TS]
                 self._max_timestamp_rel = fields[0] - self.base_offset

@@ -57,6 +57,7 @@ class LogMachine(RuleBasedStateMachine):
         self.config = LogConfig()
         self.flushed = 0
         self.tag = 0
+        self.next_raft = 1  # the Raft index the next batch gets (the single-node entry count)
 
     @initialize(segment_bytes=st.sampled_from([150, 700, 2500, 8000]),
                 interval=st.integers(0, 400),
@@ -100,7 +101,8 @@ class LogMachine(RuleBasedStateMachine):
             info = self.plog.append(raw, leader_term=term)
             assert info.base_offset == self.end and info.last_offset == self.end + n - 1
             stamped = bytearray(raw)
-            batch.stamp(stamped, self.end, term)
+            batch.stamp(stamped, self.end, term, self.next_raft)  # Raft index = entry count
+            self.next_raft += 1
             self.model.append(Stored(self.end, n, ts, bytes(stamped)))
             self.end += n
 
@@ -156,7 +158,7 @@ class LogMachine(RuleBasedStateMachine):
     def truncate(self, data: st.DataObject) -> None:
         offset = data.draw(st.sampled_from(self._boundaries()), label="truncate_to")
         self.plog.truncate_to(offset)
-        self.model = [s for s in self.model if s.base_offset < offset]
+        self._cut(offset)
         self.end = offset
         self.flushed = min(self.flushed, offset)
 
@@ -207,9 +209,17 @@ class LogMachine(RuleBasedStateMachine):
         self._reopen()
         new_end = self.plog.log_end_offset
         assert self.flushed <= new_end <= self.end
-        self.model = [s for s in self.model if s.base_offset < new_end]
+        self._cut(new_end)
         self.end = new_end
         self.flushed = new_end
+
+    def _cut(self, end: int) -> None:
+        """Drop the model's batches at or above offset `end`; Raft indexes continue from the
+        first one dropped."""
+        gone = [s for s in self.model if s.base_offset >= end]
+        if gone:
+            self.next_raft = batch.parse_header(gone[0].data).raft_index
+        self.model = [s for s in self.model if s.base_offset < end]
 
     # ---------------------------------------------------------------- invariants
     @invariant()
