@@ -242,8 +242,9 @@ class PartitionRaftLog:
             buf = bytearray(encode_control(e.data, conf_change=e.kind == EntryKind.CONF_CHANGE))
         else:
             header = parse_header(e.data)
-            if header.raft_index == e.index and header.leader_term == e.term:
-                return e.data  # the leader's stored bytes: keep its stamps (append checks them)
+            if (header.raft_index == e.index and header.leader_term == e.term
+                    and header.base_offset == self.plog.log_end_offset):
+                return e.data  # the leader's stored bytes, already stamped as ours would be
             buf = bytearray(e.data)
         stamp(buf, self.plog.log_end_offset, e.term, e.index)
         return buf
