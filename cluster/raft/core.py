@@ -463,10 +463,15 @@ class RaftCore:
                 # down; otherwise it may keep ignoring us while we ignore its messages.
                 self.send(Message(MessageType.APPEND_RESP, to=m.frm, frm=self._id,
                                   term=self._term))
-            elif m.type == MessageType.PRE_VOTE:
-                # Answer so the pre-candidate learns our newer term instead of waiting.
-                self.send(Message(MessageType.PRE_VOTE_RESP, to=m.frm, frm=self._id,
-                                  term=self._term, reject=True))
+            elif m.type in (MessageType.PRE_VOTE, MessageType.VOTE):
+                # Reject with our term (Raft Figure 2: "reply false if term < currentTerm";
+                # the reply's term is "for candidate to update itself"). Ignoring it instead
+                # can starve a candidate whose term lags ours for good: without pre-vote,
+                # both sides time out at the same pace and it never catches up.
+                resp = (MessageType.PRE_VOTE_RESP if m.type == MessageType.PRE_VOTE
+                        else MessageType.VOTE_RESP)
+                self.send(Message(resp, to=m.frm, frm=self._id, term=self._term,
+                                  reject=True))
             return
 
         if m.type in (MessageType.VOTE, MessageType.PRE_VOTE):

@@ -628,3 +628,25 @@ def test_figure8_previous_term_entry_not_committed_by_counting() -> None:
     net.tick(1)  # a heartbeat round finds 3 and 4 behind and resends the no-op
     assert leader.commit_index >= old_index + 1
     assert leader.log.term(leader.commit_index) == leader.term
+
+
+def test_stale_vote_request_is_rejected_with_the_current_term() -> None:
+    """Raft §5.1 and Figure 2 (RequestVote): "reply false if term < currentTerm"; the reply
+    carries currentTerm "for candidate to update itself". Found by the simulator (seed
+    201185): a candidate whose term lagged a voter's, with pre-vote off, was ignored on every
+    try and never caught up, so the group never elected a leader again."""
+    core, storage = make_core(2, pre_vote=False)
+    core.step(msg(VOTE, 3, 2, 5, index=0, log_term=0))  # we move to term 5
+    drain(core, storage)
+
+    core.step(msg(VOTE, 1, 2, 3, index=9, log_term=3))
+    out = drain(core, storage)
+
+    assert [(m.type, m.to, m.term, m.reject) for m in out] == [(VOTE_RESP, 1, 5, True)]
+    assert (core.term, core.vote) == (5, 3)
+
+    candidate, cstorage = make_core(1, pre_vote=False)
+    candidate.campaign()
+    drain(candidate, cstorage)
+    candidate.step(out[0])
+    assert candidate.role == Role.FOLLOWER and candidate.term == 5
