@@ -1,7 +1,7 @@
 """Load generators behind `rillet bench produce|consume`.
 
 They drive the public client API exactly as an application would, so the figures include the
-client's own costs (record futures, batching, encoding, decoding). Ack latency is sampled: one
+client's own costs (record handles, batching, encoding, decoding). Ack latency is sampled: one
 record in `sample_every` gets a done-callback that records send-to-ack time, which keeps the
 measurement from becoming the workload.
 """
@@ -96,7 +96,7 @@ async def bench_produce(
     max_in_flight: int = 8, sample_every: int = 10, api: str = "record",
     chunk: int = 1000, buffer_bytes: int = 8 * 1024 * 1024,
 ) -> BenchResult:
-    """Produce `count` records; `api` is "record" (`send()` per record, a future each) or
+    """Produce `count` records; `api` is "record" (`send()` per record, a RecordFuture each) or
     "many" (`send_many()` with `chunk` records per call, one future per call).
 
     The load is open-loop up to `buffer_bytes` of unacknowledged records, so ack latency
