@@ -253,6 +253,9 @@ class Producer:
         # by topic (the sticky partition of keyless records) and by (topic, partition).
         self._hot: dict[str | tuple[str, int], PartitionBatch] = {}
         self._batch_bytes = batch_bytes
+        # The last clock reading in milliseconds, and the span of time.time() it covers.
+        self._ms = 0
+        self._ms_from = self._ms_until = 0.0
         self._buffered = 0
         self._room = asyncio.Event()
         self._room.set()
@@ -316,10 +319,15 @@ class Producer:
             if batch is not None:
                 size = len(value) + _RECORD_OVERHEAD
                 if batch.size + size <= self._batch_bytes and self._buffered < self.buffer_bytes:
+                    if timestamp_ms is None:
+                        now = _time()
+                        if self._ms_from <= now < self._ms_until:
+                            timestamp_ms = self._ms  # the millisecond of the last reading
+                        else:
+                            timestamp_ms = self._clock_ms(now)
                     index = len(batch.values)
                     batch.values.append(value)
-                    batch.timestamps.append(
-                        int(_time() * 1000) if timestamp_ms is None else timestamp_ms)
+                    batch.timestamps.append(timestamp_ms)
                     batch.size += size
                     self._buffered += size
                     return RecordFuture(batch, index)
@@ -357,7 +365,7 @@ class Producer:
             raise PartitionOutOfRangeError(
                 f"partition {partition} out of range: topic {topic!r} has {n} partitions")
         if timestamp_ms is None:
-            timestamp_ms = int(_time() * 1000)
+            timestamp_ms = self._clock_ms(_time())
         size = len(value) + _RECORD_OVERHEAD if key is None and headers is None else record_size(
             value, key, headers)
         if size > _MAX_RECORD_BYTES:
@@ -387,6 +395,15 @@ class Producer:
             # tasks (writes, acks) only run when it does.
             await asyncio.sleep(0)
         return handle
+
+    def _clock_ms(self, now: float) -> int:
+        """`now` (time.time()) in whole milliseconds, remembered with the bounds of that
+        millisecond: records read in the same millisecond share one int (no conversion and no
+        allocation per record), and their timestamps stay exact to the millisecond."""
+        ms = self._ms = int(now * 1000)
+        self._ms_from = ms / 1000
+        self._ms_until = (ms + 1) / 1000
+        return ms
 
     def _unhot(self, batch: PartitionBatch) -> None:
         """Take a batch out of the fast path of `send()` (sealed, or given keys or headers)."""

@@ -215,3 +215,20 @@ async def test_close_fails_pending_records_and_their_waiters(make_fake: Any) -> 
         assert f.done() and isinstance(f.exception(), errors.ClientClosedError)
     with pytest.raises(errors.ClientClosedError):
         await producer.send("t", b"after close")
+
+
+async def test_record_timestamps_follow_the_clock_to_the_millisecond(
+        make_fake: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rillet.client import producer as producer_mod
+
+    # Readings inside one millisecond, across boundaries, and the clock stepping back.
+    readings = [1000.0001, 1000.0004, 1000.0009, 1000.0010, 1000.5, 1000.5009, 999.25, 1000.5]
+    clock = iter(readings)
+    fake = await make_fake(lambda n, req: None)
+    async with Producer(fake.address, linger_ms=60_000) as producer:
+        monkeypatch.setattr(producer_mod, "_time", lambda: next(clock))
+        futs = [await producer.send("t", b"v", partition=0) for _ in readings]
+        given = await producer.send("t", b"v", partition=0, timestamp_ms=42)
+        await producer.flush()
+    assert [f.result().timestamp_ms for f in futs] == [int(t * 1000) for t in readings]
+    assert given.result().timestamp_ms == 42
