@@ -1031,21 +1031,13 @@ class RaftCore:
         """Switch membership for an applied CONF_CHANGE entry at ``index``. Changes that no
         longer make sense are skipped identically on every member (they were validated when
         proposed, so this only happens if the log holds a stale duplicate)."""
-        voters, learners = set(self.conf.voters), set(self.conf.learners)
-        n = change.node_id
-        if change.kind == ConfChangeKind.ADD_LEARNER and n not in voters | learners:
-            learners.add(n)
-        elif change.kind == ConfChangeKind.PROMOTE and n in learners:
-            learners.discard(n)
-            voters.add(n)
-        elif change.kind == ConfChangeKind.REMOVE and n in voters | learners and voters != {n}:
-            voters.discard(n)
-            learners.discard(n)
-        else:
+        conf = self.conf.changed_by(change)
+        if conf is None:
             self.logger.info("raft %d: skipped membership change %s at %d against %s",
                                 self._id, change.describe(), index, self.conf.describe())
             return
-        self.conf = ConfState(frozenset(voters), frozenset(learners))
+        self.conf = conf
+        voters, learners = conf.voters, conf.learners
         self.logger.info("raft %d: applied %s at %d: now %s", self._id, change.describe(),
                          index, self.conf.describe())
         # Progress follows membership: new members probe from our end, removed ones go.

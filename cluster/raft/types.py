@@ -124,6 +124,24 @@ class ConfState:
         """``voters=(1 2 3) learners=(4)``."""
         return f"voters={_describe_ids(self.voters)} learners={_describe_ids(self.learners)}"
 
+    def changed_by(self, change: ConfChange) -> ConfState | None:
+        """The membership after ``change``, or None when the change no longer makes sense
+        here (see ``ConfChange``). The one membership rule: the core applies it, and storage
+        replays it to know the membership at a new log start, so both must agree."""
+        voters, learners = set(self.voters), set(self.learners)
+        n = change.node_id
+        if change.kind == ConfChangeKind.ADD_LEARNER and n not in voters | learners:
+            learners.add(n)
+        elif change.kind == ConfChangeKind.PROMOTE and n in learners:
+            learners.discard(n)
+            voters.add(n)
+        elif change.kind == ConfChangeKind.REMOVE and n in voters | learners and voters != {n}:
+            voters.discard(n)
+            learners.discard(n)
+        else:
+            return None
+        return ConfState(frozenset(voters), frozenset(learners))
+
 
 @dataclass(frozen=True, slots=True)
 class ConfChange:

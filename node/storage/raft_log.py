@@ -53,7 +53,7 @@ from rillet.cluster.raft import (
 from rillet.cluster.raft.codec import decode_conf_change
 from rillet.cluster.raft.errors import SnapshotOutOfDateError
 from rillet.cluster.raft.storage import limit_size
-from rillet.cluster.raft.types import ConfChange, ConfChangeKind, EntryKind
+from rillet.cluster.raft.types import EntryKind
 from rillet.node.storage.atomic import write_atomic
 from rillet.node.storage.errors import LogCorruptionError, StorageError
 from rillet.node.storage.log import LogConfig, PartitionLog, _wall_clock_ms
@@ -74,25 +74,6 @@ def _conf_to_json(conf: ConfState) -> dict[str, list[int]]:
 def _conf_from_json(doc: dict[str, Any]) -> ConfState:
     return ConfState(frozenset(int(v) for v in doc["voters"]),
                      frozenset(int(v) for v in doc["learners"]))
-
-
-def next_membership(conf: ConfState, change: ConfChange) -> ConfState:
-    """The membership after applying `change` to `conf`: the same rule as
-    RaftCore.apply_conf_change (a change that no longer makes sense is skipped), so the log
-    start's membership computed here matches what every core computed when applying."""
-    voters, learners = set(conf.voters), set(conf.learners)
-    n = change.node_id
-    if change.kind == ConfChangeKind.ADD_LEARNER and n not in voters | learners:
-        learners.add(n)
-    elif change.kind == ConfChangeKind.PROMOTE and n in learners:
-        learners.discard(n)
-        voters.add(n)
-    elif change.kind == ConfChangeKind.REMOVE and n in voters | learners and voters != {n}:
-        voters.discard(n)
-        learners.discard(n)
-    else:
-        return conf
-    return ConfState(frozenset(voters), frozenset(learners))
 
 
 def entry_of(batch: bytes | memoryview) -> Entry:
@@ -297,7 +278,7 @@ class PartitionRaftLog:
         while lo < new_first:
             for e in self.entries(lo, new_first, 4 << 20):
                 if e.kind == EntryKind.CONF_CHANGE:
-                    conf = next_membership(conf, decode_conf_change(e.data))
+                    conf = conf.changed_by(decode_conf_change(e.data)) or conf
                 lo = e.index + 1
         return self.plog.enforce_retention(now, max_raft_index=new_first - 1,
                                            start_meta=json.dumps(_conf_to_json(conf)))
@@ -367,5 +348,4 @@ def _sync_all(logs: list[PartitionRaftLog]) -> None:
                            f"{errors[0]!r}") from errors[0]
 
 
-__all__ = ["STATE_NAME", "PartitionRaftLog", "PartitionRaftLogSyncer", "entry_of",
-           "next_membership"]
+__all__ = ["STATE_NAME", "PartitionRaftLog", "PartitionRaftLogSyncer", "entry_of"]
