@@ -475,7 +475,7 @@ def _bench_options(f: F) -> F:
               default=1_000_000, show_default=True)
 @click.option("--max-in-flight", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--api", type=click.Choice(["record", "many"]), default="record",
-              show_default=True, help="record: send() per record with a future each; many: "
+              show_default=True, help="record: send() per record, one RecordFuture each; many: "
               "send_many() in chunks, one future per chunk.")
 @click.option("--chunk", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Records per send_many() call with --api many.")
