@@ -17,7 +17,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal
+from typing import Literal, Self
 
 import grpc
 import grpc.aio
@@ -93,6 +93,14 @@ class _Reader:
         self.positions: dict[int, int] = {}
         #: Per partition: high watermark as last reported by the broker.
         self.high_watermarks: dict[int, int] = {}
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
 
     async def start(self) -> None:
         await fetch_metadata(self._pool, self._metadata, [self.topic],
@@ -239,14 +247,6 @@ class Consumer(_Reader):
         self.reconnect_timeout_s = reconnect_timeout_s
         self.retry_backoff_ms = retry_backoff_ms
 
-    async def __aenter__(self) -> Consumer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.close()
-
     async def _fetch(self, address: str, partitions: list[int]) -> None:
         loop = asyncio.get_running_loop()
         fetch_from: dict[int, int] = {}
@@ -312,14 +312,6 @@ class Replay(_Reader):
         super().__init__(bootstrap, topic, partitions, max_bytes, queue_size, request_timeout_s)
         self._from = to_position(start)
         self._to = to_position(end)
-
-    async def __aenter__(self) -> Replay:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.close()
 
     async def _fetch(self, address: str, partitions: list[int]) -> None:
         request = log_pb2.ReplayRequest(
