@@ -18,6 +18,7 @@ from rillet.cluster.raft import Config, ConfState, Entry, EntryKind, MemoryStora
 from rillet.internal.v1 import peer_pb2, peer_pb2_grpc
 from rillet.node.peer_client import PeerClient
 from rillet.node.services.peer import PeerService, peer_server_options
+from tests import waiting
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -93,12 +94,7 @@ class GrpcNode:
 
 
 async def wait_for(pred: Callable[[], bool], what: str, timeout_s: float = DEADLINE_S) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not pred():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.02)
+    await waiting.wait_for(pred, what, timeout_s, interval_s=0.02)
 
 
 def leader(nodes: dict[int, GrpcNode], group: int, among: tuple[int, ...]) -> int:

@@ -14,6 +14,7 @@ import pytest
 from rillet.node.errors import StorageFailureError, UnknownTopicError
 from rillet.node.partition import GroupCommitter, Partition
 from rillet.node.storage.log import AppendInfo
+from tests.waiting import wait_for
 
 
 class ScriptedLog:
@@ -49,11 +50,7 @@ class ScriptedLog:
 
 async def wait_until(predicate, timeout_s: float = 5.0) -> None:
     """Poll a condition the committer's worker thread will make true, under a deadline."""
-    for _ in range(int(timeout_s / 0.001)):
-        if predicate():
-            return
-        await asyncio.sleep(0.001)
-    raise TimeoutError("condition not met")
+    await wait_for(predicate, "the committer", timeout_s, interval_s=0.001)
 
 
 @pytest.fixture

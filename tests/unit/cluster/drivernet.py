@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from rillet.cluster.driver import CountingSyncer, DurableLog, RaftDriver
 from rillet.cluster.raft import Config, ConfState, Entry, EntryKind, MemoryStorage, Role, Snapshot
 from rillet.cluster.transport import InMemoryNetwork
+from tests.waiting import wait_for
 
 DEADLINE_S = 10.0
 TICK_MS = 10.0
@@ -123,12 +124,7 @@ class Cluster:
 
     async def wait_for(self, pred: Callable[[], bool], what: str,
                        timeout_s: float = DEADLINE_S) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while not pred():
-            if loop.time() > deadline:
-                raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-            await asyncio.sleep(0.005)
+        await wait_for(pred, what, timeout_s)
 
     async def wait_leaders(self, among: Sequence[int] | None = None) -> dict[int, int]:
         await self.wait_for(lambda: all(self.leader(g, among) for g in self.groups),

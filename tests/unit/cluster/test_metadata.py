@@ -38,6 +38,7 @@ from rillet.cluster.metadata import (
 from rillet.cluster.raft import Config, ConfState, Entry, EntryKind, MemoryStorage, Role
 from rillet.cluster.raft.types import Snapshot, SnapshotMeta
 from rillet.cluster.transport import InMemoryNetwork
+from tests.waiting import wait_for
 
 
 class Harness:
@@ -482,13 +483,6 @@ async def test_three_drivers_apply_the_same_commands_to_byte_identical_states() 
         drivers[i] = driver
     for driver in drivers.values():
         driver.start()
-    loop = asyncio.get_running_loop()
-
-    async def wait_for(pred: object, what: str) -> None:
-        deadline = loop.time() + 10.0
-        while not pred():  # type: ignore[operator]
-            assert loop.time() < deadline, f"timed out waiting for {what}"
-            await asyncio.sleep(0.005)
 
     try:
         drivers[1].campaign(0)

@@ -8,7 +8,6 @@ consumer's decode of it skips the control batches and yields the records in orde
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 
 from rillet import batch
@@ -17,6 +16,7 @@ from rillet.cluster.raft import Config, ConfState, Entry, Role, Snapshot
 from rillet.cluster.transport import InMemoryNetwork
 from rillet.node.storage.log import LogConfig
 from rillet.node.storage.raft_log import PartitionRaftLog, PartitionRaftLogSyncer
+from tests.waiting import wait_for
 
 NODES = (1, 2, 3)
 GROUPS = (1, 2, 3)
@@ -64,16 +64,6 @@ class Node:
     async def restart(self) -> None:
         await self.stop()
         self.driver = self._start()
-
-
-async def wait_for(pred: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
-    """Poll a condition under a deadline (as tests/unit/cluster/drivernet.py does)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not pred():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 def leader_of(nodes: dict[int, Node], g: int) -> Node | None:
