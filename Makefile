@@ -36,9 +36,14 @@ typecheck: setup
 proto: setup
 	$(BIN)/python tools/genproto.py
 
+# Print benchmark figures (tests never assert on time). end_to_end starts and stops its own node.
 bench: setup
-	$(BIN)/rillet bench produce
+	$(BIN)/python bench/end_to_end.py
+	$(BIN)/python bench/client_hotpath.py
+	$(BIN)/python bench/storage.py
 	$(BIN)/python bench/raft_core.py
+	$(BIN)/python bench/raft_driver.py replication --seconds 5
+	$(BIN)/python bench/raft_driver.py idle --seconds 5
 
 clean:
 	rm -rf build .mypy_cache .pytest_cache .ruff_cache
