@@ -28,6 +28,7 @@ from rillet.cluster.raft import (
     Role,
 )
 from rillet.cluster.raft.codec import decode_message, encode_message
+from rillet.cluster.raft.storage import persist_ready
 
 log = logging.getLogger("bench.raft_core")
 
@@ -37,11 +38,7 @@ def _handle_ready(core: RaftCore, storage: MemoryStorage) -> tuple[list[bytes], 
     if not core.has_ready():
         return [], 0
     rd = core.ready()
-    if rd.snapshot is not None:
-        storage.apply_snapshot(rd.snapshot)
-    storage.append(rd.entries)
-    if rd.hard_state is not None:
-        storage.set_hard_state(rd.hard_state)
+    persist_ready(storage, rd)
     out = [encode_message(m) for m in rd.messages]
     applied = len(rd.committed_entries)
     core.advance(rd)

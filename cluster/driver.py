@@ -71,6 +71,7 @@ from rillet.cluster.raft import (
     Storage,
 )
 from rillet.cluster.raft.codec import decode_message, encode_message
+from rillet.cluster.raft.storage import persist_ready
 from rillet.cluster.transport import GroupMessage, Transport
 
 log = logging.getLogger(__name__)
@@ -459,15 +460,9 @@ class RaftDriver:
         # 1. persist, then one shared sync for every log that needs it.
         to_sync: list[DurableLog] = []
         for group, rd in work:
-            storage = group.log
-            if rd.snapshot is not None:
-                storage.apply_snapshot(rd.snapshot)
-            if rd.entries:
-                storage.append(rd.entries)
-            if rd.hard_state is not None:
-                storage.set_hard_state(rd.hard_state)
+            persist_ready(group.log, rd)
             if rd.must_sync:
-                to_sync.append(storage)
+                to_sync.append(group.log)
         if to_sync:
             await self.syncer.sync(to_sync)
             self.stats.syncs += 1

@@ -17,7 +17,7 @@ from .errors import (
     StorageError,
     UnavailableError,
 )
-from .storage import MemoryStorage, Storage
+from .storage import LogWriter, MemoryStorage, Storage, persist_ready
 from .types import (
     CAMPAIGN_TRANSFER,
     NONE,
@@ -38,9 +38,9 @@ from .types import (
 
 __all__ = [
     "CAMPAIGN_TRANSFER", "NONE", "CodecError", "CompactedError", "ConfChange", "ConfChangeKind",
-    "ConfState", "Config", "Entry", "EntryKind", "HardState", "MemoryStorage", "Message",
-    "MessageType", "NotLeaderError", "ProposalDroppedError", "RaftCore", "RaftError", "Ready",
-    "Role", "Snapshot", "SnapshotMeta", "SnapshotOutOfDateError",
+    "ConfState", "Config", "Entry", "EntryKind", "HardState", "LogWriter", "MemoryStorage",
+    "Message", "MessageType", "NotLeaderError", "ProposalDroppedError", "RaftCore", "RaftError",
+    "Ready", "Role", "Snapshot", "SnapshotMeta", "SnapshotOutOfDateError",
     "SnapshotTemporarilyUnavailableError", "SoftState", "Status", "Storage", "StorageError",
-    "UnavailableError",
+    "UnavailableError", "persist_ready",
 ]

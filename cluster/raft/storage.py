@@ -44,7 +44,7 @@ import itertools
 from typing import Protocol
 
 from .errors import CompactedError, SnapshotOutOfDateError, UnavailableError
-from .types import ConfState, Entry, HardState, Snapshot, SnapshotMeta
+from .types import ConfState, Entry, HardState, Ready, Snapshot, SnapshotMeta
 
 
 class Storage(Protocol):
@@ -73,6 +73,29 @@ class Storage(Protocol):
     def snapshot(self) -> Snapshot:
         """The most recent snapshot, at the log start or later."""
         ...
+
+
+class LogWriter(Protocol):
+    """The write side of a Raft log: what step 1 of the Ready contract writes to."""
+
+    def append(self, entries: list[Entry]) -> None: ...
+    def set_hard_state(self, hard_state: HardState) -> None: ...
+    def apply_snapshot(self, snapshot: Snapshot) -> None: ...
+
+
+def persist_ready(log: LogWriter, rd: Ready) -> None:
+    """Step 1 of the Ready contract, in its order: snapshot, then entries, then hard state.
+
+    Only writes; making them durable (an fsync when ``rd.must_sync``) is the caller's, so that
+    one sync can cover many groups' writes. Every driver, test network and benchmark calls this
+    instead of restating the order.
+    """
+    if rd.snapshot is not None:
+        log.apply_snapshot(rd.snapshot)
+    if rd.entries:
+        log.append(rd.entries)
+    if rd.hard_state is not None:
+        log.set_hard_state(rd.hard_state)
 
 
 def limit_size(entries: list[Entry], max_bytes: int | None) -> list[Entry]:

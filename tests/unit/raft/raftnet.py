@@ -27,6 +27,7 @@ from rillet.cluster.raft import (
     Role,
 )
 from rillet.cluster.raft.codec import decode_message, encode_message
+from rillet.cluster.raft.storage import persist_ready
 
 MAX_STEPS = 100_000
 
@@ -104,12 +105,7 @@ class Network:
         self.readies[node_id].append(rd)
         if self.trace is not None:
             self.trace.append(f"n{node_id}: {rd.describe()}")
-        storage = self.storages[node_id]
-        if rd.snapshot is not None:
-            storage.apply_snapshot(rd.snapshot)
-        storage.append(rd.entries)
-        if rd.hard_state is not None:
-            storage.set_hard_state(rd.hard_state)
+        persist_ready(self.storages[node_id], rd)
         self.applied[node_id].extend(rd.committed_entries)
         core.advance(rd)
         return rd.messages
@@ -202,11 +198,7 @@ def drain(core: RaftCore, storage: MemoryStorage) -> list[Message]:
         if not core.has_ready():
             return out
         rd = core.ready()
-        if rd.snapshot is not None:
-            storage.apply_snapshot(rd.snapshot)
-        storage.append(rd.entries)
-        if rd.hard_state is not None:
-            storage.set_hard_state(rd.hard_state)
+        persist_ready(storage, rd)
         core.advance(rd)
         out.extend(rd.messages)
     raise AssertionError("core kept producing Readies")
