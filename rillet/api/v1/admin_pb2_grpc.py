@@ -244,6 +244,11 @@ class MetadataStub:
                 request_serializer=rillet_dot_api_dot_v1_dot_admin__pb2.MetadataRequest.SerializeToString,
                 response_deserializer=rillet_dot_api_dot_v1_dot_admin__pb2.MetadataResponse.FromString,
                 _registered_method=True)
+        self.InitProducer = channel.unary_unary(
+                '/rillet.api.v1.Metadata/InitProducer',
+                request_serializer=rillet_dot_api_dot_v1_dot_admin__pb2.InitProducerRequest.SerializeToString,
+                response_deserializer=rillet_dot_api_dot_v1_dot_admin__pb2.InitProducerResponse.FromString,
+                _registered_method=True)
 
 
 class MetadataServicer:
@@ -256,6 +261,15 @@ class MetadataServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InitProducer(self, request, context):
+        """A new producer id for an idempotent producer: the cluster never hands out the same id
+        twice. The producer stamps (producer_id, producer_epoch, base_sequence) on every batch
+        (records.proto) and the partition leader drops retried duplicates.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MetadataServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -263,6 +277,11 @@ def add_MetadataServicer_to_server(servicer, server):
                     servicer.GetMetadata,
                     request_deserializer=rillet_dot_api_dot_v1_dot_admin__pb2.MetadataRequest.FromString,
                     response_serializer=rillet_dot_api_dot_v1_dot_admin__pb2.MetadataResponse.SerializeToString,
+            ),
+            'InitProducer': grpc.unary_unary_rpc_method_handler(
+                    servicer.InitProducer,
+                    request_deserializer=rillet_dot_api_dot_v1_dot_admin__pb2.InitProducerRequest.FromString,
+                    response_serializer=rillet_dot_api_dot_v1_dot_admin__pb2.InitProducerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -293,6 +312,33 @@ class Metadata:
             '/rillet.api.v1.Metadata/GetMetadata',
             rillet_dot_api_dot_v1_dot_admin__pb2.MetadataRequest.SerializeToString,
             rillet_dot_api_dot_v1_dot_admin__pb2.MetadataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InitProducer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rillet.api.v1.Metadata/InitProducer',
+            rillet_dot_api_dot_v1_dot_admin__pb2.InitProducerRequest.SerializeToString,
+            rillet_dot_api_dot_v1_dot_admin__pb2.InitProducerResponse.FromString,
             options,
             channel_credentials,
             insecure,
