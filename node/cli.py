@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
               help="TOML config file [RILLET_CONFIG].")
 @click.option("--advertised-address", default=None,
               help="HOST:PORT clients are told to use [default: --listen].")
+@click.option("--peers", default=None,
+              help="Every node of the cluster, this one included: ID=HOST:PORT,... "
+                   "[RILLET_PEERS; default: run alone].")
 @click.option("--max-batch-bytes", type=int, default=None,
               help="Largest produced batch accepted [default 1 MiB].")
 @click.option("--flush-linger-ms", type=float, default=None,

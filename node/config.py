@@ -38,6 +38,13 @@ class BrokerConfig:
     # host:port that clients are told to connect to (Metadata); defaults to `listen`.
     advertised_address: str = ""
     data_dir: Path = Path(".rillet-data")
+    # The cluster: "ID=HOST:PORT,ID=HOST:PORT,..." naming every node, this one included, by the
+    # address its peers reach it at. Empty: this node runs alone (single-node mode).
+    peers: str = ""
+    # Raft timing for every group: one tick lasts raft_tick_ms; a follower campaigns after
+    # [election_ticks, 2*election_ticks) ticks without a leader.
+    raft_tick_ms: int = 100
+    election_ticks: int = 10
     cluster_id: str = "rillet-local"
     # Largest produced batch accepted (BATCH_TOO_LARGE above it).
     max_batch_bytes: int = 1 * MIB
@@ -71,6 +78,15 @@ class BrokerConfig:
         return int(self.listen.rpartition(":")[2])
 
     @property
+    def peer_map(self) -> dict[int, str]:
+        """Node id -> address for every node of the cluster ({} in single-node mode)."""
+        return parse_peers(self.peers)
+
+    @property
+    def clustered(self) -> bool:
+        return bool(self.peers)
+
+    @property
     def address(self) -> str:
         """The address clients should use to reach this node."""
         return self.advertised_address or self.listen
@@ -102,6 +118,32 @@ class BrokerConfig:
                               f"got {self.log_level!r}")
         if not self.cluster_id:
             raise ConfigError("cluster_id must not be empty")
+        if self.peers:
+            peers = parse_peers(self.peers)
+            if self.node_id not in peers:
+                raise ConfigError(f"peers must name this node (node_id {self.node_id}), "
+                                  f"got {self.peers!r}")
+        _check_range("raft_tick_ms", self.raft_tick_ms, 1, 10_000)
+        _check_range("election_ticks", self.election_ticks, 2, 1000)
+
+
+def parse_peers(text: str) -> dict[int, str]:
+    """Parse "0=HOST:PORT,1=HOST:PORT"; ConfigError says which part is wrong."""
+    out: dict[int, str] = {}
+    if not text.strip():
+        return out
+    for part in text.split(","):
+        ident, sep, address = part.strip().partition("=")
+        if not sep or not ident.strip().isdigit():
+            raise ConfigError(f"peers must be ID=HOST:PORT entries separated by commas, "
+                              f"got {part.strip()!r}")
+        node_id = int(ident)
+        _check_range("peer node id", node_id, 0, 2**31 - 2)
+        _check_address(f"peer {node_id} address", address.strip())
+        if node_id in out:
+            raise ConfigError(f"peers names node {node_id} twice")
+        out[node_id] = address.strip()
+    return out
 
 
 def _check_range(name: str, value: int, lo: int, hi: int) -> None:
