@@ -24,14 +24,20 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from rillet.api.v1 import admin_pb2, admin_pb2_grpc, log_pb2, log_pb2_grpc
+from rillet.internal.v1 import peer_pb2_grpc
+from rillet.node.cluster_node import ClusterNode
 from rillet.node.config import MIB, BrokerConfig
 from rillet.node.errors import UnavailableError
 from rillet.node.partition import GroupCommitter
+from rillet.node.producer_ids import ProducerIdAllocator
 from rillet.node.services.admin import AdminService, MetadataService
 from rillet.node.services.common import NodeContext
+from rillet.node.services.peer import MAX_PEER_MESSAGE_BYTES, PeerService
 from rillet.node.services.produce import ProduceService
 from rillet.node.services.read import ConsumeService, ReplayService
 from rillet.node.topics import TopicRegistry
+
+HAND_OVER_TIMEOUT_S = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +63,10 @@ class Broker:
         self.config = config
         self.committer = GroupCommitter(linger_ms=config.flush_linger_ms)
         self.registry = TopicRegistry(config, self.committer)
-        self.node = NodeContext(config, self.registry)
+        self.cluster = ClusterNode(config) if config.clustered else None
+        self.node = NodeContext(
+            config, self.registry, cluster=self.cluster,
+            producer_ids=None if self.cluster else ProducerIdAllocator(config.data_dir))
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._server: grpc.aio.Server | None = None
         self._retention_task: asyncio.Task[None] | None = None
@@ -70,7 +79,13 @@ class Broker:
         receive = self.config.max_batch_bytes * 2 + MIB
         # Send: max_fetch_bytes plus one batch beyond it (a read always carries one batch).
         send = self.config.max_fetch_bytes + max(self.config.max_batch_bytes * 2, 4 * MIB) + MIB
+        if self.cluster is not None:
+            # Peers send coalesced Raft traffic of every group on this port too.
+            receive = max(receive, MAX_PEER_MESSAGE_BYTES)
+            send = max(send, MAX_PEER_MESSAGE_BYTES)
         return [
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.max_receive_message_length", receive),
             ("grpc.max_send_message_length", send),
             ("grpc.so_reuseport", 0),
@@ -90,9 +105,15 @@ class Broker:
     async def start(self) -> None:
         cfg = self.config
         self._lock_data_dir()
-        self.registry.load()
+        if self.cluster is not None:
+            await self.cluster.start()
+        else:
+            self.registry.load()
         self.committer.start()
         server = grpc.aio.server(options=self._server_options())
+        if self.cluster is not None:
+            peer_pb2_grpc.add_PeerServicer_to_server(  # type: ignore[no-untyped-call]
+                PeerService(self.cluster.raft_id, self.cluster.driver.receive), server)
         log_pb2_grpc.add_ProduceServicer_to_server(ProduceService(self.node), server)  # type: ignore[no-untyped-call]
         log_pb2_grpc.add_ConsumeServicer_to_server(ConsumeService(self.node), server)  # type: ignore[no-untyped-call]
         log_pb2_grpc.add_ReplayServicer_to_server(ReplayService(self.node), server)  # type: ignore[no-untyped-call]
@@ -122,6 +143,9 @@ class Broker:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.node.stopping.set()
+        if self.cluster is not None and self._server is not None:
+            left = await self.cluster.hand_over_leadership(HAND_OVER_TIMEOUT_S)
+            log.info("node %d: leaderships handed over (%d left)", self.config.node_id, left)
         if self._server is not None:
             await self._server.stop(self.config.shutdown_grace_s)
             self._server = None
@@ -130,6 +154,8 @@ class Broker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._retention_task
             self._retention_task = None
+        if self.cluster is not None:
+            await self.cluster.stop()
         await self.committer.stop()
         await self.registry.close(UnavailableError("node is shutting down"))
         if self._lock_file is not None:
@@ -160,6 +186,15 @@ class Broker:
     def enforce_retention(self) -> int:
         """One retention pass over every partition; returns segments deleted."""
         deleted = 0
+        if self.cluster is not None:
+            for rep in list(self.cluster.replicas.values()):
+                if rep.closed:
+                    continue
+                try:
+                    deleted += rep.rlog.enforce_retention()
+                except Exception:
+                    log.exception("partition %s: retention failed", rep.name)
+            return deleted
         for part in self.registry.partitions():
             if part.closed:
                 continue

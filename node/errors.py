@@ -84,6 +84,18 @@ class UnavailableError(BrokerError):
     retriable = True
 
 
+class OutOfOrderSequenceError(BrokerError):
+    """An idempotent producer's batch skips sequence numbers: an earlier batch is missing (it
+    failed, or is still in flight on an old leader). Resending in order fixes it."""
+
+    retriable = True
+
+
+class DuplicateSequenceError(BrokerError):
+    """An idempotent producer's batch was stored long ago (older than the remembered window):
+    not stored again; the producer treats it as delivered."""
+
+
 class StorageFailureError(BrokerError):
     """The node could not write or sync its log (disk full, fsync failed)."""
 
@@ -112,6 +124,10 @@ TABLE: dict[type[BaseException], tuple[common_pb2.ErrorCode, grpc.StatusCode]] =
     NotLeaderError: (common_pb2.ERROR_CODE_NOT_LEADER, grpc.StatusCode.UNAVAILABLE),
     UnavailableError: (common_pb2.ERROR_CODE_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE),
     StorageFailureError: (common_pb2.ERROR_CODE_STORAGE, grpc.StatusCode.INTERNAL),
+    OutOfOrderSequenceError: (
+        common_pb2.ERROR_CODE_OUT_OF_ORDER_SEQUENCE, grpc.StatusCode.FAILED_PRECONDITION),
+    DuplicateSequenceError: (
+        common_pb2.ERROR_CODE_DUPLICATE_SEQUENCE, grpc.StatusCode.ALREADY_EXISTS),
     storage_errors.StorageError: (common_pb2.ERROR_CODE_STORAGE, grpc.StatusCode.INTERNAL),
 }
 

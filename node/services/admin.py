@@ -1,18 +1,28 @@
-"""Admin (topic management) and Metadata (who leads what) for a single node.
+"""Admin (topic management) and Metadata (who leads what).
 
-On one node every partition's leader is this node and its only replica. Failures end the call
-with the status from the errors table; the message says what was wrong.
+On a single node every partition's leader is this node and its only replica. In cluster mode
+changes (create, delete, producer ids) run on the metadata group's leader: any node accepts
+them and forwards them there, then waits (bounded) until its own view shows the change, so a
+client that asks the same node next sees what it just did. Failures end the call with the
+status from the errors table; the message says what was wrong.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+
+import grpc
 
 from rillet.api.v1 import admin_pb2, admin_pb2_grpc
 from rillet.node import errors
-from rillet.node.errors import Context
+from rillet.node.cluster_node import ClusterNode, ClusterTopic, ForwardedError
+from rillet.node.errors import Context, UnavailableError
 from rillet.node.services.common import NodeContext
 from rillet.node.topics import Topic
+
+FORWARD_TIMEOUT_S = 30.0
+VIEW_WAIT_S = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +52,45 @@ def describe_topic(topic: Topic, node_id: int) -> admin_pb2.TopicDescription:
             for p in topic.partitions])
 
 
+def describe_cluster_topic(cluster: ClusterNode, topic: ClusterTopic
+                           ) -> admin_pb2.TopicDescription:
+    """A topic as this node knows it: leaders as its replicas see them, sizes and offsets of
+    its own replicas (zero for partitions it holds none of)."""
+    s = topic.settings
+    parts = []
+    for i, info in enumerate(topic.info.partitions):
+        rep = topic.replicas[i]
+        parts.append(admin_pb2.PartitionDescription(
+            partition=i, leader_id=cluster.leader_of(topic, i), replicas=list(info.replicas),
+            log_start_offset=rep.log.log_start_offset if rep is not None else 0,
+            high_watermark=rep.high_watermark if rep is not None else 0,
+            size_bytes=rep.log.size_bytes if rep is not None else 0))
+    return admin_pb2.TopicDescription(
+        name=topic.name, replication_factor=topic.replication_factor,
+        config=admin_pb2.TopicConfig(
+            retention_ms=s.retention_ms, retention_bytes=s.retention_bytes,
+            segment_bytes=s.segment_bytes, segment_ms=s.segment_ms,
+            cleanup_policy=s.cleanup_policy),  # type: ignore[arg-type]
+        partitions=parts)
+
+
+async def _wait_view(cluster: ClusterNode, name: str, *, exists: bool) -> None:
+    """Wait (bounded) until this node's metadata shows topic `name` (or its absence), and
+    its local replicas of it have leaders."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + VIEW_WAIT_S
+    while loop.time() < deadline:
+        if (name in cluster.topics) == exists:
+            break
+        await asyncio.sleep(0.02)
+    if exists:
+        await cluster.wait_leaders(name, max(0.0, deadline - loop.time()))
+
+
+async def _abort_forwarded(context: Context, exc: ForwardedError) -> None:
+    await context.abort(exc.rpc_error.code(), exc.rpc_error.details() or "")
+
+
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(self, node: NodeContext) -> None:
         self.node = node
@@ -49,6 +98,26 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def CreateTopic(
         self, request: admin_pb2.CreateTopicRequest, context: Context
     ) -> admin_pb2.CreateTopicResponse:
+        cluster = self.node.cluster
+        if cluster is not None:
+            try:
+                async def local() -> None:
+                    await cluster.create_topic(request.name, request.partitions,
+                                               request.replication_factor,
+                                               _overrides(request.config))
+
+                async def forward(ch: grpc.aio.Channel) -> None:
+                    await admin_pb2_grpc.AdminStub(ch).CreateTopic(  # type: ignore[no-untyped-call]
+                        request, timeout=FORWARD_TIMEOUT_S)
+
+                await cluster.on_metadata_leader(local, forward)
+                await _wait_view(cluster, request.name, exists=True)
+                return admin_pb2.CreateTopicResponse(
+                    topic=describe_cluster_topic(cluster, cluster.get_topic(request.name)))
+            except ForwardedError as exc:
+                await _abort_forwarded(context, exc)
+            except Exception as exc:
+                await errors.abort(context, exc, where=f"create topic {request.name!r}")
         try:
             topic = await self.node.registry.create(
                 request.name, request.partitions, request.replication_factor,
@@ -61,6 +130,23 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def DeleteTopic(
         self, request: admin_pb2.DeleteTopicRequest, context: Context
     ) -> admin_pb2.DeleteTopicResponse:
+        cluster = self.node.cluster
+        if cluster is not None:
+            try:
+                async def local() -> None:
+                    await cluster.delete_topic(request.name)
+
+                async def forward(ch: grpc.aio.Channel) -> None:
+                    await admin_pb2_grpc.AdminStub(ch).DeleteTopic(  # type: ignore[no-untyped-call]
+                        request, timeout=FORWARD_TIMEOUT_S)
+
+                await cluster.on_metadata_leader(local, forward)
+                await _wait_view(cluster, request.name, exists=False)
+                return admin_pb2.DeleteTopicResponse()
+            except ForwardedError as exc:
+                await _abort_forwarded(context, exc)
+            except Exception as exc:
+                await errors.abort(context, exc, where=f"delete topic {request.name!r}")
         try:
             await self.node.registry.delete(request.name)
             return admin_pb2.DeleteTopicResponse()
@@ -70,6 +156,12 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def ListTopics(
         self, request: admin_pb2.ListTopicsRequest, context: Context
     ) -> admin_pb2.ListTopicsResponse:
+        cluster = self.node.cluster
+        if cluster is not None:
+            return admin_pb2.ListTopicsResponse(topics=[
+                admin_pb2.TopicSummary(name=t.name, partitions=len(t.replicas),
+                                       replication_factor=t.replication_factor)
+                for t in cluster.topic_list()])
         return admin_pb2.ListTopicsResponse(topics=[
             admin_pb2.TopicSummary(name=t.name, partitions=len(t.partitions),
                                    replication_factor=t.replication_factor)
@@ -79,6 +171,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.DescribeTopicRequest, context: Context
     ) -> admin_pb2.DescribeTopicResponse:
         try:
+            cluster = self.node.cluster
+            if cluster is not None:
+                return admin_pb2.DescribeTopicResponse(
+                    topic=describe_cluster_topic(cluster, cluster.get_topic(request.name)))
             topic = self.node.registry.get(request.name)
             return admin_pb2.DescribeTopicResponse(
                 topic=describe_topic(topic, self.node.config.node_id))
@@ -94,6 +190,23 @@ class MetadataService(admin_pb2_grpc.MetadataServicer):
         self, request: admin_pb2.MetadataRequest, context: Context
     ) -> admin_pb2.MetadataResponse:
         node_id = self.node.config.node_id
+        cluster = self.node.cluster
+        if cluster is not None:
+            try:
+                ctopics = ([cluster.get_topic(name) for name in request.topics]
+                           if request.topics else cluster.topic_list())
+            except Exception as exc:
+                await errors.abort(context, exc, where="metadata")
+            return admin_pb2.MetadataResponse(
+                cluster_id=self.node.config.cluster_id,
+                brokers=[admin_pb2.Broker(node_id=b, address=a) for b, a in cluster.brokers()],
+                topics=[
+                    admin_pb2.TopicMetadata(name=t.name, partitions=[
+                        admin_pb2.PartitionMetadata(
+                            partition=i, leader_id=cluster.leader_of(t, i),
+                            replicas=list(info.replicas))
+                        for i, info in enumerate(t.info.partitions)])
+                    for t in ctopics])
         try:
             registry = self.node.registry
             topics = ([registry.get(name) for name in request.topics] if request.topics
@@ -109,3 +222,29 @@ class MetadataService(admin_pb2_grpc.MetadataServicer):
                                                 replicas=[node_id])
                     for p in t.partitions])
                 for t in topics])
+
+    async def InitProducer(
+        self, request: admin_pb2.InitProducerRequest, context: Context
+    ) -> admin_pb2.InitProducerResponse:
+        try:
+            cluster = self.node.cluster
+            if cluster is not None:
+                async def local() -> int:
+                    return await cluster.allocate_producer_id()
+
+                async def forward(ch: grpc.aio.Channel) -> int:
+                    resp = await admin_pb2_grpc.MetadataStub(ch).InitProducer(  # type: ignore[no-untyped-call]
+                        request, timeout=FORWARD_TIMEOUT_S)
+                    return int(resp.producer_id)
+
+                pid = await cluster.on_metadata_leader(local, forward)
+            else:
+                if self.node.producer_ids is None:
+                    raise UnavailableError("this node hands out no producer ids")
+                pid = await self.node.producer_ids.allocate()
+            return admin_pb2.InitProducerResponse(producer_id=pid, producer_epoch=0)
+        except ForwardedError as exc:
+            await _abort_forwarded(context, exc)
+            raise AssertionError("unreachable") from None
+        except Exception as exc:
+            await errors.abort(context, exc, where="init producer")

@@ -9,10 +9,13 @@ from dataclasses import dataclass, field
 
 from rillet.api.v1 import common_pb2
 from rillet.batch import RECORD_COUNT_FIELD
+from rillet.node.cluster_node import ClusterNode, ClusterTopic
 from rillet.node.config import BrokerConfig
 from rillet.node.errors import InvalidRequestError, OffsetOutOfRangeError
 from rillet.node.partition import Partition
-from rillet.node.topics import TopicRegistry
+from rillet.node.producer_ids import ProducerIdAllocator
+from rillet.node.replica import ReplicatedPartition
+from rillet.node.topics import Topic, TopicRegistry
 
 DEFAULT_MAX_BYTES = 1024 * 1024
 DEFAULT_MAX_WAIT_MS = 5000
@@ -33,6 +36,19 @@ class NodeContext:
     registry: TopicRegistry
     # Set when the node starts shutting down: open streams end with UNAVAILABLE.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # Cluster mode (peers configured): topics come from the metadata group, partitions are
+    # Raft groups. None: a single node serving `registry`.
+    cluster: ClusterNode | None = None
+    producer_ids: ProducerIdAllocator | None = None
+
+    def get_topic(self, name: str) -> Topic | ClusterTopic:
+        """The topic as this node serves it (UnknownTopicError / InvalidTopicError)."""
+        if self.cluster is not None:
+            return self.cluster.get_topic(name)
+        return self.registry.get(name)
+
+
+AnyPartition = Partition | ReplicatedPartition
 
 
 def clamp_max_bytes(requested: int, limit: int) -> int:
@@ -59,7 +75,7 @@ def batches_end(data: bytes, end_offset: int | None = None) -> tuple[int, int]:
     return pos, next_offset
 
 
-def resolve_position(part: Partition, position: common_pb2.Position,
+def resolve_position(part: AnyPartition, position: common_pb2.Position,
                      default: int) -> int:
     """The offset a read starts from; OUT_OF_RANGE names the valid range for a bad offset."""
     kind = position.WhichOneof("kind")

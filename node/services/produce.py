@@ -13,11 +13,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from rillet import batch as batch_codec
 from rillet.api.v1 import log_pb2, log_pb2_grpc
 from rillet.node import errors
 from rillet.node.errors import BatchTooLargeError, Context, InvalidRequestError, UnavailableError
+from rillet.node.replica import ReplicatedPartition
 from rillet.node.services.common import NodeContext
 
 log = logging.getLogger(__name__)
@@ -25,8 +27,9 @@ log = logging.getLogger(__name__)
 _DURABLE_ACKS = (log_pb2.ACKS_UNSPECIFIED, log_pb2.ACKS_ALL)
 _KNOWN_ACKS = (log_pb2.ACKS_UNSPECIFIED, log_pb2.ACKS_NONE, log_pb2.ACKS_LEADER, log_pb2.ACKS_ALL)
 
-# One queued answer: the response, and the fsync it still waits for (None: answer now).
-_Pending = tuple[log_pb2.ProduceResponse, "asyncio.Future[None] | None"]
+# One queued answer: the response, and what it still waits for (None: answer now): the fsync
+# (single node: resolves to None) or the commit (cluster: resolves to the base offset).
+_Pending = tuple[log_pb2.ProduceResponse, "asyncio.Future[Any] | None"]
 
 
 class ProduceService(log_pb2_grpc.ProduceServicer):
@@ -50,7 +53,9 @@ class ProduceService(log_pb2_grpc.ProduceServicer):
                 resp, fut = item
                 if fut is not None:
                     try:
-                        await fut
+                        base_offset = await fut
+                        if base_offset is not None:
+                            resp.base_offset = base_offset
                     except Exception as exc:
                         resp = _error_response(resp.topic, resp.partition, exc)
                 yield resp
@@ -83,13 +88,15 @@ class ProduceService(log_pb2_grpc.ProduceServicer):
                 raise UnavailableError("node is shutting down; send to another node or retry")
             if req.acks not in _KNOWN_ACKS:
                 raise InvalidRequestError(f"unknown acks value {req.acks}")
-            part = self.node.registry.get(req.topic).partition(req.partition)
+            part = self.node.get_topic(req.topic).partition(req.partition)
             data = req.batch
             if len(data) > self.max_batch_bytes:
                 raise BatchTooLargeError(
                     f"batch of {len(data)} bytes is above this broker's limit of "
                     f"{self.max_batch_bytes} bytes (max_batch_bytes)")
             batch_codec.validate(data)
+            if isinstance(part, ReplicatedPartition):
+                return self._propose(req, part)
             info, fut = part.append(data, wait_durable=req.acks in _DURABLE_ACKS)
             resp = log_pb2.ProduceResponse(
                 topic=req.topic, partition=req.partition, base_offset=info.base_offset,
@@ -98,6 +105,26 @@ class ProduceService(log_pb2_grpc.ProduceServicer):
             return resp, fut
         except Exception as exc:
             return _error_response(req.topic, req.partition, exc), None
+
+
+    @staticmethod
+    def _propose(req: log_pb2.ProduceRequest, part: ReplicatedPartition) -> _Pending:
+        """Cluster mode: the batch is a Raft proposal. acks=all and acks=leader are both
+        answered once a majority fsynced it (committed); acks=none at once, offset unknown."""
+        committed, append_ms = part.produce(req.batch)
+        resp = log_pb2.ProduceResponse(
+            topic=req.topic, partition=req.partition, base_offset=-1,
+            log_append_time_ms=append_ms, log_start_offset=part.log.log_start_offset)
+        if req.acks == log_pb2.ACKS_NONE:
+            committed.add_done_callback(_consume_outcome)
+            return resp, None
+        return resp, committed
+
+
+def _consume_outcome(fut: asyncio.Future[int]) -> None:
+    """acks=none: nobody waits for the outcome; fetch it so asyncio does not log it unseen."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _error_response(topic: str, partition: int, exc: BaseException) -> log_pb2.ProduceResponse:

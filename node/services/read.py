@@ -14,11 +14,12 @@ from collections.abc import AsyncIterator, Sequence
 
 from rillet.api.v1 import common_pb2, log_pb2, log_pb2_grpc
 from rillet.node import errors
+from rillet.node.cluster_node import ClusterTopic
 from rillet.node.errors import Context, InvalidRequestError, UnavailableError, UnknownTopicError
-from rillet.node.partition import Partition
 from rillet.node.services.common import (
     DEFAULT_MAX_WAIT_MS,
     MAX_WAIT_MS_LIMIT,
+    AnyPartition,
     NodeContext,
     batches_end,
     clamp_max_bytes,
@@ -34,7 +35,7 @@ class _Cursor:
 
     __slots__ = ("end", "next", "part")
 
-    def __init__(self, part: Partition, next_offset: int, end: int | None = None) -> None:
+    def __init__(self, part: AnyPartition, next_offset: int, end: int | None = None) -> None:
         self.part = part
         self.next = next_offset
         self.end = end
@@ -44,7 +45,7 @@ class _Cursor:
         return self.end is not None and self.next >= self.end
 
 
-def _check_live(node: NodeContext, topic: Topic) -> None:
+def _check_live(node: NodeContext, topic: Topic | ClusterTopic) -> None:
     if node.stopping.is_set():
         raise UnavailableError("node is shutting down; reconnect to continue")
     if topic.deleted:
@@ -81,11 +82,11 @@ def _fill(cursors: Sequence[_Cursor], start: int, max_bytes: int,
     return out
 
 
-def _partitions(topic: Topic, indexes: Sequence[int]) -> list[Partition]:
+def _partitions(topic: Topic | ClusterTopic, indexes: Sequence[int]) -> list[AnyPartition]:
     if not indexes:
         return list(topic.partitions)
     seen = set()
-    out = []
+    out: list[AnyPartition] = []
     for index in indexes:
         if index in seen:
             raise InvalidRequestError(f"partition {index} is listed twice")
@@ -103,7 +104,7 @@ class ConsumeService(log_pb2_grpc.ConsumeServicer):
     ) -> AsyncIterator[log_pb2.ConsumeResponse]:
         node = self.node
         try:
-            topic = node.registry.get(request.topic)
+            topic = node.get_topic(request.topic)
             if request.partitions:
                 parts = _partitions(topic, [pp.partition for pp in request.partitions])
                 cursors = [
@@ -164,7 +165,7 @@ class ReplayService(log_pb2_grpc.ReplayServicer):
     ) -> AsyncIterator[log_pb2.ReplayResponse]:
         node = self.node
         try:
-            topic = node.registry.get(request.topic)
+            topic = node.get_topic(request.topic)
             parts = _partitions(topic, list(request.partitions))
             cursors = []
             for p in parts:
@@ -190,7 +191,7 @@ class ReplayService(log_pb2_grpc.ReplayServicer):
             yield log_pb2.ReplayResponse(partitions=data)
 
 
-def _resolve_end(part: Partition, position: common_pb2.Position) -> int:
+def _resolve_end(part: AnyPartition, position: common_pb2.Position) -> int:
     """Exclusive end of a replay, fixed when the request arrives (never above the hw)."""
     hw = part.high_watermark
     kind = position.WhichOneof("kind")

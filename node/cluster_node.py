@@ -1,0 +1,570 @@
+"""Cluster mode of a node: the Raft driver, the metadata group, and this node's replicas.
+
+Started by the Broker when ``peers`` is configured. What runs here:
+
+- ONE ``RaftDriver`` for every group this node is a member of, over ONE ``PeerClient``
+  (one long-lived stream per peer, every group's messages coalesced on it) and ONE
+  ``PartitionRaftLogSyncer`` (one fsync round shared by every group: group commit).
+- The **metadata group** (group id 0): the first five nodes by id are voters, the others
+  learners, so every node applies the same ``MetadataState`` (brokers, topics, assignments,
+  producer id blocks). Its log is a PartitionRaftLog under ``<data_dir>/metadata`` whose
+  entries are one-record batches carrying a command's canonical JSON.
+- **Reconciliation**: after every metadata change, this node opens (or removes) the
+  partition replicas the assignments give it: each is a Raft group over its replicas, with its
+  partition log under ``<data_dir>/partitions/<group id>-<topic>-<partition>``. The preferred
+  leader (first replica) of a new partition campaigns at once, so leaders start spread the way
+  placement spread them.
+- **Registration**: the metadata leader registers every configured peer (id and address);
+  so a node needs no RPC of its own to join.
+
+Node ids: broker ids start at 0, Raft ids must be positive: Raft id = broker id + 1, mapped
+here and in node/replica.py and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from rillet import batch as batch_codec
+from rillet.cluster import metadata as md
+from rillet.cluster.driver import DriverError, RaftDriver
+from rillet.cluster.raft import Config, ConfState, Entry, EntryKind, RaftError, Role, Snapshot
+from rillet.node.config import MIB, BrokerConfig
+from rillet.node.errors import (
+    InvalidConfigError,
+    InvalidTopicError,
+    NotLeaderError,
+    PartitionOutOfRangeError,
+    TopicExistsError,
+    UnavailableError,
+    UnknownTopicError,
+)
+from rillet.node.peer_client import PeerClient
+from rillet.node.replica import ReplicatedPartition, broker_id, raft_id
+from rillet.node.storage.log import LogConfig
+from rillet.node.storage.raft_log import PartitionRaftLog, PartitionRaftLogSyncer
+from rillet.node.topics import TopicSettings, validate_name
+
+log = logging.getLogger(__name__)
+
+METADATA_GROUP = 0
+MAX_METADATA_VOTERS = 5
+LEADER_WAIT_S = 5.0
+_POLL_S = 0.05
+_T = TypeVar("_T")
+
+
+# -- the metadata group's state machine ---------------------------------------------------------
+
+
+def wrap_command(command: md.Command) -> bytes:
+    """A metadata command as a Raft entry of a partition-format log: a one-record batch."""
+    return batch_codec.encode([md.encode_command(command)], timestamps_ms=[0])
+
+
+def _unwrap(data: bytes) -> bytes:
+    records = batch_codec.decode(data)
+    return records[0].value if len(records) == 1 else b""
+
+
+class MetadataReplica:
+    """Applies the metadata group's committed entries to a ``MetadataMachine`` and tells the
+    node something changed."""
+
+    def __init__(self, on_change: Callable[[], None]) -> None:
+        self.machine = md.MetadataMachine()
+        self.on_change = on_change
+        self.applied_term = 0
+
+    @property
+    def state(self) -> md.MetadataState:
+        return self.machine.state
+
+    def apply(self, entries: list[Entry]) -> None:
+        out = []
+        for e in entries:
+            self.applied_term = e.term
+            if e.kind == EntryKind.NORMAL and e.data:
+                try:
+                    payload = _unwrap(e.data)
+                except batch_codec.BatchError:
+                    payload = b"?"  # the machine rejects it as UNDECODABLE, on every node alike
+                out.append(Entry(e.index, e.term, e.kind, payload))
+            else:
+                out.append(e)
+        self.machine.apply(out)
+        self.on_change()
+
+    def restore(self, snapshot: Snapshot) -> None:
+        # The metadata log keeps everything (no retention), so its start never moves and no
+        # leader ever needs to send one. A snapshot here means a broken invariant.
+        raise RuntimeError(f"metadata group got a snapshot at {snapshot.meta.index}; "
+                           "the metadata log is never truncated")
+
+
+# -- topics as this node serves them --------------------------------------------------------------
+
+
+class ClusterTopic:
+    """A topic of the metadata state as the servicers see it (the single-node Topic's shape):
+    partitions this node holds a replica of are served here, the others raise NOT_LEADER."""
+
+    def __init__(self, info: md.TopicInfo, settings: TopicSettings) -> None:
+        self.name = info.name
+        self.topic_id = info.topic_id
+        self.info = info
+        self.replication_factor = info.replication_factor
+        self.settings = settings
+        self.replicas: list[ReplicatedPartition | None] = [None] * len(info.partitions)
+        self.deleted = False
+        self._data_event = asyncio.Event()
+
+    @property
+    def data_event(self) -> asyncio.Event:
+        return self._data_event
+
+    def notify(self) -> None:
+        event, self._data_event = self._data_event, asyncio.Event()
+        event.set()
+
+    def partition(self, index: int) -> ReplicatedPartition:
+        if self.deleted:
+            raise UnknownTopicError(f"topic {self.name!r} was deleted")
+        if not 0 <= index < len(self.replicas):
+            raise PartitionOutOfRangeError(
+                f"topic {self.name!r} has partitions 0 to {len(self.replicas) - 1}; "
+                f"there is no partition {index}")
+        part = self.replicas[index]
+        if part is None:
+            info = self.info.partitions[index]
+            raise NotLeaderError(
+                f"this node holds no replica of partition {self.name}-{index}; its replicas "
+                f"are nodes {', '.join(map(str, info.replicas))}")
+        return part
+
+    @property
+    def partitions(self) -> list[ReplicatedPartition]:
+        return [self.partition(i) for i in range(len(self.replicas))]
+
+
+_REJECT_ERRORS: dict[md.RejectCode, type[Exception]] = {
+    md.RejectCode.INVALID_TOPIC: InvalidTopicError,
+    md.RejectCode.UNKNOWN_TOPIC: UnknownTopicError,
+    md.RejectCode.TOPIC_EXISTS: TopicExistsError,
+    md.RejectCode.INVALID_CONFIG: InvalidConfigError,
+    md.RejectCode.NOT_ENOUGH_BROKERS: InvalidConfigError,
+    md.RejectCode.PARTITION_OUT_OF_RANGE: PartitionOutOfRangeError,
+}
+
+
+class ClusterNode:
+    """The clustered part of one broker; see the module docstring."""
+
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        self.broker_id = config.node_id
+        self.peers = config.peer_map
+        self.raft_id = raft_id(self.broker_id)
+        self.transport = PeerClient(
+            self.raft_id, {raft_id(b): addr for b, addr in self.peers.items()})
+        self.driver = RaftDriver(
+            self.raft_id, self.transport, PartitionRaftLogSyncer(),
+            raft_config=Config(id=self.raft_id, election_ticks=config.election_ticks),
+            tick_ms=float(config.raft_tick_ms))
+        self.metadata = MetadataReplica(self._metadata_changed)
+        self.replicas: dict[int, ReplicatedPartition] = {}
+        self.topics: dict[str, ClusterTopic] = {}
+        self.partitions_dir = config.data_dir / "partitions"
+        self._reconcile_wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._pid_next = 0
+        self._pid_last = -1
+        self._pid_lock = asyncio.Lock()
+        self._meta_lock = asyncio.Lock()
+        self._stopped = False
+        self.meta_log: PartitionRaftLog | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def metadata_conf(self) -> ConfState:
+        ids = sorted(raft_id(b) for b in self.peers)
+        return ConfState(frozenset(ids[:MAX_METADATA_VOTERS]),
+                         frozenset(ids[MAX_METADATA_VOTERS:]))
+
+    async def start(self) -> None:
+        self.partitions_dir.mkdir(parents=True, exist_ok=True)
+        meta_log = await asyncio.to_thread(
+            PartitionRaftLog.open, self.config.data_dir / "metadata",
+            LogConfig(segment_bytes=64 * MIB, retention_ms=-1, retention_bytes=-1),
+            conf=self.metadata_conf())
+        self.meta_log = meta_log
+        self.driver.start()
+        self.driver.add_group(METADATA_GROUP, meta_log, self.metadata)
+        for name, coro in (("reconcile", self._reconcile_loop()),
+                           ("register", self._register_loop())):
+            task = asyncio.create_task(coro, name=f"{name}-{self.broker_id}")
+            task.add_done_callback(self._on_task_done)
+            self._tasks.append(task)
+        log.info("node %d: cluster mode, peers %s", self.broker_id,
+                 ", ".join(f"{b}={a}" for b, a in sorted(self.peers.items())))
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.critical("node %d: %s task died", self.broker_id, task.get_name(),
+                         exc_info=task.exception())
+
+    async def hand_over_leadership(self, timeout_s: float) -> int:
+        """Transfer every leadership of this node to another voter and wait (bounded) until
+        none is left here; returns how many groups this node still leads."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        asked: set[int] = set()
+        while True:
+            led = [g for g in self.driver.groups() if self._leads(g)]
+            if not led or loop.time() >= deadline:
+                return len(led)
+            for g in led:
+                if g in asked:
+                    continue
+                target = self._transfer_target(g)
+                if target is None:
+                    continue
+                try:
+                    self.driver.transfer_leader(g, target)
+                    asked.add(g)
+                except (RaftError, DriverError) as exc:
+                    log.info("group %d: no hand-over: %s", g, exc)
+            await asyncio.sleep(_POLL_S)
+
+    def _leads(self, group: int) -> bool:
+        try:
+            return self.driver.core(group).role == Role.LEADER
+        except DriverError:
+            return False
+
+    def _transfer_target(self, group: int) -> int | None:
+        core = self.driver.core(group)
+        others = sorted(v for v in core.conf_state.voters if v != self.raft_id)
+        if not others:
+            return None
+        status = core.status()
+        # Prefer the most caught-up follower (the progress line starts with "match=N").
+        def match(v: int) -> int:
+            text = status.progress.get(v, "")
+            for part in text.split():
+                if part.startswith("match="):
+                    with contextlib.suppress(ValueError):
+                        return int(part[6:])
+            return -1
+        return max(others, key=match)
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self.driver.stop()
+        reason = UnavailableError("node is shutting down")
+        for part in self.replicas.values():
+            part.close(reason)
+        logs = [p.rlog for p in self.replicas.values()]
+        if self.meta_log is not None:
+            logs.append(self.meta_log)
+            self.meta_log = None
+        self.replicas.clear()
+        await asyncio.to_thread(_close_logs, logs)
+        for ch in self._channels.values():
+            await ch.close(None)
+        self._channels.clear()
+        for topic in self.topics.values():
+            topic.notify()
+
+    # -- metadata changes -> replicas -----------------------------------------------------------
+
+    def _metadata_changed(self) -> None:
+        self._reconcile_wake.set()
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await self._reconcile_wake.wait()
+            self._reconcile_wake.clear()
+            await self._reconcile()
+
+    async def _reconcile(self) -> None:
+        state = self.metadata.state
+        # Topics: new ones appear, deleted (or deleted and re-created) ones end.
+        current = {t.name: t for t in state.topics()}
+        for name, gone in list(self.topics.items()):
+            now = current.get(name)
+            if now is None or now.topic_id != gone.topic_id:
+                gone.deleted = True
+                del self.topics[name]
+                gone.notify()
+        for name, info in current.items():
+            existing = self.topics.get(name)
+            if existing is None:
+                settings = TopicSettings.defaults(self.config).with_overrides(
+                    dict(info.config))
+                self.topics[name] = ClusterTopic(info, settings)
+            else:
+                existing.info = info
+        # Replicas: the groups the assignments give this node.
+        desired: dict[int, md.PartitionInfo] = {
+            p.group_id: p for p in state.partitions() if self.broker_id in p.replicas}
+        for gid in [g for g in self.replicas if g not in desired]:
+            await self._remove_replica(gid)
+        to_open = [p for gid, p in desired.items() if gid not in self.replicas]
+        if to_open:
+            opened = await asyncio.to_thread(self._open_logs, to_open)
+            for p, rlog, fresh in opened:
+                self._add_replica(p, rlog, fresh)
+        for gid, p in desired.items():
+            owner = self.topics.get(p.topic)
+            part = self.replicas.get(gid)
+            if owner is not None and part is not None and p.partition < len(owner.replicas):
+                owner.replicas[p.partition] = part
+        await asyncio.to_thread(self._remove_stale_dirs, set(desired), state.next_group_id)
+
+    def _dir_of(self, p: md.PartitionInfo) -> Path:
+        return self.partitions_dir / f"{p.group_id}-{p.topic}-{p.partition}"
+
+    def _open_logs(self, parts: Sequence[md.PartitionInfo]
+                   ) -> list[tuple[md.PartitionInfo, PartitionRaftLog, bool]]:
+        out = []
+        for p in parts:
+            topic = self.topics.get(p.topic)
+            settings = topic.settings if topic is not None else TopicSettings.defaults(
+                self.config)
+            conf = ConfState(frozenset(raft_id(b) for b in p.replicas))
+            directory = self._dir_of(p)
+            fresh = not directory.exists()
+            rlog = PartitionRaftLog.open(
+                directory, settings.log_config(self.config.index_interval_bytes), conf=conf)
+            out.append((p, rlog, fresh))
+        return out
+
+    def _add_replica(self, p: md.PartitionInfo, rlog: PartitionRaftLog, fresh: bool) -> None:
+        topic = self.topics.get(p.topic)
+        on_advance = topic.notify if topic is not None else (lambda: None)
+        part = ReplicatedPartition(p.topic, p.partition, p.group_id, rlog, self.driver,
+                                   on_advance=on_advance)
+        self.replicas[p.group_id] = part
+        self.driver.add_group(p.group_id, rlog, part)
+        if fresh and p.replicas and p.replicas[0] == self.broker_id:
+            self.driver.campaign(p.group_id)  # the preferred leader starts the first term
+        log.info("node %d: replica of %s-%d (group %d, replicas %s)%s", self.broker_id,
+                 p.topic, p.partition, p.group_id, list(p.replicas), " new" if fresh else "")
+
+    async def _remove_replica(self, gid: int) -> None:
+        part = self.replicas.pop(gid)
+        with contextlib.suppress(DriverError):
+            self.driver.remove_group(gid)
+        part.close(UnknownTopicError(f"topic {part.topic!r} was deleted"))
+        directory = part.rlog.directory
+
+        def close_and_remove() -> None:
+            part.rlog.abandon()
+            shutil.rmtree(directory, ignore_errors=True)
+        await asyncio.to_thread(close_and_remove)
+        log.info("node %d: removed replica of %s (group %d)", self.broker_id, part.name, gid)
+
+    def _remove_stale_dirs(self, desired: set[int], next_group_id: int) -> None:
+        """Directories of groups that were deleted (ids below next_group_id, not assigned
+        here): left by a crash between the delete and the cleanup."""
+        for child in self.partitions_dir.iterdir():
+            head = child.name.split("-", 1)[0]
+            if not head.isdigit():
+                continue
+            gid = int(head)
+            if gid < next_group_id and gid not in desired and gid not in self.replicas:
+                log.warning("removing %s: its partition is no longer assigned here", child)
+                shutil.rmtree(child, ignore_errors=True)
+
+    # -- registration ---------------------------------------------------------------------------
+
+    async def _register_loop(self) -> None:
+        """While this node leads the metadata group, register every configured peer that the
+        state does not list with its address."""
+        while True:
+            await asyncio.sleep(0.2)
+            if not self.metadata_ready():
+                continue
+            state = self.metadata.state
+            for b, address in sorted(self.peers.items()):
+                info = state.broker(b)
+                if info is not None and info.address == address:
+                    continue
+                try:
+                    result = await self.propose_metadata(md.RegisterBroker(b, address))
+                    log.info("registered broker %d at %s: %s", b, address, result.describe())
+                except Exception as exc:
+                    log.info("registering broker %d failed (will retry): %s", b, exc)
+                    break
+
+    # -- the metadata group ---------------------------------------------------------------------
+
+    def metadata_leader(self) -> int:
+        """Broker id of the metadata leader as known here; -1 when unknown."""
+        return broker_id(self.driver.core(METADATA_GROUP).leader)
+
+    def metadata_ready(self) -> bool:
+        """This node leads the metadata group and has applied everything before its term."""
+        core = self.driver.core(METADATA_GROUP)
+        return core.role == Role.LEADER and self.metadata.applied_term == core.term
+
+    async def propose_metadata(self, command: md.Command) -> md.Accepted:
+        """Propose on this node (it must be the ready metadata leader); raise the mapped
+        error for a rejection."""
+        async with self._meta_lock:
+            if not self.metadata_ready():
+                raise NotLeaderError("this node does not lead the metadata group")
+            try:
+                index = await self.driver.propose(METADATA_GROUP, wrap_command(command))
+            except (RaftError, DriverError) as exc:
+                raise UnavailableError(f"metadata change not committed: {exc}") from exc
+        result = self.metadata.machine.result(index)
+        if result is None:
+            raise UnavailableError(f"metadata result of entry {index} is gone; retry")
+        if isinstance(result, md.Rejected):
+            err = _REJECT_ERRORS.get(result.code, InvalidConfigError)
+            raise err(result.message)
+        assert isinstance(result, md.Accepted)
+        return result
+
+    async def wait_metadata_leader(self) -> int:
+        """The metadata leader's broker id, waiting (bounded) while an election runs."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LEADER_WAIT_S
+        while True:
+            if self.metadata_ready():
+                return self.broker_id
+            leader = self.metadata_leader()
+            if leader >= 0 and leader != self.broker_id:
+                return leader
+            if loop.time() >= deadline:
+                raise UnavailableError("the cluster has no metadata leader right now (fewer "
+                                       "than a majority of nodes up?); retry")
+            await asyncio.sleep(_POLL_S)
+
+    def channel(self, broker: int) -> grpc.aio.Channel:
+        address = self.peers[broker]
+        ch = self._channels.get(address)
+        if ch is None:
+            ch = self._channels[address] = grpc.aio.insecure_channel(address)
+        return ch
+
+    async def on_metadata_leader(self, local: Callable[[], Any],
+                                 forward: Callable[[grpc.aio.Channel], Any]) -> Any:
+        """Run ``local()`` here if this node leads the metadata group, else ``forward`` the
+        call to the leader (any node answers admin calls)."""
+        leader = await self.wait_metadata_leader()
+        if leader == self.broker_id:
+            return await local()
+        try:
+            return await forward(self.channel(leader))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise UnavailableError(
+                    f"metadata leader node {leader} did not answer: {exc.details()}") from exc
+            raise ForwardedError(exc) from None
+
+    # -- admin operations (run on the metadata leader) ----------------------------------------
+
+    async def create_topic(self, name: str, partitions: int, replication_factor: int,
+                           overrides: dict[str, int]) -> md.TopicInfo:
+        validate_name(name)
+        if partitions == 0:
+            partitions = self.config.default_partitions
+        if replication_factor == 0:
+            replication_factor = min(3, len(self.peers)) if len(self.peers) >= 3 else 1
+        TopicSettings.defaults(self.config).with_overrides(overrides)  # check before proposing
+        await self.propose_metadata(md.CreateTopic(name, partitions, replication_factor,
+                                                   overrides))
+        info = self.metadata.state.topic(name)
+        if info is None:
+            raise UnavailableError(f"topic {name!r} was created and deleted at once; retry")
+        return info
+
+    async def delete_topic(self, name: str) -> None:
+        await self.propose_metadata(md.DeleteTopic(name))
+
+    async def allocate_producer_id(self) -> int:
+        async with self._pid_lock:
+            if self._pid_next > self._pid_last:
+                result = await self.propose_metadata(
+                    md.AllocateProducerIds(self.broker_id, 1000))
+                block = result.producer_ids
+                assert block is not None
+                self._pid_next, self._pid_last = block.first, block.last
+            pid = self._pid_next
+            self._pid_next += 1
+            return pid
+
+    async def wait_leaders(self, name: str, timeout_s: float) -> None:
+        """Wait (bounded) until every partition of ``name`` this node holds has a leader."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            topic = self.topics.get(name)
+            if topic is not None and all(
+                    part is not None and part.leader_id() >= 0
+                    for part, info in zip(topic.replicas, topic.info.partitions, strict=True)
+                    if self.broker_id in info.replicas):
+                return
+            await asyncio.sleep(_POLL_S)
+
+    # -- views for Admin / Metadata -----------------------------------------------------------
+
+    def get_topic(self, name: str) -> ClusterTopic:
+        topic = self.topics.get(name)
+        if topic is None:
+            validate_name(name)
+            raise UnknownTopicError(f"unknown topic {name!r}")
+        return topic
+
+    def topic_list(self) -> list[ClusterTopic]:
+        return [self.topics[n] for n in sorted(self.topics)]
+
+    def leader_of(self, topic: ClusterTopic, index: int) -> int:
+        """Broker id of a partition's leader as this node knows it; -1 when unknown."""
+        part = topic.replicas[index]
+        if part is not None:
+            return part.leader_id()
+        info = topic.info.partitions[index]
+        if len(info.replicas) == 1:
+            return info.replicas[0]
+        return -1
+
+    def brokers(self) -> Iterator[tuple[int, str]]:
+        for b in self.metadata.state.brokers():
+            yield b.node_id, b.address
+
+
+class ForwardedError(Exception):
+    """An error status the metadata leader answered a forwarded call with: passed on as is."""
+
+    def __init__(self, rpc_error: grpc.aio.AioRpcError) -> None:
+        super().__init__(rpc_error.details() or "")
+        self.rpc_error = rpc_error
+
+
+def _close_logs(logs: list[PartitionRaftLog]) -> None:
+    for lg in logs:
+        try:
+            lg.close()
+        except Exception:
+            log.exception("%s: close failed", lg.directory)
