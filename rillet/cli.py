@@ -1,4 +1,5 @@
-"""The `rillet` command line: serve a node, manage topics, produce, consume, replay, bench.
+"""The `rillet` command line: serve a node, manage topics, produce, consume, replay, inspect
+the cluster, bench.
 
 Every client command takes --bootstrap (env RILLET_BOOTSTRAP) and --timeout, the deadline for
 reaching the cluster. Any failure prints one line, `rillet: error: <reason>`, on stderr and exits
@@ -19,13 +20,30 @@ from pathlib import Path
 from typing import IO, Any, NoReturn, TypeVar
 
 import click
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from rillet.api.v1 import admin_pb2, admin_pb2_grpc
 from rillet.client import Admin, Consumer, Producer, Replay, Timestamp
 from rillet.client.admin import config_dict
 from rillet.client.bench import bench_consume, bench_produce
-from rillet.client.connection import DEFAULT_BOOTSTRAP, describe, fetch_metadata, parse_bootstrap
+from rillet.client.connection import (
+    DEFAULT_BOOTSTRAP,
+    ChannelPool,
+    describe,
+    fetch_metadata,
+    make_stub,
+    parse_bootstrap,
+)
 from rillet.client.consumer import PositionSpec
-from rillet.client.errors import RilletError
+from rillet.client.errors import (
+    ClusterUnreachableError,
+    RilletError,
+    UnknownTopicError,
+    from_rpc_error,
+)
+from rillet.client.metadata import ClusterMetadata
 from rillet.client.records import RecordBatch
 
 T = TypeVar("T")
@@ -167,30 +185,118 @@ def topic_list(bootstrap: str, timeout: float) -> None:
 
 @topic.command("describe")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="json: one object, per partition: partition, leader_id, "
+              "replicas, log_start_offset, high_watermark, size_bytes.")
+@click.option("--json", "as_json", is_flag=True, hidden=True, help="Same as --format json.")
 @client_options
-def topic_describe(name: str, as_json: bool, bootstrap: str, timeout: float) -> None:
-    """Settings and per-partition state (leader, log start, high watermark, size)."""
+def topic_describe(name: str, fmt: str, as_json: bool, bootstrap: str, timeout: float) -> None:
+    """Settings and per-partition state (leader, replicas, log start, high watermark, size).
+
+    Each partition's offsets and size come from its leader's replica (the committed view);
+    a partition without a reachable leader shows what the first answering node holds.
+    """
     async def go() -> None:
-        async with Admin(_check_bootstrap(bootstrap), timeout=timeout) as admin:
-            desc = await admin.describe_topic(name)
-        parts = [{"partition": p.partition, "leader": p.leader_id, "replicas": list(p.replicas),
-                  "log_start_offset": p.log_start_offset, "high_watermark": p.high_watermark,
-                  "size_bytes": p.size_bytes} for p in desc.partitions]
-        if as_json:
-            click.echo(json.dumps({"name": desc.name,
-                                   "replication_factor": desc.replication_factor,
-                                   "config": config_dict(desc.config), "partitions": parts}))
+        bs = _check_bootstrap(bootstrap)
+        pool = ChannelPool()
+        try:
+            desc, _ = await _describe_topics(pool, bs, [name], timeout)
+        finally:
+            await pool.close()
+        topic_doc = desc[0]
+        if as_json or fmt == "json":
+            click.echo(json.dumps(topic_doc))
             return
-        click.echo(f"topic {desc.name}: {len(parts)} partitions, replication factor "
-                   f"{desc.replication_factor}")
-        for k, v in config_dict(desc.config).items():
+        parts = topic_doc["partitions"]
+        click.echo(f"topic {topic_doc['name']}: {len(parts)} partitions, replication factor "
+                   f"{topic_doc['replication_factor']}")
+        for k, v in topic_doc["config"].items():
             click.echo(f"  {k}={v}")
-        click.echo("  partition\tleader\tlog_start\thigh_watermark\tsize_bytes")
+        click.echo("  partition\tleader\treplicas\tlog_start\thigh_watermark\tsize_bytes")
         for p in parts:
-            click.echo(f"  {p['partition']}\t{p['leader']}\t{p['log_start_offset']}\t"
+            click.echo(f"  {p['partition']}\t{_leader_text(p['leader_id'])}\t"
+                       f"{_replicas_text(p['replicas'])}\t{p['log_start_offset']}\t"
                        f"{p['high_watermark']}\t{p['size_bytes']}")
     _run(go())
+
+
+def _leader_text(leader_id: int) -> str:
+    return "none" if leader_id < 0 else str(leader_id)
+
+
+def _replicas_text(replicas: Sequence[int]) -> str:
+    return ",".join(str(r) for r in replicas)
+
+
+def _partition_doc(p: admin_pb2.PartitionDescription) -> dict[str, Any]:
+    return {"partition": p.partition, "leader_id": p.leader_id, "replicas": list(p.replicas),
+            "log_start_offset": p.log_start_offset, "high_watermark": p.high_watermark,
+            "size_bytes": p.size_bytes}
+
+
+async def _describe_at(pool: ChannelPool, address: str, topic_name: str, timeout_s: float
+                       ) -> admin_pb2.TopicDescription:
+    stub = make_stub(admin_pb2_grpc.AdminStub, pool.get(address))
+    try:
+        resp: admin_pb2.DescribeTopicResponse = await stub.DescribeTopic(
+            admin_pb2.DescribeTopicRequest(name=topic_name), timeout=timeout_s)
+    except grpc.aio.AioRpcError as exc:
+        raise from_rpc_error(exc) from exc
+    return resp.topic
+
+
+async def _describe_topics(pool: ChannelPool, bootstrap: str, names: Sequence[str],
+                           timeout_s: float) -> tuple[list[dict[str, Any]], ClusterMetadata]:
+    """Describe topics (all when `names` is empty) with every partition as its leader sees it.
+
+    Metadata says who leads what; one DescribeTopic per leading node gives the leader's
+    high watermark, log start and size (a follower's replica may lag). Leaders and replicas
+    come from the metadata; the rest falls back to the first node that answers.
+    """
+    meta = ClusterMetadata(parse_bootstrap(bootstrap))
+    await fetch_metadata(pool, meta, names, timeout_s=timeout_s)
+    topics = list(names) or meta.topics()
+    out: list[dict[str, Any]] = []
+    for topic_name in topics:
+        infos = meta.partitions(topic_name)
+        if infos is None:
+            raise UnknownTopicError(f"topic {topic_name!r} does not exist")
+        # Any node describes the topic (settings, and a fallback per partition)...
+        base: admin_pb2.TopicDescription | None = None
+        last: Exception | None = None
+        for addr in dict.fromkeys([*meta.bootstrap, *meta.brokers.values()]):
+            try:
+                base = await _describe_at(pool, addr, topic_name, timeout_s)
+                break
+            except RilletError as exc:
+                if isinstance(exc, UnknownTopicError):
+                    raise
+                last = exc
+        if base is None:
+            raise ClusterUnreachableError(f"no node describes topic {topic_name!r}: {last}")
+        by_partition = {p.partition: p for p in base.partitions}
+        # ...and each leader its own partitions.
+        leaders = sorted({i.leader_id for i in infos if i.leader_id >= 0})
+        answers = await asyncio.gather(
+            *(_describe_at(pool, meta.address(n) or "", topic_name, timeout_s)
+              for n in leaders if meta.address(n)), return_exceptions=True)
+        led = {n: a for n, a in zip([n for n in leaders if meta.address(n)], answers,
+                                     strict=True) if isinstance(a, admin_pb2.TopicDescription)}
+        parts = []
+        for info in infos:
+            view = led.get(info.leader_id)
+            mine = next((p for p in view.partitions if p.partition == info.partition),
+                        None) if view is not None else None
+            p = mine or by_partition.get(info.partition)
+            doc: dict[str, Any] = _partition_doc(p) if p is not None else {
+                "partition": info.partition, "log_start_offset": -1, "high_watermark": -1,
+                "size_bytes": -1}
+            doc["leader_id"] = info.leader_id
+            doc["replicas"] = list(info.replicas)
+            parts.append(doc)
+        out.append({"name": base.name, "replication_factor": base.replication_factor,
+                    "config": config_dict(base.config), "partitions": parts})
+    return out, meta
 
 
 @topic.command("delete")
@@ -446,6 +552,71 @@ async def _replay_total(bootstrap: str, topic_name: str, start: PositionSpec,
     return total
 
 
+# ------------------------------------------------------------------------------------ cluster
+
+
+@main.group()
+def cluster() -> None:
+    """Inspect the cluster: nodes, their health, partition leaders."""
+
+
+HEALTH_TIMEOUT_S = 1.0
+
+
+async def _health(pool: ChannelPool, address: str) -> str:
+    """SERVING / NOT_SERVING / ..., or UNREACHABLE (<status>) within HEALTH_TIMEOUT_S."""
+    stub = make_stub(health_pb2_grpc.HealthStub, pool.get(address))
+    try:
+        resp = await stub.Check(health_pb2.HealthCheckRequest(), timeout=HEALTH_TIMEOUT_S)
+    except grpc.aio.AioRpcError as exc:
+        return f"UNREACHABLE ({exc.code().name})"
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
+
+
+@cluster.command("status")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="json: one object with nodes (id, address, health) and "
+              "topics (per partition: partition, leader_id, replicas, high_watermark, ...).")
+@client_options
+def cluster_status(fmt: str, bootstrap: str, timeout: float) -> None:
+    """Nodes with their health, and the leader and replicas of every partition.
+
+    Metadata comes from the first bootstrap node that answers; every registered node is then
+    asked for its health with a short deadline, so a dead node shows as UNREACHABLE instead
+    of stalling the command.
+    """
+    async def go() -> None:
+        bs = _check_bootstrap(bootstrap)
+        pool = ChannelPool()
+        try:
+            topics, meta = await _describe_topics(pool, bs, [], timeout)
+            brokers = sorted(meta.brokers.items())
+            health = await asyncio.gather(*(_health(pool, addr) for _, addr in brokers))
+        finally:
+            await pool.close()
+        nodes = [{"id": n, "address": addr, "health": h}
+                 for (n, addr), h in zip(brokers, health, strict=True)]
+        if fmt == "json":
+            click.echo(json.dumps({"cluster_id": meta.cluster_id, "nodes": nodes,
+                                   "topics": topics}))
+            return
+        click.echo(f"cluster {meta.cluster_id}: {len(nodes)} nodes, {len(topics)} topics")
+        click.echo("  node\taddress\thealth")
+        for node in nodes:
+            click.echo(f"  {node['id']}\t{node['address']}\t{node['health']}")
+        for t in topics:
+            parts = t["partitions"]
+            leaderless = sum(1 for p in parts if p["leader_id"] < 0)
+            click.echo(f"topic {t['name']}: {len(parts)} partitions, replication factor "
+                       f"{t['replication_factor']}"
+                       + (f", {leaderless} without a leader" if leaderless else ""))
+            click.echo("  partition\tleader\treplicas\thigh_watermark")
+            for p in parts:
+                click.echo(f"  {p['partition']}\t{_leader_text(p['leader_id'])}\t"
+                           f"{_replicas_text(p['replicas'])}\t{p['high_watermark']}")
+    _run(go())
+
+
 # ------------------------------------------------------------------------------------ bench
 
 
@@ -520,8 +691,6 @@ def bench_consume_cmd(topic_name: str, record_size: int, count: int, partitions:
 
 
 async def _reachable(bootstrap: str, timeout_s: float) -> None:
-    from rillet.client.connection import ChannelPool
-    from rillet.client.metadata import ClusterMetadata
     pool = ChannelPool()
     try:
         await fetch_metadata(pool, ClusterMetadata(parse_bootstrap(bootstrap)),
