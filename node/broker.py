@@ -71,6 +71,7 @@ class Broker:
         self._server: grpc.aio.Server | None = None
         self._retention_task: asyncio.Task[None] | None = None
         self._lock_file: IO[bytes] | None = None
+        self._peer_service: PeerService | None = None
         self.port = 0
 
     def _server_options(self) -> list[tuple[str, int]]:
@@ -112,8 +113,9 @@ class Broker:
         self.committer.start()
         server = grpc.aio.server(options=self._server_options())
         if self.cluster is not None:
+            self._peer_service = PeerService(self.cluster.raft_id, self.cluster.driver.receive)
             peer_pb2_grpc.add_PeerServicer_to_server(  # type: ignore[no-untyped-call]
-                PeerService(self.cluster.raft_id, self.cluster.driver.receive), server)
+                self._peer_service, server)
         log_pb2_grpc.add_ProduceServicer_to_server(ProduceService(self.node), server)  # type: ignore[no-untyped-call]
         log_pb2_grpc.add_ConsumeServicer_to_server(ConsumeService(self.node), server)  # type: ignore[no-untyped-call]
         log_pb2_grpc.add_ReplayServicer_to_server(ReplayService(self.node), server)  # type: ignore[no-untyped-call]
@@ -146,6 +148,8 @@ class Broker:
         if self.cluster is not None and self._server is not None:
             left = await self.cluster.hand_over_leadership(HAND_OVER_TIMEOUT_S)
             log.info("node %d: leaderships handed over (%d left)", self.config.node_id, left)
+        if self._peer_service is not None:
+            self._peer_service.close()
         if self._server is not None:
             await self._server.stop(self.config.shutdown_grace_s)
             self._server = None

@@ -464,7 +464,11 @@ class ClusterNode:
         address = self.peers[broker]
         ch = self._channels.get(address)
         if ch is None:
-            ch = self._channels[address] = grpc.aio.insecure_channel(address)
+            ch = self._channels[address] = grpc.aio.insecure_channel(address, options=[
+                ("grpc.use_local_subchannel_pool", 1),
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000)])
         return ch
 
     async def on_metadata_leader(self, local: Callable[[], Any],

@@ -174,6 +174,14 @@ class PeerClient:
             ("grpc.keepalive_time_ms", 20_000),
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.enable_retries", 0),
+            # gRPC shares subchannels process-wide: without a pool of its own, the fresh
+            # channel of a reconnect attempt inherits the old subchannel's exponential
+            # reconnect backoff (up to 2 minutes) and keeps failing with "connection refused"
+            # long after the peer is back. Our own backoff (above) is the only one.
+            ("grpc.use_local_subchannel_pool", 1),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
         ]
 
     def send(self, to: int, messages: list[GroupMessage]) -> None:

@@ -13,8 +13,10 @@ that outruns the driver.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -49,6 +51,13 @@ class PeerService(peer_pb2_grpc.PeerServicer):
         self.node_id = node_id
         self.receive = receive
         self.batches = 0
+        self._handlers: set[asyncio.Task[Any]] = set()
+
+    def close(self) -> None:
+        """End every open peer stream (a stopping node: they would otherwise hold the server's
+        shutdown grace period open, since peers never end them)."""
+        for task in list(self._handlers):
+            task.cancel()
 
     async def Exchange(
         self,
@@ -56,6 +65,10 @@ class PeerService(peer_pb2_grpc.PeerServicer):
         context: Context,
     ) -> AsyncIterator[peer_pb2.PeerAck]:
         peer = "?"
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
         async for batch in request_iterator:
             if batch.to_node != self.node_id:
                 log.warning("node %d: refused a peer stream from node %d meant for node %d",
