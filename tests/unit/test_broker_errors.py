@@ -25,6 +25,8 @@ PROMISED = {
     common_pb2.ERROR_CODE_STORAGE: grpc.StatusCode.INTERNAL,
     common_pb2.ERROR_CODE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     common_pb2.ERROR_CODE_INVALID_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
+    common_pb2.ERROR_CODE_DUPLICATE_SEQUENCE: grpc.StatusCode.ALREADY_EXISTS,
+    common_pb2.ERROR_CODE_OUT_OF_ORDER_SEQUENCE: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 
