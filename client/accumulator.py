@@ -37,7 +37,8 @@ class ChunkAck(NamedTuple):
 
     topic: str
     partition: int
-    #: Offset of the first record of the run; the others follow densely.
+    #: Offset of the first record of the run; the others follow densely. -1 when stored at
+    #: an unknown offset (see RecordMetadata.offset).
     base_offset: int
     record_count: int
 
@@ -76,7 +77,9 @@ class RecordMetadata(NamedTuple):
 
     topic: str
     partition: int
-    #: The offset the broker assigned to the record.
+    #: The offset the broker assigned to the record; -1 when the record is stored but its
+    #: offset is unknown (an idempotent resend the broker had stored long before, answered
+    #: DUPLICATE_SEQUENCE: see docs/decisions/0403).
     offset: int
     #: The record's timestamp, milliseconds since the Unix epoch.
     timestamp_ms: int
@@ -144,7 +147,9 @@ class RecordFuture:
             raise asyncio.InvalidStateError("record not acknowledged yet")
         if b.error is not None:
             raise b.error
-        return RecordMetadata(b.topic, b.partition, b.base_offset + i, b.timestamps[i])
+        # -1: stored, offset unknown (a resend the broker recognised only by its sequence).
+        offset = b.base_offset + i if b.base_offset >= 0 else -1
+        return RecordMetadata(b.topic, b.partition, offset, b.timestamps[i])
 
     def exception(self) -> BaseException | None:
         b = self._batch
@@ -246,8 +251,15 @@ class PartitionBatch:
     size: int = _BATCH_SLACK
     #: The encoded batch, set by `encode()` when the batch is sealed.
     payload: bytes | None = None
-    #: Retries spent on this batch.
+    #: Times the batch was written to a stream.
     attempts: int = 0
+    #: Idempotence stamp (records.proto header): -1, -1, -1 when the producer is not
+    #: idempotent. Set before `encode()`; a batch keeps it for every resend.
+    producer_id: int = codec.NO_PRODUCER
+    producer_epoch: int = codec.NO_PRODUCER
+    base_sequence: int = codec.NO_PRODUCER
+    #: Written to a stream whose answer never came: the broker may or may not have it.
+    unknown: bool = False
     #: loop.time() by which the batch must be acknowledged.
     deadline: float = 0.0
     #: Linger timer handle while the batch is open.
@@ -256,7 +268,7 @@ class PartitionBatch:
     loop: asyncio.AbstractEventLoop | None = None
     #: Set once by `complete()` or `fail()`.
     done: bool = False
-    #: Offset of record 0, once acknowledged.
+    #: Offset of record 0, once acknowledged (-1: stored at an unknown offset).
     base_offset: int = -1
     error: BaseException | None = None
     #: (record index, future) of each caller awaiting a record, created on demand.
@@ -315,6 +327,9 @@ class PartitionBatch:
                 keys=self.keys if self.has_keys else None,
                 timestamps_ms=self.timestamps,
                 headers=self.headers if self.has_headers else None,
+                producer_id=self.producer_id,
+                producer_epoch=self.producer_epoch,
+                base_sequence=self.base_sequence,
             )
         return self.payload
 
@@ -332,7 +347,8 @@ class PartitionBatch:
         self._wake()
         topic, partition = self.topic, self.partition
         for start, n, owner, seq in self.chunks:
-            owner.chunk_done(seq, ChunkAck(topic, partition, base_offset + start, n), None)
+            first = base_offset + start if base_offset >= 0 else -1
+            owner.chunk_done(seq, ChunkAck(topic, partition, first, n), None)
 
     def fail(self, exc: BaseException) -> None:
         """Fail every record of the batch (and every `send_many` call with a chunk in it)."""

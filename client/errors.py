@@ -84,7 +84,21 @@ class InvalidRequestError(RilletError):
 
 
 class OutOfOrderSequenceError(RilletError):
+    """An idempotent producer's batch skips sequence numbers: an earlier batch is missing at
+    the leader (it failed, or is still in flight on an old leader). Resending in order fixes
+    it, so the producer retries it like NOT_LEADER (docs/decisions/0403)."""
+
     code = common_pb2.ERROR_CODE_OUT_OF_ORDER_SEQUENCE
+    retriable = True
+
+
+class DuplicateSequenceError(RilletError):
+    """The leader stored this idempotent batch long ago and no longer remembers its offset.
+
+    Not a failure: the producer resolves the batch's records as stored at offset -1
+    (unknown). It only reaches callers that read raw Produce answers."""
+
+    code = common_pb2.ERROR_CODE_DUPLICATE_SEQUENCE
 
 
 class ClusterUnreachableError(RilletError):
@@ -110,7 +124,7 @@ _BY_CODE: dict[int, type[RilletError]] = {
         UnknownTopicError, InvalidTopicError, InvalidConfigError, PartitionOutOfRangeError,
         BatchTooLargeError, CorruptBatchError, InvalidBatchError, OffsetOutOfRangeError,
         TopicExistsError, NotLeaderError, BrokerStorageError, UnavailableError,
-        InvalidRequestError, OutOfOrderSequenceError,
+        InvalidRequestError, OutOfOrderSequenceError, DuplicateSequenceError,
     )
 }
 

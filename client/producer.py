@@ -2,15 +2,21 @@
 
 Shape (aiokafka's, trimmed): `send()` appends a record to the accumulator and returns a
 `RecordFuture` (a future-like handle on the record's batch, no asyncio.Future per record);
-a batch is sealed when full, when `linger_ms` passes, or on `flush()`; each broker address has a
-`_Sender` task that owns ONE bidi Produce stream with at most `max_in_flight` unanswered batches
-and matches responses to batches in order (the broker answers in order).
+a batch is sealed when full, when `linger_ms` passes, or on `flush()`. Sealed batches join the
+queue of their partition (`_PartitionState`); each broker address has a `_Sender` task that owns
+ONE bidi Produce stream and writes the queued batches of the partitions that node leads, at most
+`max_in_flight` unanswered per partition, and matches answers to batches in order (the broker
+answers in order).
 
-Retries: a retriable error (a per-batch NOT_LEADER/UNAVAILABLE, or the stream breaking, e.g. the
-broker restarting) tears the stream down and sends every unanswered batch again, in order, on a
-fresh stream after a short backoff. Batches the broker had stored but not yet answered are then
-stored twice: delivery is at-least-once until idempotent producers exist (docs/decisions/0302).
-A batch that is still unacknowledged at its `delivery_timeout` fails with RequestTimeoutError.
+Idempotence (default; docs/decisions/0403): the producer gets a producer id from the cluster
+once (`Metadata.InitProducer`) and stamps every batch with it and a per-partition sequence before
+encoding, so a resend is the identical bytes and the leader drops duplicates, answering with the
+original offset. Retries: a retriable answer (NOT_LEADER, UNAVAILABLE, OUT_OF_ORDER_SEQUENCE) or
+a broken stream pauses the partition: once its later in-flight batches are answered, every
+unacknowledged batch goes back to the front of its queue in sequence order, and after a backoff
+(50 ms doubling to 1 s) and a metadata refresh the partition resumes at its current leader. A
+batch fails with RequestTimeoutError when `delivery_timeout_ms` passes. Without idempotence the
+same resends give at-least-once delivery (docs/decisions/0302).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import grpc
 import grpc.aio
 
 from rillet import batch as codec
-from rillet.api.v1 import log_pb2, log_pb2_grpc
+from rillet.api.v1 import admin_pb2, admin_pb2_grpc, common_pb2, log_pb2, log_pb2_grpc
 from rillet.client.accumulator import (
     _BATCH_SLACK,
     _RECORD_OVERHEAD,
@@ -47,6 +53,7 @@ from rillet.client.connection import ChannelPool, fetch_metadata, make_stub, par
 from rillet.client.errors import (
     BatchTooLargeError,
     ClientClosedError,
+    ClusterUnreachableError,
     PartitionOutOfRangeError,
     RequestTimeoutError,
     RilletError,
@@ -54,7 +61,7 @@ from rillet.client.errors import (
     from_error,
     from_rpc_error,
 )
-from rillet.client.metadata import ClusterMetadata
+from rillet.client.metadata import NO_LEADER, ClusterMetadata
 
 log = logging.getLogger(__name__)
 
@@ -66,108 +73,198 @@ _MAX_RECORD_BYTES = MAX_BATCH_BYTES - _BATCH_SLACK
 
 ACKS = {"none": log_pb2.ACKS_NONE, "leader": log_pb2.ACKS_LEADER, "all": log_pb2.ACKS_ALL}
 
-__all__ = ["ACKS", "Producer", "RecordFuture", "RecordMetadata"]
+#: Sequences are int32 in the batch header and wrap from 2**31 - 1 to 0.
+SEQUENCE_MODULUS = 2 ** 31
+
+__all__ = ["ACKS", "SEQUENCE_MODULUS", "Producer", "RecordFuture", "RecordMetadata"]
 
 _time = time.time
+
+_DUPLICATE_SEQUENCE = common_pb2.ERROR_CODE_DUPLICATE_SEQUENCE
+_OUT_OF_ORDER = common_pb2.ERROR_CODE_OUT_OF_ORDER_SEQUENCE
+# Statuses that end a Produce stream because the broker refuses it (not a node failing):
+# the unanswered batches fail. Any other status (UNAVAILABLE, and INTERNAL/UNKNOWN as a reset
+# HTTP/2 stream shows up) means a broken connection: the outcome is unknown, resend.
+_STREAM_REFUSED = frozenset({
+    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.FAILED_PRECONDITION,
+})
+# Logged once per process: a broker without InitProducer (older single node).
+_warned_no_idempotence = False
 
 
 class _StreamBroken(Exception):
     """Internal: the stream must be replaced; carries the cause for the log."""
 
 
+class _PartitionState:
+    """One partition's batches between dispatch and answer, its sequence and its route.
+
+    Invariants: `retry`, then `in_flight`, then `queue` hold the partition's unanswered batches
+    in dispatch (= sequence) order; `in_flight` are written to `sender`'s stream and unanswered
+    (at most `max_in_flight`); `retry` only fills while `paused`. A paused partition writes
+    nothing until the producer resumes it (backoff, metadata, route).
+    """
+
+    __slots__ = ("backoff", "head_refused", "in_flight", "in_ready", "known", "next_seq",
+                 "partition", "paused", "producer_id", "queue", "retry", "sender", "tainted",
+                 "topic")
+
+    def __init__(self, topic: str, partition: int, producer_id: int, backoff: float) -> None:
+        self.topic = topic
+        self.partition = partition
+        #: -1 when not idempotent. Per partition because a reset (see `tainted`) takes a new id.
+        self.producer_id = producer_id
+        #: base_sequence of the next batch stamped.
+        self.next_seq = 0
+        #: The partition acknowledged a batch under `producer_id`, so its leader knows the
+        #: producer. Until then one batch at a time: a leader appends ANY sequence of an
+        #: unknown producer, so a second batch must not overtake a refused first one.
+        self.known = producer_id < 0
+        self.queue: deque[PartitionBatch] = deque()
+        self.in_flight: deque[PartitionBatch] = deque()
+        self.retry: list[PartitionBatch] = []
+        self.sender: _Sender | None = None
+        self.paused = False
+        self.in_ready = False
+        #: Pause before the next resend (seconds); doubles per failure, reset by an ack.
+        self.backoff = backoff
+        #: A batch of this partition was given up on (failed, expired) while the broker may
+        #: hold it or not: if the oldest unanswered batch is then refused as out of order, the
+        #: gap is ours and will never fill; only a new producer id continues (`head_refused`).
+        self.tainted = False
+        #: The oldest unanswered batch was answered OUT_OF_ORDER_SEQUENCE this round.
+        self.head_refused = False
+
+    def pending(self) -> int:
+        return len(self.retry) + len(self.in_flight) + len(self.queue)
+
+    def next_sequence(self, count: int) -> int:
+        """Take `count` sequence numbers; returns the first (wrapping at 2**31)."""
+        seq = self.next_seq
+        self.next_seq = (seq + count) % SEQUENCE_MODULUS
+        return seq
+
+
 class _Sender:
-    """Owns the Produce stream to one broker address and the batches queued for it."""
+    """Owns the Produce stream to one broker address; writes the batches of the partitions
+    routed to it, round robin across partitions."""
 
     def __init__(self, producer: Producer, address: str) -> None:
         self.producer = producer
         self.address = address
-        self.queue: deque[PartitionBatch] = deque()
+        #: Partitions that may have a batch to write (a partition is here at most once).
+        self.ready: deque[_PartitionState] = deque()
+        #: Written, unanswered batches across partitions, in write order.
         self.in_flight: deque[PartitionBatch] = deque()
+        #: loop.time() of the last answer, or of the first write after an idle spell.
+        self.last_progress = 0.0
         self._wakeup = asyncio.Event()
-        self._slot_free = asyncio.Event()
+        #: Set by the producer when the stream went silent with batches in flight.
+        self.stalled = asyncio.Event()
         self.task = asyncio.get_running_loop().create_task(
             self._run(), name=f"rillet-producer-sender-{address}")
         self.task.add_done_callback(self._on_done)
 
     def enqueue(self, batch: PartitionBatch) -> None:
-        self.queue.append(batch)
-        self._wakeup.set()
+        st = self.producer._state(batch.topic, batch.partition)
+        st.queue.append(batch)
+        if not st.paused:
+            self.wake(st)
+
+    def wake(self, st: _PartitionState) -> None:
+        if not st.in_ready:
+            st.in_ready = True
+            self.ready.append(st)
+            self._wakeup.set()
 
     def _on_done(self, task: asyncio.Task[None]) -> None:
-        # Whatever ended the task, no batch it owned may stay pending forever.
-        exc: BaseException = ClientClosedError("producer closed before the batch was acked")
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception() or exc
-            log.error("producer sender for %s died: %r", self.address, exc)
-        for b in itertools.chain(self.in_flight, self.queue):
-            self.producer._batch_done(b, exc)
+        if task.cancelled() or task.exception() is None:
+            return  # closed by the producer, which fails what is left
+        exc = task.exception() or RilletError("sender died")
+        log.error("producer sender for %s died: %r", self.address, exc)
+        # No batch it owned may stay pending forever.
+        for st in self.producer._states.values():
+            if st.sender is self:
+                for b in itertools.chain(st.retry, st.in_flight, st.queue):
+                    self.producer._batch_done(b, exc)
+                st.retry.clear()
+                st.in_flight.clear()
+                st.queue.clear()
         self.in_flight.clear()
-        self.queue.clear()
 
     async def _run(self) -> None:
-        backoff = self.producer.retry_backoff_ms / 1000
         while True:
-            while not self.queue:
+            while not self.ready:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             stub = make_stub(log_pb2_grpc.ProduceStub, self.producer._pool.get(self.address))
             call = stub.Produce()
-            writer = asyncio.ensure_future(self._write_loop(call))
-            reader = asyncio.ensure_future(self._read_loop(call))
+            self.stalled.clear()
+            tasks = {asyncio.ensure_future(self._write_loop(call)),
+                     asyncio.ensure_future(self._read_loop(call)),
+                     asyncio.ensure_future(self.stalled.wait())}
             try:
-                done, _ = await asyncio.wait({writer, reader},
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for t in (writer, reader):
+                for t in tasks:
                     t.cancel()
-                await asyncio.gather(writer, reader, return_exceptions=True)
+                await asyncio.gather(*tasks, return_exceptions=True)
                 call.cancel()
-            cause = next((t.exception() for t in done if not t.cancelled()), None)
+            cause: BaseException | None = next(
+                (t.exception() for t in done if not t.cancelled()), None)
             if cause is not None and not isinstance(cause, _StreamBroken | RilletError):
                 raise cause
-            log.info("produce stream to %s broke (%s); resending %d unanswered batches",
-                     self.address, cause, len(self.in_flight))
-            # Unanswered batches go back first, in their original order.
-            self.queue.extendleft(reversed(self.in_flight))
-            self.in_flight.clear()
-            await self._expire()
-            if self.queue:
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.producer.retry_backoff_max_ms / 1000)
-                await self.producer._reroute(self)
-            else:
-                backoff = self.producer.retry_backoff_ms / 1000
+            if cause is None:
+                cause = _StreamBroken(
+                    f"no answer within {self.producer.request_timeout_s} s")
+            self._stream_broken(cause)
 
-    async def _expire(self) -> None:
-        """Fail queued batches whose delivery timeout passed or whose retries ran out."""
-        now = asyncio.get_running_loop().time()
-        keep: deque[PartitionBatch] = deque()
-        for b in self.queue:
-            if b.deadline <= now:
-                self.producer._batch_done(b, RequestTimeoutError(
-                    f"batch for {b.topic}[{b.partition}] not acknowledged within "
-                    f"{self.producer.delivery_timeout_ms} ms"))
-            elif b.attempts > self.producer.retries:
-                self.producer._batch_done(b, RequestTimeoutError(
-                    f"batch for {b.topic}[{b.partition}] failed after {b.attempts} attempts"))
-            else:
-                keep.append(b)
-        self.queue = keep
+    def _stream_broken(self, cause: BaseException) -> None:
+        """Every unanswered batch's outcome is unknown: each partition rewinds and pauses."""
+        log.info("produce stream to %s broke (%s); %d batches unanswered",
+                 self.address, cause, len(self.in_flight))
+        producer = self.producer
+        self.in_flight.clear()
+        producer._metadata.mark_stale()  # the node may be gone or no longer lead
+        # Every partition routed here waits for fresh metadata before it writes again.
+        for st in list(producer._states.values()):
+            if st.sender is not self or st.paused or not (st.in_flight or st.queue):
+                continue
+            st.retry.extend(st.in_flight)
+            st.in_flight.clear()
+            producer._pause(st)
+            producer._rewind(st)
 
     async def _write_loop(self, call: grpc.aio.StreamStreamCall[Any, Any]) -> None:
-        max_in_flight = self.producer.max_in_flight
-        acks = self.producer.acks
+        producer = self.producer
+        max_in_flight = producer.max_in_flight
+        acks = producer.acks
+        ready = self.ready
+        loop = asyncio.get_running_loop()
         while True:
-            while not self.queue or len(self.in_flight) >= max_in_flight:
-                if len(self.in_flight) >= max_in_flight:
-                    self._slot_free.clear()
-                    await self._slot_free.wait()
-                else:
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-            b = self.queue.popleft()
+            while not ready:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            st = ready.popleft()
+            st.in_ready = False
+            if st.sender is not self or st.paused or not st.queue:
+                continue
+            if len(st.in_flight) >= (max_in_flight if st.known else 1):
+                continue  # an answer wakes it again
+            b = st.queue.popleft()
+            if b.done:  # expired or failed while queued
+                self.wake(st)
+                continue
             b.attempts += 1
+            b.unknown = True
+            if not self.in_flight:
+                self.last_progress = loop.time()
+            st.in_flight.append(b)
             self.in_flight.append(b)
+            if st.queue and st.known and len(st.in_flight) < max_in_flight:
+                self.wake(st)  # behind the others: partitions take turns
             request = log_pb2.ProduceRequest(
                 topic=b.topic, partition=b.partition, batch=b.encode(), acks=acks)
             try:
@@ -176,29 +273,36 @@ class _Sender:
                 raise _StreamBroken(f"write failed: {exc!r}") from exc
 
     async def _read_loop(self, call: grpc.aio.StreamStreamCall[Any, Any]) -> None:
+        producer = self.producer
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 response: Any = await call.read()
                 if response is _EOF:
                     raise _StreamBroken(f"stream ended: {await call.code()}")
+                self.last_progress = loop.time()
                 b = self.in_flight.popleft()
-                self._slot_free.set()
+                st = producer._state(b.topic, b.partition)
+                head = st.in_flight.popleft()
+                assert head is b, "answers come in write order"
+                b.unknown = False
                 if response.HasField("error") and response.error.code:
-                    err = from_error(response.error)
-                    if err.retriable and b.attempts <= self.producer.retries:
-                        self.in_flight.appendleft(b)
-                        if err.refresh_metadata:
-                            self.producer._metadata.mark_stale()
-                        raise _StreamBroken(f"retriable error: {err}")
-                    self.producer._batch_done(b, err)
+                    producer._answered_error(st, b, response.error)
                 else:
-                    self.producer._batch_done(b, None, response.base_offset)
+                    producer._answered_ok(st, b, response.base_offset)
+                if st.paused:
+                    if not st.in_flight:
+                        producer._rewind(st)
+                elif st.queue:
+                    self.wake(st)
         except grpc.aio.AioRpcError as exc:
             err = from_rpc_error(exc)
-            if not err.retriable and exc.code() != grpc.StatusCode.CANCELLED:
+            if exc.code() in _STREAM_REFUSED:
                 # The broker rejected the stream itself; every unanswered batch fails alike.
                 for b in self.in_flight:
-                    self.producer._batch_done(b, err)
+                    st = producer._state(b.topic, b.partition)
+                    st.in_flight.remove(b)
+                    producer._give_up(st, b, err)
                 self.in_flight.clear()
             raise _StreamBroken(f"stream failed: {err}") from exc
 
@@ -216,16 +320,23 @@ class Producer:
         bootstrap: str | Sequence[str] = "127.0.0.1:9091",
         *,
         acks: str = "all",
+        idempotent: bool = True,
         linger_ms: float = 5.0,
         batch_bytes: int = DEFAULT_BATCH_BYTES,
-        max_in_flight: int = 8,
+        max_in_flight: int = 5,
         buffer_bytes: int = 8 * 1024 * 1024,
-        retries: int = 5,
-        retry_backoff_ms: float = 100.0,
+        retries: int | None = None,
+        retry_backoff_ms: float = 50.0,
         retry_backoff_max_ms: float = 1000.0,
         delivery_timeout_ms: float = 120_000.0,
         request_timeout_s: float = 10.0,
     ) -> None:
+        """`max_in_flight` bounds unanswered batches per partition (Kafka's 5): more would
+        let a retry land behind a later batch. `retries` (None: no limit) caps resends of one
+        batch; either way a batch fails once `delivery_timeout_ms` passed since it was sealed.
+        `request_timeout_s` bounds metadata calls and how long a stream may stay silent with
+        batches in flight before it is replaced. `idempotent=False` gives at-least-once
+        delivery (docs/decisions/0302, 0403)."""
         if acks not in ACKS:
             raise ValueError(f"acks must be one of {sorted(ACKS)}, not {acks!r}")
         if not 0 < batch_bytes <= MAX_BATCH_BYTES:
@@ -233,6 +344,7 @@ class Producer:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         self.acks = ACKS[acks]
+        self.idempotent = idempotent
         self.linger_ms = linger_ms
         self.max_in_flight = max_in_flight
         self.buffer_bytes = buffer_bytes
@@ -241,10 +353,18 @@ class Producer:
         self.retry_backoff_max_ms = retry_backoff_max_ms
         self.delivery_timeout_ms = delivery_timeout_ms
         self.request_timeout_s = request_timeout_s
+        #: The id stamped on new partitions' batches; -1 until start() got one (or when the
+        #: producer is not idempotent, or the broker cannot hand out ids).
+        self.producer_id = codec.NO_PRODUCER
         self._metadata = ClusterMetadata(parse_bootstrap(bootstrap))
         self._pool = ChannelPool()
         self._acc = Accumulator(batch_bytes)
         self._senders: dict[str, _Sender] = {}
+        self._states: dict[tuple[str, int], _PartitionState] = {}
+        #: Paused partitions and the loop.time() at which each may resume.
+        self._resume_at: dict[_PartitionState, float] = {}
+        self._maintenance: asyncio.Task[None] | None = None
+        self._maintenance_wake = asyncio.Event()
         self._round_robin: dict[str, int] = {}
         # Partition counts by topic, read on every send(); cleared when metadata refreshes.
         self._counts: dict[str, int] = {}
@@ -267,10 +387,56 @@ class Producer:
         return self._metadata
 
     async def start(self) -> None:
-        """Fetch metadata once so a wrong bootstrap fails here, not at the first send."""
+        """Fetch metadata (so a wrong bootstrap fails here, not at the first send) and, when
+        idempotent, a producer id."""
         await fetch_metadata(self._pool, self._metadata, timeout_s=self.request_timeout_s)
         self._loop = asyncio.get_running_loop()
+        if self.idempotent:
+            self.producer_id = await self._init_producer_id()
+        self._maintenance = self._loop.create_task(
+            self._maintain(), name="rillet-producer-maintenance")
         self._started = True
+
+    async def _init_producer_id(self) -> int:
+        """A new producer id from any node (bootstrap list first), or -1 when the broker does
+        not implement InitProducer: the producer then runs without idempotence."""
+        global _warned_no_idempotence
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.request_timeout_s
+        backoff = self.retry_backoff_ms / 1000
+        last: BaseException | None = None
+        while True:
+            candidates = list(dict.fromkeys(
+                [*self._metadata.bootstrap, *self._metadata.brokers.values()]))
+            for addr in candidates:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                stub = make_stub(admin_pb2_grpc.MetadataStub, self._pool.get(addr))
+                try:
+                    response: admin_pb2.InitProducerResponse = await stub.InitProducer(
+                        admin_pb2.InitProducerRequest(), timeout=max(remaining, 0.05))
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                        if not _warned_no_idempotence:
+                            _warned_no_idempotence = True
+                            log.warning("broker %s cannot hand out producer ids "
+                                        "(InitProducer unimplemented): producing without "
+                                        "idempotence, at least once", addr)
+                        return codec.NO_PRODUCER
+                    err = from_rpc_error(exc)
+                    if not err.retriable and exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                        raise err from exc
+                    last = err
+                    log.debug("InitProducer at %s failed: %s", addr, exc.details())
+                    continue
+                log.debug("producer id %d from %s", response.producer_id, addr)
+                return int(response.producer_id)
+            if loop.time() + backoff >= deadline:
+                raise ClusterUnreachableError(
+                    f"no producer id from {','.join(candidates)}: {last or 'no answer'}")
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.retry_backoff_max_ms / 1000)
 
     async def __aenter__(self) -> Producer:
         await self.start()
@@ -519,43 +685,213 @@ class Producer:
         batch.deadline = loop.time() + self.delivery_timeout_ms / 1000
         done = loop.create_future()
         self._batch_futures[id(batch)] = done
+        st = self._state(batch.topic, batch.partition)
+        if st.producer_id >= 0 and not st.tainted:
+            batch.producer_id = st.producer_id
+            batch.producer_epoch = 0
+            batch.base_sequence = st.next_seq
         try:
             batch.encode()
         except Exception as exc:
             self._batch_done(batch, RilletError(f"cannot encode batch: {exc}"))
             return
-        self._sender_for(batch).enqueue(batch)
+        if batch.base_sequence >= 0:
+            st.next_sequence(len(batch))
+        sender = st.sender
+        if sender is None or not (st.paused or st.in_flight or st.queue):
+            # Idle partition: follow the latest metadata (a leader may have moved).
+            sender = st.sender = self._sender_for(batch)
+        sender.enqueue(batch)
+
+    def _state(self, topic: str, partition: int) -> _PartitionState:
+        st = self._states.get((topic, partition))
+        if st is None:
+            st = self._states[(topic, partition)] = _PartitionState(
+                topic, partition, self.producer_id, self.retry_backoff_ms / 1000)
+        return st
 
     def _sender_for(self, batch: PartitionBatch) -> _Sender:
         address = self._metadata.leader_address(batch.topic, batch.partition)
-        if address is None:
-            address = self._metadata.bootstrap[0]
+        return self._sender_at(address or self._metadata.bootstrap[0])
+
+    def _sender_at(self, address: str) -> _Sender:
         sender = self._senders.get(address)
         if sender is None:
             sender = self._senders[address] = _Sender(self, address)
         return sender
 
-    async def _reroute(self, sender: _Sender) -> None:
-        """After a failure: refresh stale metadata, then move batches whose leader changed."""
+    # ------------------------------------------------------------------ answers and retries
+
+    def _answered_ok(self, st: _PartitionState, b: PartitionBatch, base_offset: int) -> None:
+        """The broker stored `b` (now, or before: a duplicate answers the original offset)."""
+        st.backoff = self.retry_backoff_ms / 1000
+        st.known = True
+        if not st.retry:
+            # Broker and producer agree on everything up to here again.
+            st.tainted = False
+        self._batch_done(b, None, base_offset)
+
+    def _answered_error(self, st: _PartitionState, b: PartitionBatch,
+                        error: common_pb2.Error) -> None:
+        if error.code == _DUPLICATE_SEQUENCE:
+            # Stored long ago; the leader no longer remembers where (contract: success).
+            self._answered_ok(st, b, -1)
+            return
+        err = from_error(error)
+        if err.retriable and (self.retries is None or b.attempts <= self.retries):
+            if err.refresh_metadata:
+                self._metadata.mark_stale()
+            if error.code == _OUT_OF_ORDER and not st.retry:
+                st.head_refused = True
+            if not st.paused:
+                log.info("%s[%d]: %s; resending from sequence %d", st.topic, st.partition,
+                         err, b.base_sequence)
+                self._pause(st)
+            st.retry.append(b)
+            return
+        self._give_up(st, b, err)
+
+    def _give_up(self, st: _PartitionState, b: PartitionBatch, exc: BaseException) -> None:
+        """Fail `b` for good. Its sequence numbers are then a gap the leader may never see
+        filled: the partition is tainted (see `_PartitionState.tainted`)."""
+        if st.producer_id >= 0:
+            st.tainted = True
+        self._batch_done(b, exc)
+
+    def _pause(self, st: _PartitionState) -> None:
+        """Stop writing this partition's batches until `_rewind` and the resume."""
+        st.paused = True
+
+    def _rewind(self, st: _PartitionState) -> None:
+        """Nothing of a paused partition is in flight any more: put the batches to resend
+        back in front of its queue, in sequence order, and schedule the resume."""
+        if st.retry:
+            st.queue.extendleft(reversed(st.retry))
+            st.retry.clear()
+        self._resume_at[st] = self._loop.time() + st.backoff
+        st.backoff = min(st.backoff * 2, self.retry_backoff_max_ms / 1000)
+        self._maintenance_wake.set()
+
+    async def _maintain(self) -> None:
+        """The producer's one background task besides the senders: expires batches past
+        their delivery timeout, replaces silent streams, and resumes paused partitions
+        (metadata refresh, producer id reset, new route)."""
+        while True:
+            now = self._loop.time()
+            wait = 0.1
+            if self._resume_at:
+                wait = min(wait, max(min(self._resume_at.values()) - now, 0.0))
+            if wait > 0:
+                self._maintenance_wake.clear()
+                try:
+                    async with asyncio.timeout(wait):
+                        await self._maintenance_wake.wait()
+                except TimeoutError:
+                    pass
+            try:
+                now = self._loop.time()
+                self._expire(now)
+                self._check_stalls(now)
+                await self._resume_due(now)
+            except Exception:
+                log.exception("producer maintenance failed; continuing")
+                await asyncio.sleep(0.1)
+
+    def _expire(self, now: float) -> None:
+        """Fail batches whose delivery timeout passed (deadlines grow in dispatch order)."""
+        for st in self._states.values():
+            if not (st.retry or st.in_flight or st.queue):
+                continue
+            for part in (st.retry, st.in_flight, st.queue):
+                for b in part:
+                    if b.deadline > now:
+                        break
+                    if not b.done:
+                        self._give_up(st, b, RequestTimeoutError(
+                            f"batch for {b.topic}[{b.partition}] not acknowledged within "
+                            f"{self.delivery_timeout_ms:g} ms ({b.attempts} attempts)"))
+            # Batches still in flight stay there until answered: answers match by position.
+            while st.queue and st.queue[0].done:
+                st.queue.popleft()
+            st.retry[:] = [b for b in st.retry if not b.done]
+
+    def _check_stalls(self, now: float) -> None:
+        for sender in self._senders.values():
+            if (isinstance(sender, _Sender) and sender.in_flight
+                    and now - sender.last_progress > self.request_timeout_s):
+                sender.stalled.set()
+
+    async def _resume_due(self, now: float) -> None:
+        due = [st for st, t in self._resume_at.items() if t <= now]
+        if not due:
+            return
         if self._metadata.stale:
             try:
                 await fetch_metadata(self._pool, self._metadata,
+                                     sorted({st.topic for st in self._states.values()}),
                                      timeout_s=self.request_timeout_s)
                 self._counts.clear()
                 self._hot.clear()
             except RilletError as exc:
                 log.info("metadata refresh failed: %s", exc)
+                for st in due:
+                    self._resume_at[st] = self._loop.time() + st.backoff
                 return
-        moved = [b for b in sender.queue
-                 if self._metadata.leader_address(b.topic, b.partition) not in
-                 (None, sender.address)]
-        if moved:
-            sender.queue = deque(b for b in sender.queue if b not in moved)
-            for b in moved:
-                self._sender_for(b).enqueue(b)
+        for st in due:
+            if st.tainted and st.head_refused and st.producer_id >= 0:
+                if not await self._reset(st):
+                    self._resume_at[st] = self._loop.time() + st.backoff
+                    continue
+            st.head_refused = False
+            leader = self._metadata.leader(st.topic, st.partition)
+            address = self._metadata.leader_address(st.topic, st.partition)
+            if address is None or (leader == NO_LEADER and len(self._metadata.brokers) > 1):
+                # An election is running: ask again after the backoff.
+                self._metadata.mark_stale()
+                self._resume_at[st] = self._loop.time() + st.backoff
+                continue
+            del self._resume_at[st]
+            st.paused = False
+            if st.queue:
+                sender = st.sender = self._sender_at(address)
+                sender.wake(st)
+            else:
+                st.sender = None
+
+    async def _reset(self, st: _PartitionState) -> bool:
+        """Continue a tainted partition under a new producer id from sequence 0.
+
+        Called when the partition's oldest unanswered batch was refused as out of order after
+        one of its batches was given up on: the leader will never see that gap filled. Every
+        batch now queued was refused or never sent (none is in flight), so none is stored and
+        restamping them cannot duplicate. False when no id could be had (try again later).
+        """
+        try:
+            new_id = await self._init_producer_id()
+        except RilletError as exc:
+            log.info("%s[%d]: no new producer id yet: %s", st.topic, st.partition, exc)
+            return False
+        log.warning("%s[%d]: sequence gap after a failed batch; continuing as producer %d",
+                    st.topic, st.partition, new_id)
+        st.producer_id = new_id
+        st.next_seq = 0
+        st.known = new_id < 0
+        st.tainted = False
+        for b in st.queue:
+            if b.done:
+                continue
+            b.payload = None
+            b.producer_id = new_id
+            b.producer_epoch = 0 if new_id >= 0 else codec.NO_PRODUCER
+            b.base_sequence = (st.next_sequence(len(b)) if new_id >= 0
+                               else codec.NO_PRODUCER)
+            b.encode()
+        return True
 
     def _batch_done(self, batch: PartitionBatch, exc: BaseException | None,
                     base_offset: int = -1) -> None:
+        if batch.done:
+            return  # expired earlier; a late answer changes nothing
         if exc is None:
             batch.complete(base_offset)
         else:
@@ -605,8 +941,20 @@ class Producer:
                     b.timer.cancel()
                 self._buffered -= b.size
                 b.fail(ClientClosedError("producer closed before the record was sent"))
-            senders, self._senders = list(self._senders.values()), {}
-            for s in senders:
-                s.task.cancel()
-            await asyncio.gather(*(s.task for s in senders), return_exceptions=True)
+            tasks = [s.task for s in self._senders.values()]
+            self._senders = {}
+            if self._maintenance is not None:
+                tasks.append(self._maintenance)
+                self._maintenance = None
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            closed = ClientClosedError("producer closed before the batch was acked")
+            for st in self._states.values():
+                for b in itertools.chain(st.retry, st.in_flight, st.queue):
+                    self._batch_done(b, closed)
+                st.retry.clear()
+                st.in_flight.clear()
+                st.queue.clear()
+            self._resume_at.clear()
             await self._pool.close()

@@ -128,12 +128,15 @@ async def test_non_retriable_error_fails_only_its_batch(make_fake: Any) -> None:
 async def test_unanswered_batches_fail_at_the_delivery_timeout(make_fake: Any) -> None:
     fake = await make_fake(lambda n, req: None, answer=False)
     async with Producer(fake.address, linger_ms=0, delivery_timeout_ms=300) as producer:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         fut = await producer.send("t", b"lost", partition=1)
-        # The stream stays open and silent: only the deadline can end this wait.
-        with pytest.raises(errors.RequestTimeoutError):
-            await producer.flush(timeout_s=0.5)
-        await producer.close(flush=False)
-    with pytest.raises(errors.ClientClosedError):
+        # The stream stays open and silent: only the deadline ends this wait, and it does.
+        with pytest.raises(errors.RequestTimeoutError, match="not acknowledged within 300 ms"):
+            await asyncio.wait_for(_wait(fut), 5)
+        assert 0.25 <= loop.time() - began < 2
+        await producer.flush(timeout_s=1)  # nothing left pending
+    with pytest.raises(errors.RequestTimeoutError):
         fut.result()
 
 
@@ -143,13 +146,13 @@ async def test_in_flight_is_bounded(make_fake: Any) -> None:
                         batch_bytes=4096) as producer:
         for _ in range(20):
             await producer.send("t", b"x" * 1000, partition=0)
-        (sender,) = producer._senders.values()
+        st = producer._states[("t", 0)]
         async with asyncio.timeout(10):
             while fake.requests < 3:
                 fake.changed.clear()
                 await fake.changed.wait()
         # The writer is parked on its window: three unanswered, the rest still queued.
-        assert len(sender.in_flight) == 3 and len(sender.queue) >= 1
+        assert len(st.in_flight) == 3 and len(st.queue) >= 1
         assert fake.requests == 3
         await producer.close(flush=False)
 
