@@ -72,6 +72,7 @@ class Broker:
         self._retention_task: asyncio.Task[None] | None = None
         self._lock_file: IO[bytes] | None = None
         self._peer_service: PeerService | None = None
+        self._produce: ProduceService | None = None
         self.port = 0
 
     def _server_options(self) -> list[tuple[str, int]]:
@@ -116,7 +117,8 @@ class Broker:
             self._peer_service = PeerService(self.cluster.raft_id, self.cluster.driver.receive)
             peer_pb2_grpc.add_PeerServicer_to_server(  # type: ignore[no-untyped-call]
                 self._peer_service, server)
-        log_pb2_grpc.add_ProduceServicer_to_server(ProduceService(self.node), server)  # type: ignore[no-untyped-call]
+        self._produce = ProduceService(self.node)
+        log_pb2_grpc.add_ProduceServicer_to_server(self._produce, server)  # type: ignore[no-untyped-call]
         log_pb2_grpc.add_ConsumeServicer_to_server(ConsumeService(self.node), server)  # type: ignore[no-untyped-call]
         log_pb2_grpc.add_ReplayServicer_to_server(ReplayService(self.node), server)  # type: ignore[no-untyped-call]
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self.node), server)  # type: ignore[no-untyped-call]
@@ -158,6 +160,8 @@ class Broker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._retention_task
             self._retention_task = None
+        if self._produce is not None:
+            await self._produce.forwarder.close()
         if self.cluster is not None:
             await self.cluster.stop()
         await self.committer.stop()

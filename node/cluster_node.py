@@ -400,7 +400,7 @@ class ClusterNode:
         """While this node leads the metadata group, register every configured peer that the
         state does not list with its address."""
         while True:
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(_POLL_S)
             if not self.metadata_ready():
                 continue
             state = self.metadata.state
@@ -496,6 +496,15 @@ class ClusterNode:
         if replication_factor == 0:
             replication_factor = min(3, len(self.peers)) if len(self.peers) >= 3 else 1
         TopicSettings.defaults(self.config).with_overrides(overrides)  # check before proposing
+        # Just after the cluster starts the leader may not have registered every peer yet:
+        # give registration a moment rather than refuse for a lack of brokers.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LEADER_WAIT_S
+        wanted = min(replication_factor, len(self.peers))
+        for _ in range(int(LEADER_WAIT_S / _POLL_S) + 1):
+            if len(self.metadata.state.live_brokers()) >= wanted or loop.time() >= deadline:
+                break
+            await asyncio.sleep(_POLL_S)
         await self.propose_metadata(md.CreateTopic(name, partitions, replication_factor,
                                                    overrides))
         info = self.metadata.state.topic(name)

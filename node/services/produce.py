@@ -18,7 +18,14 @@ from typing import Any
 from rillet import batch as batch_codec
 from rillet.api.v1 import log_pb2, log_pb2_grpc
 from rillet.node import errors
-from rillet.node.errors import BatchTooLargeError, Context, InvalidRequestError, UnavailableError
+from rillet.node.errors import (
+    BatchTooLargeError,
+    Context,
+    InvalidRequestError,
+    NotLeaderError,
+    UnavailableError,
+)
+from rillet.node.forward import Forwarder, is_forwarded
 from rillet.node.replica import ReplicatedPartition
 from rillet.node.services.common import NodeContext
 
@@ -36,6 +43,7 @@ class ProduceService(log_pb2_grpc.ProduceServicer):
     def __init__(self, node: NodeContext) -> None:
         self.node = node
         self.max_batch_bytes = node.config.max_batch_bytes
+        self.forwarder = Forwarder()
 
     async def Produce(
         self,
@@ -44,7 +52,9 @@ class ProduceService(log_pb2_grpc.ProduceServicer):
     ) -> AsyncIterator[log_pb2.ProduceResponse]:
         queue: asyncio.Queue[_Pending | None] = asyncio.Queue(
             maxsize=self.node.config.produce_max_pending)
-        reader = asyncio.create_task(self._read(request_iterator, queue), name="produce-reader")
+        forwarded = is_forwarded(context)
+        reader = asyncio.create_task(self._read(request_iterator, queue, forwarded),
+                                     name="produce-reader")
         try:
             while True:
                 item = await queue.get()
@@ -53,9 +63,11 @@ class ProduceService(log_pb2_grpc.ProduceServicer):
                 resp, fut = item
                 if fut is not None:
                     try:
-                        base_offset = await fut
-                        if base_offset is not None:
-                            resp.base_offset = base_offset
+                        result = await fut
+                        if isinstance(result, log_pb2.ProduceResponse):
+                            resp = result  # the leader's answer to a forwarded batch
+                        elif result is not None:
+                            resp.base_offset = result
                     except Exception as exc:
                         resp = _error_response(resp.topic, resp.partition, exc)
                 yield resp
@@ -67,13 +79,13 @@ class ProduceService(log_pb2_grpc.ProduceServicer):
                     await reader
 
     async def _read(self, requests: AsyncIterator[log_pb2.ProduceRequest],
-                    queue: asyncio.Queue[_Pending | None]) -> None:
+                    queue: asyncio.Queue[_Pending | None], forwarded: bool) -> None:
         # The end-of-stream marker must reach the handler whether the stream ended or broke;
         # the put cannot block for long because the handler keeps draining the queue. When
         # the handler itself cancels this task it is no longer draining, so no marker then.
         try:
             async for req in requests:
-                await queue.put(self._handle(req))
+                await queue.put(self._handle(req, forwarded))
         except asyncio.CancelledError:
             raise
         except BaseException:
@@ -81,8 +93,30 @@ class ProduceService(log_pb2_grpc.ProduceServicer):
             raise
         await queue.put(None)
 
-    def _handle(self, req: log_pb2.ProduceRequest) -> _Pending:
+    def _handle(self, req: log_pb2.ProduceRequest, forwarded: bool = False) -> _Pending:
         """Check and append one batch; never raises (errors become the batch's response)."""
+        try:
+            return self._handle_here(req)
+        except NotLeaderError as exc:
+            cluster = self.node.cluster
+            if cluster is None or forwarded or self.node.stopping.is_set():
+                return _error_response(req.topic, req.partition, exc), None
+            try:
+                leader = cluster.leader_of(cluster.get_topic(req.topic), req.partition)
+            except Exception:
+                leader = -1
+            if leader < 0 or leader == cluster.broker_id or leader not in cluster.peers:
+                return _error_response(req.topic, req.partition, exc), None
+            return (log_pb2.ProduceResponse(topic=req.topic, partition=req.partition),
+                    asyncio.ensure_future(self._forward(req, leader)))
+
+    async def _forward(self, req: log_pb2.ProduceRequest, leader: int) -> log_pb2.ProduceResponse:
+        cluster = self.node.cluster
+        assert cluster is not None
+        answer = await self.forwarder.produce(cluster.channel(leader), cluster.peers[leader], req)
+        return await answer
+
+    def _handle_here(self, req: log_pb2.ProduceRequest) -> _Pending:
         try:
             if self.node.stopping.is_set():
                 raise UnavailableError("node is shutting down; send to another node or retry")
@@ -103,9 +137,10 @@ class ProduceService(log_pb2_grpc.ProduceServicer):
                 log_append_time_ms=info.log_append_time_ms,
                 log_start_offset=part.log.log_start_offset)
             return resp, fut
+        except NotLeaderError:
+            raise
         except Exception as exc:
             return _error_response(req.topic, req.partition, exc), None
-
 
     @staticmethod
     def _propose(req: log_pb2.ProduceRequest, part: ReplicatedPartition) -> _Pending:
