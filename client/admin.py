@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -24,7 +25,7 @@ from rillet.client.connection import (
     parse_bootstrap,
 )
 from rillet.client.errors import ClusterUnreachableError, InvalidConfigError, from_rpc_error
-from rillet.client.metadata import ClusterMetadata
+from rillet.client.metadata import NO_LEADER, ClusterMetadata, PartitionInfo
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,41 @@ def config_dict(cfg: admin_pb2.TopicConfig) -> dict[str, str | int]:
     policy = {v: k for k, v in _POLICIES.items()}.get(cfg.cleanup_policy, "delete")
     out["cleanup.policy"] = policy
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerInfo:
+    """One broker of `describe_cluster()`."""
+
+    node_id: int
+    #: host:port clients connect to.
+    address: str
+    #: The node answered a metadata call within the probe timeout.
+    reachable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterDescription:
+    """What `describe_cluster()` found: brokers and, per topic, each partition's leader."""
+
+    cluster_id: str
+    brokers: tuple[BrokerInfo, ...]
+    #: Topic name -> partitions in order; `leader_id` is -1 while a partition has no leader.
+    topics: dict[str, tuple[PartitionInfo, ...]]
+
+    def leaders_by_node(self) -> dict[int, int]:
+        """How many partitions each node leads (nodes leading none included)."""
+        out = {b.node_id: 0 for b in self.brokers}
+        for parts in self.topics.values():
+            for p in parts:
+                if p.leader_id != NO_LEADER:
+                    out[p.leader_id] = out.get(p.leader_id, 0) + 1
+        return out
+
+    def leaderless(self) -> list[tuple[str, int]]:
+        """(topic, partition) of every partition without a leader right now."""
+        return [(t, p.partition) for t, parts in self.topics.items() for p in parts
+                if p.leader_id == NO_LEADER]
 
 
 class Admin:
@@ -149,6 +185,39 @@ class Admin:
         response: admin_pb2.DescribeTopicResponse = await self._call(
             lambda ch: self._stub(ch).DescribeTopic(request, timeout=self.timeout))
         return response.topic
+
+    async def describe_cluster(self, *, probe_timeout_s: float = 1.0) -> ClusterDescription:
+        """Brokers, whether each answers, and every partition's leader and replicas.
+
+        Metadata comes from any node (GetMetadata); then each broker is asked for metadata
+        itself, in parallel, with `probe_timeout_s`, so a node that is down or hung shows as
+        unreachable instead of failing the call (for `rillet cluster status`).
+        """
+        response = await fetch_metadata(self._pool, self._metadata, timeout_s=self.timeout)
+
+        async def probe(address: str) -> bool:
+            stub = make_stub(admin_pb2_grpc.MetadataStub, self._pool.get(address))
+            try:
+                await stub.GetMetadata(admin_pb2.MetadataRequest(topics=["\x00probe"]),
+                                       timeout=probe_timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                # An answer that is an error (no such topic) still proves the node serves.
+                return exc.code() not in (grpc.StatusCode.UNAVAILABLE,
+                                          grpc.StatusCode.DEADLINE_EXCEEDED)
+            return True
+
+        brokers = sorted(response.brokers, key=lambda b: b.node_id)
+        alive = await asyncio.gather(*(probe(b.address) for b in brokers))
+        topics = {
+            tm.name: tuple(sorted(
+                (PartitionInfo(tm.name, p.partition, p.leader_id, tuple(p.replicas))
+                 for p in tm.partitions), key=lambda p: p.partition))
+            for tm in response.topics}
+        return ClusterDescription(
+            cluster_id=response.cluster_id,
+            brokers=tuple(BrokerInfo(b.node_id, b.address, ok)
+                          for b, ok in zip(brokers, alive, strict=True)),
+            topics=dict(sorted(topics.items())))
 
     async def metadata(self, topics: Sequence[str] = ()) -> ClusterMetadata:
         """Fetch metadata into the cached ClusterMetadata and return it."""

@@ -114,16 +114,9 @@ class FakeCluster:
                                             replicas=[n.node_id for n in self.nodes])
                 for p in range(self.partitions)])])
 
-    def read(self, partition: int, offset: int) -> bytes:
-        """Stored batches from the one holding `offset` on, stamped, concatenated."""
-        out = bytearray()
-        for s in self.logs[partition]:
-            if s.base_offset + len(s.values) <= offset:
-                continue
-            raw = bytearray(codec.encode(s.values, timestamps_ms=[1] * len(s.values)))
-            codec.stamp(raw, s.base_offset, 1)
-            out += raw
-        return bytes(out)
+    def store(self, partition: int, values: list[bytes]) -> None:
+        """Append a batch as a non-idempotent producer would."""
+        self.logs[partition].append(Stored(self.end_offset(partition), values, -1, -1))
 
 
 class FakeNode(log_pb2_grpc.ProduceServicer, log_pb2_grpc.ConsumeServicer,
@@ -221,7 +214,8 @@ class FakeNode(log_pb2_grpc.ProduceServicer, log_pb2_grpc.ConsumeServicer,
                 sent += 1
                 yield log_pb2.ConsumeResponse(partitions=data)
             else:
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.02)
+                yield log_pb2.ConsumeResponse()  # a heartbeat
 
     async def Replay(self, request: log_pb2.ReplayRequest, context: Any
                      ) -> AsyncIterator[log_pb2.ReplayResponse]:
