@@ -2,7 +2,8 @@
 
 Start with ``core`` (RaftCore and its Ready/advance contract), ``types`` (the values it takes
 and hands out) and ``storage`` (what it reads from disk). ``codec`` turns values into bytes;
-``quorum``, ``progress`` and ``log`` are the pieces the core is built from.
+``quorum``, ``progress`` and ``log`` are the pieces the core is built from. ``liveness`` is
+the node-level peer tracking that quiescence (``Config.quiesce``) relies on.
 """
 
 from .core import Config, RaftCore, Status
@@ -17,6 +18,7 @@ from .errors import (
     StorageError,
     UnavailableError,
 )
+from .liveness import PeerLiveness
 from .storage import LogWriter, MemoryStorage, Storage, persist_ready
 from .types import (
     CAMPAIGN_TRANSFER,
@@ -39,7 +41,8 @@ from .types import (
 __all__ = [
     "CAMPAIGN_TRANSFER", "NONE", "CodecError", "CompactedError", "ConfChange", "ConfChangeKind",
     "ConfState", "Config", "Entry", "EntryKind", "HardState", "LogWriter", "MemoryStorage",
-    "Message", "MessageType", "NotLeaderError", "ProposalDroppedError", "RaftCore", "RaftError",
+    "Message", "MessageType", "NotLeaderError", "PeerLiveness", "ProposalDroppedError",
+    "RaftCore", "RaftError",
     "Ready", "Role", "Snapshot", "SnapshotMeta", "SnapshotOutOfDateError",
     "SnapshotTemporarilyUnavailableError", "SoftState", "Status", "Storage", "StorageError",
     "UnavailableError", "persist_ready",

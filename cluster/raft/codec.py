@@ -15,8 +15,10 @@ Layout (v1):
 - ConfState: n u32, n voter ids u64; m u32, m learner ids u64 (each sorted ascending).
 - Snapshot: index u64, term u64, ConfState, len u32, data.
 - Message: version u8, type u8, to u64, frm u64, term u64, log_term u64, index u64,
-  commit u64, reject u8, reject_hint u64, entry count u32, entries, has_snapshot u8,
-  [Snapshot], len u32, context.
+  commit u64, flags u8, reject_hint u64, entry count u32, entries, has_snapshot u8,
+  [Snapshot], len u32, context. ``flags``: bit 0 ``reject``, bit 1 ``quiesce`` (added
+  without a version change: every message encoded before it has ``quiesce`` false and
+  decodes as before; other bits are refused).
 - HardState: version u8, term u64, vote u64, commit u64.
 - ConfChange: version u8, kind u8, node_id u64.
 - Entries: version u8, count u32, entries.
@@ -53,6 +55,8 @@ _ENTRY_HEAD = struct.Struct(">QQBI")
 _MSG_HEAD = struct.Struct(">BBQQQQQQBQ")
 _HARD_STATE = struct.Struct(">BQQQ")
 _CONF_CHANGE = struct.Struct(">BBQ")
+_FLAG_REJECT = 0x01
+_FLAG_QUIESCE = 0x02
 
 
 class _Reader:
@@ -153,7 +157,9 @@ def _get_snapshot(r: _Reader) -> Snapshot:
 def encode_message(msg: Message) -> bytes:
     """The wire bytes of ``msg``."""
     out = [_MSG_HEAD.pack(VERSION, msg.type, msg.to, msg.frm, msg.term, msg.log_term,
-                          msg.index, msg.commit, int(msg.reject), msg.reject_hint),
+                          msg.index, msg.commit,
+                          int(msg.reject) | (_FLAG_QUIESCE if msg.quiesce else 0),
+                          msg.reject_hint),
            _U32.pack(len(msg.entries))]
     for entry in msg.entries:
         _put_entry(out, entry)
@@ -169,11 +175,11 @@ def encode_message(msg: Message) -> bytes:
 def decode_message(buf: bytes) -> Message:
     """The message encoded in ``buf``; raises ``CodecError`` if malformed."""
     r = _Reader(buf)
-    version, mtype, to, frm, term, log_term, index, commit, reject, hint = r.unpack(_MSG_HEAD)
+    version, mtype, to, frm, term, log_term, index, commit, flags, hint = r.unpack(_MSG_HEAD)
     if version != VERSION:
         raise CodecError(f"unknown encoding version {version} (this code knows {VERSION})")
-    if reject > 1:
-        raise CodecError(f"bad reject flag {reject}")
+    if flags & ~(_FLAG_REJECT | _FLAG_QUIESCE):
+        raise CodecError(f"bad message flags {flags:#x}")
     entries = tuple(_get_entry(r) for _ in range(r.u32()))
     (has_snapshot,) = r.unpack(_U8)
     if has_snapshot > 1:
@@ -183,7 +189,8 @@ def decode_message(buf: bytes) -> Message:
     r.done()
     return Message(type=_enum(MessageType, mtype), to=to, frm=frm, term=term,
                    log_term=log_term, index=index, entries=entries, commit=commit,
-                   reject=bool(reject), reject_hint=hint, snapshot=snapshot, context=context)
+                   reject=bool(flags & _FLAG_REJECT), reject_hint=hint, snapshot=snapshot,
+                   context=context, quiesce=bool(flags & _FLAG_QUIESCE))
 
 
 def encode_hard_state(hs: HardState) -> bytes:

@@ -31,6 +31,21 @@ entries of that Ready's ``committed_entries`` (see ``types.ConfChange``); ``conf
 shows the new membership, and a caller that persists an applied index must persist
 ``conf_state`` with it.
 
+Quiescence (``Config.quiesce``, decision 0404)
+-----------------------------------------------
+An idle group need not tick. A leader whose whole log is committed, applied, persisted and
+acknowledged by every member, with no transfer under way, quiesces after
+``QUIESCE_IDLE_HEARTBEATS`` such heartbeats: it sends each member a last HEARTBEAT marked
+``quiesce`` (carrying its last index and term) and from then on ``tick()`` does nothing. A
+member whose log matches that last entry quiesces too and does not answer; one that cannot
+answers with a rejected HEARTBEAT_RESP, which wakes the leader. A quiesced core hands out no
+Ready and sends nothing until it wakes, which any of these does: a proposal, a membership
+change, ``transfer_leader``, ``campaign``, a message that needs an answer or a new term (see
+``step``), and ``report_unreachable`` for the leader of a quiesced follower. The last one is
+the caller's duty: with quiescence on, only the caller's node-to-node liveness notices that a
+quiesced leader's node died, so it MUST call ``report_unreachable(peer)`` on the quiesced
+cores of a peer it has not heard from for an election timeout (``liveness.PeerLiveness``).
+
 Randomness (election timeouts) comes only from the injected ``random.Random``, and logging only
 goes to the injected logger, so two cores built with equal seeds behave identically.
 """
@@ -72,6 +87,13 @@ from .types import (
 )
 
 _LEADER_MESSAGES = (MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPSHOT)
+_VOTE_REQUESTS = (MessageType.VOTE, MessageType.PRE_VOTE)
+_RESPONSES = (MessageType.APPEND_RESP, MessageType.HEARTBEAT_RESP)
+
+QUIESCE_IDLE_HEARTBEATS = 2
+"""A leader quiesces at the heartbeat where its group has been idle (see ``Config.quiesce``)
+for this many heartbeats in a row, so a group with a trickle of proposals does not quiesce and
+wake on every one."""
 
 
 @dataclass
@@ -106,6 +128,10 @@ class Config:
     applied: int = 0
     """The last index the caller had applied before this start (0 = re-apply everything
     committed after the log start)."""
+    quiesce: bool = False
+    """Let an idle group stop ticking and heartbeating (module docstring, decision 0404).
+    Only for callers that track their peers' liveness and call ``report_unreachable``: a
+    quiesced follower does not notice on its own that its leader died."""
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""
@@ -153,12 +179,15 @@ class Status:
     conf: ConfState
     lead_transferee: int
     progress: dict[int, str] = field(default_factory=dict)
+    quiesced: bool = False
 
     def describe(self) -> str:
         """One line: identity, terms, indexes, membership, and each follower's progress."""
         line = (f"{self.id} {self.role.name} term={self.term} vote={self.vote} "
                 f"leader={self.leader} commit={self.commit} applied={self.applied} "
                 f"last={self.last_index} {self.conf.describe()}")
+        if self.quiesced:
+            line += " quiesced"
         if self.lead_transferee:
             line += f" transferring to {self.lead_transferee}"
         if self.progress:
@@ -190,6 +219,13 @@ class RaftCore:
         self.msgs: list[Message] = []
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
+        self._quiesced = False
+        self.quiesce_idle = 0
+        """Leader: heartbeats in a row at which the group was idle (``_can_quiesce``)."""
+        self.unreachable: set[int] = set()
+        """Members the caller reported unreachable (``report_unreachable``) and not heard
+        from since: a leader quiesces without waiting for them to catch up, as long as the
+        others form a majority. Kept across role changes: it is about nodes, not terms."""
         self.randomized_election_timeout = config.election_ticks
         self.lead_transferee = NONE
         self.uncommitted_bytes = 0
@@ -250,6 +286,13 @@ class RaftCore:
         """The membership in effect (as of the applied index)."""
         return self.conf
 
+    @property
+    def quiesced(self) -> bool:
+        """Whether the group is quiet here: ``tick()`` does nothing and, once the Ready that
+        carried the quiesce heartbeats (leader) or the last commit (follower) is advanced,
+        nothing is handed out until something wakes it (module docstring)."""
+        return self._quiesced
+
     def is_learner(self) -> bool:
         """A member that receives the log but neither campaigns nor counts for quorum."""
         return self._id in self.conf.learners
@@ -272,7 +315,7 @@ class RaftCore:
                     if self._role == Role.LEADER else {})
         return Status(self._id, self._term, self.vote, self.lead, self._role,
                       self.log.committed, self.log.applied, self.log.last_index(), self.conf,
-                      self.lead_transferee, progress)
+                      self.lead_transferee, progress, self._quiesced)
 
     def describe(self) -> str:
         """One line: ``status().describe()``."""
@@ -350,7 +393,9 @@ class RaftCore:
     # -- inputs ---------------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """One tick of logical time."""
+        """One tick of logical time (nothing happens while quiesced)."""
+        if self._quiesced:
+            return
         if self._role == Role.LEADER:
             self.tick_heartbeat()
         else:
@@ -359,6 +404,7 @@ class RaftCore:
     def campaign(self) -> None:
         """Start an election now (with a pre-vote round if configured), as an election timeout
         would. Ignored by a leader, a learner, or while membership changes are unapplied."""
+        self.wake()
         self.hup(_Campaign.PRE_ELECTION if self.config.pre_vote else _Campaign.ELECTION)
 
     def propose(self, data: bytes) -> int:
@@ -411,6 +457,7 @@ class RaftCore:
             self.abort_leader_transfer()
         if target == self._id:
             return  # already the leader
+        self.wake()
         self.logger.info("raft %d: [term %d] starts transferring leadership to %d",
                          self._id, self._term, target)
         # The transfer must finish within one election timeout, counted from now.
@@ -422,8 +469,27 @@ class RaftCore:
             self.maybe_send_append(target, send_if_empty=True)
 
     def report_unreachable(self, node_id: int) -> None:
-        """The transport failed to reach ``node_id``: stop pipelining to it and probe."""
+        """The caller failed to reach ``node_id``, or has not heard from it for an election
+        timeout. A leader stops pipelining to it and probes. While quiesced: a follower whose
+        leader that is wakes with its leader lease expired (so it campaigns within a
+        randomized ``[0, election_ticks)`` ticks, and grants votes); a leader wakes once it
+        can no longer count on a majority, so check-quorum runs again."""
+        if node_id != self._id:
+            self.unreachable.add(node_id)
         pr = self.progress.get(node_id)
+        if self._quiesced:
+            if self._role == Role.LEADER:
+                if pr is not None and node_id != self._id:
+                    pr.recent_active = False
+                    if not self._quorum_recently_active():
+                        self.logger.info("raft %d: [term %d] woken: %d unreachable, no "
+                                         "quorum left in sight", self._id, self._term, node_id)
+                        self.wake()
+            elif node_id == self.lead:
+                self.logger.info("raft %d: [term %d] woken: leader %d unreachable", self._id,
+                                 self._term, node_id)
+                self.wake(lease_expired=True)
+            return
         if self._role == Role.LEADER and pr is not None and pr.state == ProgressState.REPLICATE:
             pr.become_probe()
 
@@ -441,6 +507,66 @@ class RaftCore:
         """Handle one message from another member (of any term)."""
         # Invariant: the transport delivers to the addressee only.
         assert m.to == self._id, f"message for {m.to} delivered to {self._id}"
+        if self.unreachable:
+            self.unreachable.discard(m.frm)
+        if self._quiesced:
+            self._step_quiesced(m)
+        else:
+            self._step(m)
+
+    def _step_quiesced(self, m: Message) -> None:
+        """Step ``m`` while quiesced, waking first when ``m`` shows the group is not idle.
+
+        A leader stays quiet for plain answers that need nothing from it (late
+        acknowledgements) and for messages from non-members (a removed node's pre-votes);
+        anything else from a member wakes it, and so does a late answer that makes it send.
+        A follower stays quiet for its leader's repeated quiesce heartbeat and for vote
+        requests its lease ignores (a cut-off member's pre-votes must not wake a healthy
+        group); a vote request FROM its leader proves that leader no longer leads (it
+        restarted or stepped down) and wakes it with the lease expired; anything else wakes
+        it. Waking is always safe: it only restores the ticking of a group that never
+        quiesced."""
+        if self._role == Role.LEADER:
+            member = m.frm in self.progress
+            if member and not (m.type in _RESPONSES and not m.reject):
+                self.wake()
+            sent = len(self.msgs)
+            self._step(m)
+            if self._quiesced and member and len(self.msgs) > sent:
+                self.wake()
+            return
+        if m.type in _VOTE_REQUESTS:
+            if m.frm == self.lead:
+                self.wake(lease_expired=True)
+            elif not (m.term > self._term and self._in_lease(m)):
+                self.wake()
+        elif not (m.type == MessageType.HEARTBEAT and m.quiesce and m.frm == self.lead
+                  and m.term == self._term):
+            self.wake()
+        self._step(m)
+
+    def wake(self, *, lease_expired: bool = False) -> None:
+        """Leave quiescence (nothing happens if not quiesced). The timers restart from zero,
+        and a leader forgets who was recently active, so check-quorum judges only what it
+        hears after waking. ``lease_expired`` (a follower whose leader is unreachable) starts
+        the election timer at ``election_ticks``: the lease is over, and the follower
+        campaigns after the rest of its randomized timeout."""
+        if not self._quiesced:
+            return
+        self._quiesced = False
+        self.quiesce_idle = 0
+        self.heartbeat_elapsed = 0
+        if self._role == Role.LEADER:
+            self.election_elapsed = 0
+            for node_id, pr in self.progress.items():
+                if node_id != self._id:
+                    pr.recent_active = False
+        else:
+            self.election_elapsed = self.config.election_ticks if lease_expired else 0
+        self.logger.debug("raft %d: [term %d] woke up as %s", self._id, self._term,
+                          self._role.name)
+
+    def _step(self, m: Message) -> None:
         if m.term > self._term:
             if m.type in (MessageType.VOTE, MessageType.PRE_VOTE):
                 if self._in_lease(m):
@@ -494,6 +620,8 @@ class RaftCore:
         self.lead = NONE
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
+        self._quiesced = False
+        self.quiesce_idle = 0
         self.reset_randomized_election_timeout()
         self.abort_leader_transfer()
         self.votes = {}
@@ -597,7 +725,62 @@ class RaftCore:
                 self.abort_leader_transfer()
         if self.heartbeat_elapsed >= self.config.heartbeat_ticks:
             self.heartbeat_elapsed = 0
+            if self.config.quiesce and self._can_quiesce():
+                self.quiesce_idle += 1
+                if self.quiesce_idle >= QUIESCE_IDLE_HEARTBEATS:
+                    self._quiesce()
+                    return
+            else:
+                self.quiesce_idle = 0
             self.bcast_heartbeat()
+
+    def _can_quiesce(self) -> bool:
+        """Leader: whether the group is idle. Everything is committed, applied and persisted
+        here, every member acknowledged our last entry and is being replicated to normally,
+        and no transfer or hand-off is under way. (An unapplied membership change is ruled
+        out by ``applied == last``.) Members reported unreachable are not waited for, but
+        the others must form a majority: a leader cut off from its quorum stays awake, so
+        check-quorum makes it step down."""
+        if self.lead_transferee != NONE or self.removed_leader():
+            return False
+        log = self.log
+        last = log.last_index()
+        if log.committed != last or log.applied != last:
+            return False
+        unreachable = self.unreachable
+        for node_id, pr in self.progress.items():
+            if node_id in unreachable:
+                continue
+            if pr.match != last:
+                return False
+            if node_id != self._id and pr.state != ProgressState.REPLICATE:
+                return False
+        if unreachable:
+            votes = {node_id: node_id not in unreachable for node_id in self.progress}
+            return vote_result(self.conf.voters, votes) == VoteResult.WON
+        return True
+
+    def _quiesce(self) -> None:
+        """Leader: go quiet. Each member gets a last heartbeat marked ``quiesce`` naming our
+        last entry (committed), and counts as recently active (it acknowledged everything)
+        until the caller reports it unreachable."""
+        last = self.log.last_index()
+        last_term = self.log.last_term()
+        self._quiesced = True
+        self.quiesce_idle = 0
+        self.logger.debug("raft %d: [term %d] quiescing at %d", self._id, self._term, last)
+        for node_id in sorted(self.progress):
+            if node_id == self._id:
+                continue
+            self.progress[node_id].recent_active = node_id not in self.unreachable
+            self.send(Message(MessageType.HEARTBEAT, to=node_id, frm=self._id, term=self._term,
+                              commit=last, index=last, log_term=last_term, quiesce=True))
+
+    def _quorum_recently_active(self) -> bool:
+        """Like ``quorum_active`` but without starting a new round."""
+        votes = {node_id: node_id == self._id or pr.recent_active
+                 for node_id, pr in self.progress.items()}
+        return vote_result(self.conf.voters, votes) == VoteResult.WON
 
     def quorum_active(self) -> bool:
         """Whether a majority of voters (us included) was heard from since the last check;
@@ -784,6 +967,7 @@ class RaftCore:
                 raise ValueError(f"cannot remove {n}: it is the last voter")
 
     def _append_and_replicate(self, items: list[tuple[EntryKind, bytes]]) -> list[int]:
+        self.wake()
         first = self.log.last_index() + 1
         self.append_entries(items)
         self.bcast_append()
@@ -988,10 +1172,21 @@ class RaftCore:
     def handle_heartbeat(self, m: Message) -> None:
         """Learn the commit index (capped by the leader at what we acknowledged holding) and
         answer. A commit index past our last entry means our disk lost acknowledged entries:
-        commit_to asserts rather than paper over it."""
+        commit_to asserts rather than paper over it.
+
+        A ``quiesce`` heartbeat is not answered when we quiesce with it: our log ends at the
+        leader's last entry, which is committed. Otherwise (our log differs, or quiescence
+        is off here) the answer is rejected, which wakes the leader: a member that keeps
+        ticking must keep hearing heartbeats."""
         self.log.commit_to(m.commit)
+        if m.quiesce:
+            log = self.log
+            self._quiesced = (self.config.quiesce and log.last_index() == m.index
+                              and log.committed == m.index and log.match_term(m.index, m.log_term))
+            if self._quiesced:
+                return
         self.send(Message(MessageType.HEARTBEAT_RESP, to=m.frm, frm=self._id, term=self._term,
-                          context=m.context))
+                          context=m.context, reject=m.quiesce))
 
     def handle_snapshot(self, m: Message) -> None:
         """Install the leader's log start when it is ahead of our commit index, then report

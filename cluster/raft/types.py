@@ -215,7 +215,12 @@ class Message:
       ``context`` = ``CAMPAIGN_TRANSFER`` when caused by a leader transfer.
     - VOTE_RESP / PRE_VOTE_RESP: ``reject`` = refused. A granted response carries the
       request's term.
-    - HEARTBEAT: ``commit`` = min(follower's match, leader's commit). HEARTBEAT_RESP: nothing.
+    - HEARTBEAT: ``commit`` = min(follower's match, leader's commit). With ``quiesce`` (the
+      leader's last heartbeat before it goes quiet, see ``RaftCore.quiesced``) also
+      ``index``/``log_term`` = the leader's last entry, which is committed.
+    - HEARTBEAT_RESP: nothing; ``reject`` = the answer to a ``quiesce`` heartbeat from a member
+      that did not quiesce (its log does not match, or it does not quiesce at all), which
+      wakes the leader.
     - SNAPSHOT: ``snapshot``. The follower answers with an APPEND_RESP.
     - TIMEOUT_NOW: the leader tells a caught-up transfer target to campaign at once.
     """
@@ -232,6 +237,7 @@ class Message:
     reject_hint: int = 0
     snapshot: Snapshot | None = None
     context: bytes = b""
+    quiesce: bool = False
 
     def size(self) -> int:
         """The entry bytes this message carries (for byte limits)."""
@@ -255,6 +261,8 @@ class Message:
             parts.append(self.snapshot.describe())
         if self.context:
             parts.append(f"context={self.context.decode('ascii', 'backslashreplace')}")
+        if self.quiesce:
+            parts.append("quiesce")
         return " ".join(parts)
 
 

@@ -38,7 +38,7 @@ snapshots = st.builds(Snapshot, st.builds(SnapshotMeta, U64, U64, conf_states())
 messages = st.builds(
     Message, st.sampled_from(MessageType), U64, U64, U64, U64, U64,
     st.lists(entries, max_size=4).map(tuple), U64, st.booleans(), U64,
-    st.none() | snapshots, st.binary(max_size=16))
+    st.none() | snapshots, st.binary(max_size=16), st.booleans())
 
 
 @given(messages)
@@ -86,3 +86,18 @@ def test_unknown_version_and_trailing_bytes_are_refused() -> None:
         codec.decode_message(buf[:1] + b"\xff" + buf[2:])
     with pytest.raises(CodecError, match="version"):
         codec.decode_hard_state(b"\x09" + bytes(24))
+
+
+def test_quiesce_flag_keeps_older_encodings() -> None:
+    """The quiesce flag is bit 1 of the byte that carried only ``reject``: bytes encoded
+    before it existed decode to the same message (quiesce false), and unknown bits are
+    refused rather than ignored."""
+    m = Message(MessageType.HEARTBEAT, to=2, frm=1, term=3, commit=4, reject=True)
+    buf = codec.encode_message(m)
+    flags_at = 1 + 1 + 8 * 6  # version, type, to, frm, term, log_term, index, commit
+    assert buf[flags_at] == 0x01
+    assert codec.decode_message(buf) == m
+    quiet = codec.decode_message(buf[:flags_at] + b"\x03" + buf[flags_at + 1:])
+    assert quiet.quiesce and quiet.reject
+    with pytest.raises(CodecError, match="flags"):
+        codec.decode_message(buf[:flags_at] + b"\x04" + buf[flags_at + 1:])
