@@ -93,8 +93,8 @@ async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> int:
 async def bench_produce(
     bootstrap: str, topic: str, *, count: int, record_bytes: int, acks: str = "all",
     partitions: int = 1, linger_ms: float = 5.0, batch_bytes: int = 1_000_000,
-    max_in_flight: int = 8, sample_every: int = 10, api: str = "record",
-    chunk: int = 1000, buffer_bytes: int = 8 * 1024 * 1024,
+    max_in_flight: int = 5, sample_every: int = 10, api: str = "record",
+    chunk: int = 1000, buffer_bytes: int = 8 * 1024 * 1024, idempotent: bool = True,
 ) -> BenchResult:
     """Produce `count` records; `api` is "record" (`send()` per record, a RecordFuture each) or
     "many" (`send_many()` with `chunk` records per call, one future per call).
@@ -108,7 +108,8 @@ async def bench_produce(
     clock = time.perf_counter
 
     async with Producer(bootstrap, acks=acks, linger_ms=linger_ms, batch_bytes=batch_bytes,
-                        max_in_flight=max_in_flight, buffer_bytes=buffer_bytes) as producer:
+                        max_in_flight=max_in_flight, buffer_bytes=buffer_bytes,
+                        idempotent=idempotent) as producer:
         # Warm the metadata cache and the stream so the timing starts with a live connection.
         await (await producer.send(topic, value))
         start = clock()
@@ -131,7 +132,8 @@ async def bench_produce(
         latency_ms={k: v * 1000 for k, v in percentiles(latencies).items()},
         settings={"api": api, "acks": acks, "partitions": n_parts,
                   "buffer_bytes": buffer_bytes, "linger_ms": linger_ms,
-                  "batch_bytes": batch_bytes, "max_in_flight": max_in_flight,
+                  "batch_bytes": batch_bytes, "max_in_flight": producer.max_in_flight,
+                  "idempotent": producer.producer_id >= 0,
                   "latency_samples": len(latencies)})
 
 

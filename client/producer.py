@@ -75,6 +75,9 @@ ACKS = {"none": log_pb2.ACKS_NONE, "leader": log_pb2.ACKS_LEADER, "all": log_pb2
 
 #: Sequences are int32 in the batch header and wrap from 2**31 - 1 to 0.
 SEQUENCE_MODULUS = 2 ** 31
+#: Batches per partition a leader remembers per producer (the broker contract), and so the
+#: most an idempotent producer keeps unanswered per partition.
+IDEMPOTENT_MAX_IN_FLIGHT = 5
 
 __all__ = ["ACKS", "SEQUENCE_MODULUS", "Producer", "RecordFuture", "RecordMetadata"]
 
@@ -269,8 +272,10 @@ class _Sender:
                 topic=b.topic, partition=b.partition, batch=b.encode(), acks=acks)
             try:
                 await call.write(request)
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
-                raise _StreamBroken(f"write failed: {exc!r}") from exc
+            except grpc.aio.AioRpcError as exc:
+                raise _StreamBroken(f"write failed: {from_rpc_error(exc)}") from exc
+            except asyncio.InvalidStateError as exc:
+                raise _StreamBroken("write failed: the call already ended") from exc
 
     async def _read_loop(self, call: grpc.aio.StreamStreamCall[Any, Any]) -> None:
         producer = self.producer
@@ -331,9 +336,10 @@ class Producer:
         delivery_timeout_ms: float = 120_000.0,
         request_timeout_s: float = 10.0,
     ) -> None:
-        """`max_in_flight` bounds unanswered batches per partition (Kafka's 5): more would
-        let a retry land behind a later batch. `retries` (None: no limit) caps resends of one
-        batch; either way a batch fails once `delivery_timeout_ms` passed since it was sealed.
+        """`max_in_flight` bounds unanswered batches per partition (at most 5 when
+        idempotent: the leader remembers 5 batches per producer for deduplication).
+        `retries` (None: no limit) caps resends of one batch; either way a batch fails once
+        `delivery_timeout_ms` passed since it was sealed.
         `request_timeout_s` bounds metadata calls and how long a stream may stay silent with
         batches in flight before it is replaced. `idempotent=False` gives at-least-once
         delivery (docs/decisions/0302, 0403)."""
@@ -346,6 +352,12 @@ class Producer:
         self.acks = ACKS[acks]
         self.idempotent = idempotent
         self.linger_ms = linger_ms
+        if idempotent and max_in_flight > IDEMPOTENT_MAX_IN_FLIGHT:
+            # A leader remembers a producer's last 5 batches per partition: a resend of an
+            # older one would only be recognised as DUPLICATE_SEQUENCE (offset unknown).
+            log.debug("max_in_flight %d lowered to %d for the idempotent producer",
+                      max_in_flight, IDEMPOTENT_MAX_IN_FLIGHT)
+            max_in_flight = IDEMPOTENT_MAX_IN_FLIGHT
         self.max_in_flight = max_in_flight
         self.buffer_bytes = buffer_bytes
         self.retries = retries
