@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.rillet-installed
 
-.PHONY: setup run test lint typecheck unit proto proto-check bench clean
+.PHONY: setup run test lint typecheck unit proto proto-check bench bench-cluster bench-failover bench-idle clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,10 +14,11 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Start a local broker on 127.0.0.1 (data under ./.rillet-data) and print how to reach it.
+# Start a local 3-node cluster (127.0.0.1, .2, .3 on port 9091; data and logs under
+# ./.rillet-data) and print how to reach it; Ctrl-C stops every node. `make run NODES=1`: one node.
+NODES ?= 3
 run: setup
-	MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=268435456 \
-		$(BIN)/python -m rillet.devcluster --data-dir .rillet-data
+	$(BIN)/python -m rillet.devcluster --data-dir .rillet-data --nodes $(NODES)
 
 # Lint, type-check, then the whole default suite (slow seed sweeps: `make slow`).
 test: setup lint typecheck
@@ -44,6 +45,18 @@ bench: setup
 	$(BIN)/python bench/raft_core.py
 	$(BIN)/python bench/raft_driver.py replication --seconds 5
 	$(BIN)/python bench/raft_driver.py idle --seconds 5
+
+# The cluster figures of issue 4 (each script starts and stops its own 3 nodes on 127.0.0.1-3).
+bench-cluster: setup
+	$(BIN)/python bench/end_to_end.py --nodes 3
+	$(BIN)/python bench/failover.py --kills 10
+	$(BIN)/python bench/idle_cluster.py --partitions 1000
+
+bench-failover: setup
+	$(BIN)/python bench/failover.py --kills 10
+
+bench-idle: setup
+	$(BIN)/python bench/idle_cluster.py --partitions 1000
 
 clean:
 	rm -rf build .mypy_cache .pytest_cache .ruff_cache

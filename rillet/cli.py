@@ -40,6 +40,8 @@ from rillet.client.consumer import PositionSpec
 from rillet.client.errors import (
     ClusterUnreachableError,
     RilletError,
+    TopicExistsError,
+    UnavailableError,
     UnknownTopicError,
     from_rpc_error,
 )
@@ -627,6 +629,9 @@ def bench() -> None:
 
 def _bench_options(f: F) -> F:
     f = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")(f)
+    f = click.option("--replication-factor", type=click.IntRange(min=1), default=None,
+                     help="Create the topic with this replication factor first (and wait for "
+                     "its leaders) [default: the bench creates it with 1].")(f)
     f = click.option("--partitions", type=click.IntRange(min=1), default=1, show_default=True,
                      help="Partitions when the topic is created.")(f)
     f = click.option("--count", type=click.IntRange(min=1), default=1_000_000,
@@ -655,13 +660,16 @@ def _bench_options(f: F) -> F:
               "includes time spent queued here.")
 @client_options
 def bench_produce_cmd(topic_name: str, record_size: int, count: int, partitions: int,
-                      as_json: bool, acks: str, linger_ms: float, batch_bytes: int,
-                      max_in_flight: int, api: str, chunk: int, buffer_bytes: int,
-                      bootstrap: str, timeout: float) -> None:
+                      replication_factor: int | None, as_json: bool, acks: str,
+                      linger_ms: float, batch_bytes: int, max_in_flight: int, api: str,
+                      chunk: int, buffer_bytes: int, bootstrap: str, timeout: float) -> None:
     """Produce COUNT records as fast as the client can; report records/s, MB/s, latency."""
     async def go() -> None:
         bs = _check_bootstrap(bootstrap)
         await _reachable(bs, timeout)
+        if replication_factor is not None:
+            await _ensure_replicated_topic(bs, topic_name, partitions, replication_factor,
+                                           timeout)
         result = await bench_produce(
             bs, topic_name, count=count, record_bytes=record_size, acks=acks,
             partitions=partitions, linger_ms=linger_ms, batch_bytes=batch_bytes,
@@ -677,17 +685,43 @@ def bench_produce_cmd(topic_name: str, record_size: int, count: int, partitions:
 @click.option("--no-values", is_flag=True, help="Count records without reading values.")
 @client_options
 def bench_consume_cmd(topic_name: str, record_size: int, count: int, partitions: int,
-                      as_json: bool, max_bytes: int, no_values: bool, bootstrap: str,
-                      timeout: float) -> None:
+                      replication_factor: int | None, as_json: bool, max_bytes: int,
+                      no_values: bool, bootstrap: str, timeout: float) -> None:
     """Consume COUNT records from earliest (producing them first if missing)."""
     async def go() -> None:
         bs = _check_bootstrap(bootstrap)
         await _reachable(bs, timeout)
+        if replication_factor is not None:
+            await _ensure_replicated_topic(bs, topic_name, partitions, replication_factor,
+                                           timeout)
         result = await bench_consume(
             bs, topic_name, count=count, record_bytes=record_size, partitions=partitions,
             max_bytes=max_bytes, read_values=not no_values)
         click.echo(json.dumps(result.as_dict()) if as_json else result.summary())
     _run(go())
+
+
+async def _ensure_replicated_topic(bootstrap: str, topic_name: str, partitions: int,
+                                   replication_factor: int, timeout_s: float) -> None:
+    """Create the bench topic with a replication factor (the bench itself creates RF 1),
+    kept forever like the bench's own, then wait until every partition has a leader so the
+    timing does not include elections. An existing topic is used as it is."""
+    async with Admin(bootstrap, timeout=max(timeout_s, 30.0)) as admin:
+        try:
+            await admin.create_topic(topic_name, partitions, replication_factor,
+                                     {"retention.ms": -1})
+        except TopicExistsError:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(timeout_s, 30.0)
+        while True:
+            meta = await admin.metadata([topic_name])
+            parts = meta.partitions(topic_name) or ()
+            if parts and all(p.leader_id >= 0 for p in parts):
+                return
+            if loop.time() > deadline:
+                raise UnavailableError(f"topic {topic_name}: not every partition has a leader")
+            await asyncio.sleep(0.1)
 
 
 async def _reachable(bootstrap: str, timeout_s: float) -> None:

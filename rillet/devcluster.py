@@ -281,8 +281,7 @@ def banner(nodes: Sequence[NodeProcess]) -> str:
         "  seq 1 100000 | rillet produce events",
         "  rillet consume events --from earliest",
         "  rillet topic describe events --format json",
-        f"  rillet bench produce --partitions 6 --record-size 100   # topic RF {rf} if created "
-        "first",
+        f"  rillet bench produce --topic bench --partitions 6 --replication-factor {rf}",
     ]
     if nodes[0].address != "127.0.0.1:9091":
         lines.append(f"  (add --bootstrap {bootstrap}, or export RILLET_BOOTSTRAP={bootstrap})")

@@ -368,17 +368,18 @@ class Cluster:
         return "\n".join(out)
 
     def cleanup(self) -> None:
-        """Stop every node by PID (SIGTERM, then SIGKILL), all at once."""
+        """Teardown: SIGKILL every node by PID and reap it.
+
+        Not SIGTERM: when every node stops at once, each one's leadership hand-over waits out
+        its timeout (no peer is left to take over), which costs ~10 s per test. Tests of the
+        graceful stop send SIGTERM themselves (`node.stop()`).
+        """
         for n in self.nodes:
             if n.running:
-                os.kill(n.pid, signal.SIGTERM)
+                os.kill(n.pid, signal.SIGKILL)
         for n in self.nodes:
-            if n.proc is None:
-                continue
-            try:
+            if n.proc is not None:
                 n.proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                n.kill()
 
 
 ClusterFactory = Callable[..., Awaitable[Cluster]]

@@ -1,0 +1,107 @@
+"""Idle CPU per node: three local nodes, first with no topic, then with 1,000 partitions RF 3.
+
+`python bench/idle_cluster.py [--partitions 1000] [--topics 1] [--seconds 10] [--settle 5]`
+
+Starts three nodes (rillet.devcluster: 127.0.0.1-3, --peers), measures each node's CPU while
+the cluster holds no topic (the baseline: metadata group, peer streams), then creates
+`--topics` topics sharing `--partitions` partitions with replication factor 3, waits until
+every partition has a leader, lets elections and the first heartbeats settle for `--settle`
+seconds, and measures again with no traffic. CPU is utime+stime from /proc/<pid>/stat over
+`--seconds`, printed as % of one core per node. The issue's target: <= 5% per node at 1,000
+partitions; the cost of an idle cluster should grow with nodes, not with partitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rillet.devcluster import (
+    NodeProcess,
+    create_topic,
+    start_cluster,
+    stop_nodes,
+    wait_leaders,
+)
+
+log = logging.getLogger("bench.idle_cluster")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process so far, in seconds (fields 14 and 15 of /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        stat = fh.read()
+    # The command name (field 2) may hold spaces; the fields after its ")" are fixed.
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def measure(nodes: list[NodeProcess], seconds: float) -> list[float]:
+    """% of one core each node used over `seconds` of wall time."""
+    before = [cpu_seconds(n.proc.pid) for n in nodes]
+    t0 = time.monotonic()
+    time.sleep(seconds)  # the measurement window itself
+    elapsed = time.monotonic() - t0
+    after = [cpu_seconds(n.proc.pid) for n in nodes]
+    for n in nodes:
+        if n.proc.poll() is not None:
+            raise RuntimeError(f"node {n.node_id} exited with {n.proc.returncode}")
+    return [100.0 * (a - b) / elapsed for a, b in zip(after, before, strict=True)]
+
+
+def report(label: str, nodes: list[NodeProcess], pct: list[float]) -> None:
+    per_node = ", ".join(f"node {n.node_id} {p:.1f}%" for n, p in zip(nodes, pct, strict=True))
+    print(f"{label}: {per_node} of a core (max {max(pct):.1f}%)", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--partitions", type=int, default=1000)
+    parser.add_argument("--topics", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--settle", type=float, default=5.0)
+    parser.add_argument("--port", type=int, default=19961)
+    parser.add_argument("--raft-tick-ms", type=int, default=None)
+    parser.add_argument("--keep-data", action="store_true")
+    ns = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    env = {"RILLET_RAFT_TICK_MS": str(ns.raft_tick_ms)} if ns.raft_tick_ms else {}
+    data = Path(tempfile.mkdtemp(prefix="rillet-idle-"))
+    nodes: list[NodeProcess] = []
+    try:
+        nodes = start_cluster(data, 3, port=ns.port, env=env)
+        time.sleep(ns.settle)  # let the metadata group's election and registrations finish
+        report("idle, no topics", nodes, measure(nodes, ns.seconds))
+        per_topic = [ns.partitions // ns.topics + (1 if i < ns.partitions % ns.topics else 0)
+                     for i in range(ns.topics)]
+        t0 = time.monotonic()
+        for i, count in enumerate(per_topic):
+            create_topic(nodes[0].address, f"idle-{i}", count, 3, timeout_s=120.0)
+        for i in range(ns.topics):
+            wait_leaders(nodes[0].address, f"idle-{i}", timeout_s=300.0)
+        log.info("%d partitions (RF 3) created and led after %.1f s", ns.partitions,
+                 time.monotonic() - t0)
+        time.sleep(ns.settle)
+        report(f"idle, {ns.partitions} partitions RF 3", nodes, measure(nodes, ns.seconds))
+    except Exception:
+        for n in nodes:
+            log.error("node %d log ends:\n%s", n.node_id, n.log_tail(15))
+        raise
+    finally:
+        stop_nodes(nodes)
+        if ns.keep_data:
+            log.info("data and logs kept in %s", data)
+        else:
+            shutil.rmtree(data, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
