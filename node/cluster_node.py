@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 METADATA_GROUP = 0
 MAX_METADATA_VOTERS = 5
 LEADER_WAIT_S = 5.0
+BALANCE_INTERVAL_S = 5.0
 _POLL_S = 0.05
 _T = TypeVar("_T")
 
@@ -192,6 +193,8 @@ class ClusterNode:
         self._meta_lock = asyncio.Lock()
         self._stopped = False
         self.meta_log: PartitionRaftLog | None = None
+        self.draining = False
+        self.assignments: dict[int, md.PartitionInfo] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -210,7 +213,8 @@ class ClusterNode:
         self.driver.start()
         self.driver.add_group(METADATA_GROUP, meta_log, self.metadata)
         for name, coro in (("reconcile", self._reconcile_loop()),
-                           ("register", self._register_loop())):
+                           ("register", self._register_loop()),
+                           ("balance", self._balance_loop())):
             task = asyncio.create_task(coro, name=f"{name}-{self.broker_id}")
             task.add_done_callback(self._on_task_done)
             self._tasks.append(task)
@@ -225,6 +229,7 @@ class ClusterNode:
     async def hand_over_leadership(self, timeout_s: float) -> int:
         """Transfer every leadership of this node to another voter and wait (bounded) until
         none is left here; returns how many groups this node still leads."""
+        self.draining = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         asked: set[int] = set()
@@ -256,15 +261,9 @@ class ClusterNode:
         others = sorted(v for v in core.conf_state.voters if v != self.raft_id)
         if not others:
             return None
-        status = core.status()
-        # Prefer the most caught-up follower (the progress line starts with "match=N").
         def match(v: int) -> int:
-            text = status.progress.get(v, "")
-            for part in text.split():
-                if part.startswith("match="):
-                    with contextlib.suppress(ValueError):
-                        return int(part[6:])
-            return -1
+            pr = core.progress.get(v)
+            return pr.match if pr is not None else -1
         return max(others, key=match)
 
     async def stop(self) -> None:
@@ -325,6 +324,7 @@ class ClusterNode:
         # Replicas: the groups the assignments give this node.
         desired: dict[int, md.PartitionInfo] = {
             p.group_id: p for p in state.partitions() if self.broker_id in p.replicas}
+        self.assignments = desired
         for gid in [g for g in self.replicas if g not in desired]:
             await self._remove_replica(gid)
         to_open = [p for gid, p in desired.items() if gid not in self.replicas]
@@ -393,6 +393,46 @@ class ClusterNode:
             if gid < next_group_id and gid not in desired and gid not in self.replicas:
                 log.warning("removing %s: its partition is no longer assigned here", child)
                 shutil.rmtree(child, ignore_errors=True)
+
+    # -- preferred leaders -----------------------------------------------------------------------
+
+    async def _balance_loop(self) -> None:
+        """Hand each partition this node leads back to its preferred leader (first replica)
+        once that replica is caught up: after a failover or a restart, leaders drift to the
+        survivors; this spreads them again the way placement did (Kafka's automatic
+        preferred-leader election)."""
+        while True:
+            await asyncio.sleep(BALANCE_INTERVAL_S)
+            if not self.draining:
+                self.balance_leaders()
+
+    def balance_leaders(self, limit: int = 64) -> int:
+        """One pass; returns how many transfers it started (at most ``limit``)."""
+        started = 0
+        for gid, info in list(self.assignments.items()):
+            if started >= limit:
+                break
+            if not info.replicas or info.replicas[0] == self.broker_id:
+                continue
+            try:
+                core = self.driver.core(gid)
+            except DriverError:
+                continue
+            if core.role != Role.LEADER:
+                continue
+            preferred = raft_id(info.replicas[0])
+            pr = core.progress.get(preferred)
+            if pr is None or pr.match < core.commit_index:
+                continue
+            try:
+                self.driver.transfer_leader(gid, preferred)
+                started += 1
+            except (RaftError, DriverError) as exc:
+                log.debug("group %d: no transfer to preferred %d: %s", gid, preferred, exc)
+        if started:
+            log.info("node %d: handing %d leaderships back to their preferred leaders",
+                     self.broker_id, started)
+        return started
 
     # -- registration ---------------------------------------------------------------------------
 
