@@ -36,6 +36,7 @@ import json
 import logging
 import struct
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ STATE_NAME = "raft-state"
 _STATE_MAGIC = b"RRS1"
 _CRC = struct.Struct("<I")
 _NEXT_OFFSET = struct.Struct("<q")
+COMMIT_SAVE_INTERVAL_S = 1.0
 """Snapshot.data of a partition: the record offset the log restarts at (8 bytes)."""
 
 
@@ -104,6 +106,8 @@ class PartitionRaftLog:
         self._applied_conf: ConfState | None = None
         self._initial_conf = initial_conf
         self._state_dirty = False
+        self._commit_dirty = False
+        self._state_written_at = 0.0
         self._synced_hard_state = HardState()
 
     @classmethod
@@ -231,11 +235,18 @@ class PartitionRaftLog:
         return buf
 
     def set_hard_state(self, hard_state: HardState) -> None:
-        """Record term, vote and commit; written by the next sync only if changed."""
+        """Record term, vote and commit. A new term or vote is written by the next sync; a
+        commit index alone at most every COMMIT_SAVE_INTERVAL_S (and at close): Raft re-learns
+        it from the leader, and rewriting the state file (three fsyncs) on every round would
+        cost more than the data's own fsync."""
         with self._lock:
-            if hard_state != self._hard_state:
+            old = self._hard_state
+            if hard_state != old:
                 self._hard_state = hard_state
-                self._state_dirty = True
+                if hard_state.term != old.term or hard_state.vote != old.vote:
+                    self._state_dirty = True
+                else:
+                    self._commit_dirty = True
 
     def set_conf_state(self, conf: ConfState) -> None:
         """Save the membership at the caller's applied index (for callers that persist that
@@ -288,23 +299,30 @@ class PartitionRaftLog:
     def sync_now(self) -> None:
         """fsync the appended batches, then write the hard state if it changed. Blocking:
         PartitionRaftLogSyncer runs it in a worker thread."""
+        self._sync(force_commit=False)
+
+    def _sync(self, *, force_commit: bool) -> None:
         self.plog.flush()
+        now = time.monotonic()
         with self._lock:
-            if not self._state_dirty:
+            commit_due = self._commit_dirty and (
+                force_commit or now - self._state_written_at >= COMMIT_SAVE_INTERVAL_S)
+            if not self._state_dirty and not commit_due:
                 return
             data, hs = self._state_bytes(), self._hard_state
-            self._state_dirty = False
+            self._state_dirty = self._commit_dirty = False
         try:
             write_atomic(self.directory / STATE_NAME, data)
         except BaseException:
             with self._lock:
                 self._state_dirty = True
             raise
+        self._state_written_at = now
         self._synced_hard_state = hs
 
     def close(self) -> None:
-        """Sync everything and close the partition log."""
-        self.sync_now()
+        """Sync everything (the commit index too) and close the partition log."""
+        self._sync(force_commit=True)
         self.plog.close()
 
     def abandon(self) -> None:
