@@ -36,10 +36,11 @@ def make_batch(values: list[bytes], pid: int = -1, seq: int = -1) -> bytes:
 
 
 class Replicas:
-    """One partition's group on nodes 1-3; `restart()` reopens every log from disk."""
+    """One partition's group on nodes 1-3; `stop()` then `start()` reopens every log."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, log_config: LogConfig = LOG) -> None:
         self.root = root
+        self.log_config = log_config
         self.network = InMemoryNetwork()
         self.drivers: dict[int, RaftDriver] = {}
         self.parts: dict[int, ReplicatedPartition] = {}
@@ -49,7 +50,7 @@ class Replicas:
         for n in NODES:
             driver = RaftDriver(n, self.network.transport(n), PartitionRaftLogSyncer(),
                                 raft_config=RAFT, tick_ms=10.0, seed=n)
-            rlog = PartitionRaftLog.open(self.root / f"n{n}", LOG,
+            rlog = PartitionRaftLog.open(self.root / f"n{n}", self.log_config,
                                          conf=ConfState(frozenset(NODES)))
             part = ReplicatedPartition("t", 0, GROUP, rlog, driver, on_advance=self._advanced)
             driver.start()
@@ -163,3 +164,41 @@ async def test_dedup_survives_a_leader_change_and_a_restart_of_every_node(replic
     await wait_for(lambda: all(p.high_watermark == 4 for p in replicas.parts.values()),
                    "every replica at 4 after the restart")
     assert stored_values(part) == [b"p", b"q", b"r", b"s"]
+
+
+async def test_a_follower_behind_the_log_start_restarts_from_it(tmp_path: Path) -> None:
+    """Retention on the leader removed entries a cut-off follower still needs: the leader
+    sends its log start, the follower restarts its log there and catches up; its log then
+    holds exactly the leader's records from that start on."""
+    replicas = Replicas(tmp_path, LogConfig(segment_bytes=1024, retention_bytes=2048,
+                                            index_interval_bytes=128))
+    replicas.start()
+    try:
+        leader = await replicas.leader()
+        lagging = next(n for n in NODES if n != leader)
+        replicas.network.isolate(lagging)
+        part = replicas.parts[leader]
+        values = [f"value-{i:04d}".encode() * 8 for i in range(60)]
+        for v in values:
+            await part.produce(make_batch([v]))[0]
+        others = [n for n in NODES if n != lagging]
+        await wait_for(lambda: all(replicas.parts[n].high_watermark == 60 for n in others),
+                       "the two connected replicas at 60")
+        for n in others:
+            assert replicas.parts[n].rlog.enforce_retention() > 0
+        start = part.log.log_start_offset
+        assert start > 0 and replicas.parts[lagging].high_watermark < start
+        replicas.network.heal_all()
+        behind = replicas.parts[lagging]
+        await wait_for(lambda: behind.high_watermark == 60, "the lagging replica at 60",
+                       timeout_s=20)
+        assert behind.log.log_start_offset == start
+        assert stored_values(behind) == values[start:]
+        # It can lead: hand it the leadership and produce through it.
+        replicas.drivers[leader].transfer_leader(GROUP, lagging)
+        await wait_for(lambda: replicas.drivers[lagging].core(GROUP).role == Role.LEADER,
+                       "the caught-up replica to lead")
+        assert await replicas.leader() == lagging
+        assert await behind.produce(make_batch([b"after"]))[0] == 60
+    finally:
+        await replicas.stop()
