@@ -85,6 +85,10 @@ _time = time.time
 
 _DUPLICATE_SEQUENCE = common_pb2.ERROR_CODE_DUPLICATE_SEQUENCE
 _OUT_OF_ORDER = common_pb2.ERROR_CODE_OUT_OF_ORDER_SEQUENCE
+# The shortest wait before an open batch of a busy partition is looked at again.
+_RELINGER_MIN_MS = 5.0
+# How often paused partitions poll metadata for a new leader.
+_METADATA_POLL_S = 0.1
 # Statuses that end a Produce stream because the broker refuses it (not a node failing):
 # the unanswered batches fail. Any other status (UNAVAILABLE, and INTERNAL/UNKNOWN as a reset
 # HTTP/2 stream shows up) means a broken connection: the outcome is unknown, resend.
@@ -376,6 +380,8 @@ class Producer:
         #: Paused partitions and the loop.time() at which each may resume.
         self._resume_at: dict[_PartitionState, float] = {}
         self._maintenance: asyncio.Task[None] | None = None
+        #: loop.time() of the last metadata refresh by the maintenance task.
+        self._refreshed_at = 0.0
         self._maintenance_wake = asyncio.Event()
         self._round_robin: dict[str, int] = {}
         # Partition counts by topic, read on every send(); cleared when metadata refreshes.
@@ -679,9 +685,22 @@ class Producer:
         return await fut
 
     def _linger(self, batch: PartitionBatch) -> None:
-        if self._acc.open_batch(batch.topic, batch.partition) is batch:
-            self._acc.seal(batch.topic, batch.partition)
-            self._dispatch(batch)
+        """Linger passed: seal and send the batch, unless its partition cannot send it now.
+
+        A partition that is paused (failover) or already has sealed batches waiting lets its
+        open batch keep growing (until full or flushed) and looks again a little later: the
+        backlog is then a few full batches instead of many small ones that would each cost
+        a round trip to drain, in order, once the partition moves on.
+        """
+        if self._acc.open_batch(batch.topic, batch.partition) is not batch:
+            return
+        st = self._states.get((batch.topic, batch.partition))
+        if st is not None and (st.paused or st.queue) and not self._closed:
+            batch.timer = self._loop.call_later(
+                max(self.linger_ms, _RELINGER_MIN_MS) / 1000, self._linger, batch)
+            return
+        self._acc.seal(batch.topic, batch.partition)
+        self._dispatch(batch)
 
     def _dispatch(self, batch: PartitionBatch) -> None:
         """Hand a sealed batch to the sender of its partition's leader."""
@@ -790,7 +809,7 @@ class Producer:
         (metadata refresh, producer id reset, new route)."""
         while True:
             now = self._loop.time()
-            wait = 0.1
+            wait = _METADATA_POLL_S
             if self._resume_at:
                 wait = min(wait, max(min(self._resume_at.values()) - now, 0.0))
             if wait > 0:
@@ -834,41 +853,50 @@ class Producer:
                 sender.stalled.set()
 
     async def _resume_due(self, now: float) -> None:
-        due = [st for st, t in self._resume_at.items() if t <= now]
-        if not due:
+        """Resume paused partitions whose backoff passed, or whose leader moved.
+
+        While any partition is paused, metadata is refreshed every `_METADATA_POLL_S`: a
+        partition resumes as soon as a new leader is known, without waiting out a backoff
+        that grew while the old leader was being replaced.
+        """
+        if not self._resume_at:
             return
-        if self._metadata.stale:
+        if self._metadata.stale and now - self._refreshed_at >= _METADATA_POLL_S:
+            self._refreshed_at = now
             try:
                 await fetch_metadata(self._pool, self._metadata,
-                                     sorted({st.topic for st in self._states.values()}),
+                                     sorted({st.topic for st in self._resume_at}),
                                      timeout_s=self.request_timeout_s)
                 self._counts.clear()
                 self._hot.clear()
             except RilletError as exc:
                 log.info("metadata refresh failed: %s", exc)
-                for st in due:
-                    self._resume_at[st] = self._loop.time() + st.backoff
-                return
-        for st in due:
+        now = self._loop.time()
+        metadata = self._metadata
+        for st, at in list(self._resume_at.items()):
+            leader = metadata.leader(st.topic, st.partition)
+            address = metadata.leader_address(st.topic, st.partition)
+            if address is None or (leader == NO_LEADER and len(metadata.brokers) > 1):
+                continue  # an election is running
+            moved = st.sender is None or address != st.sender.address
+            if at > now and not moved:
+                continue
             if st.tainted and st.head_refused and st.producer_id >= 0:
                 if not await self._reset(st):
                     self._resume_at[st] = self._loop.time() + st.backoff
                     continue
             st.head_refused = False
-            leader = self._metadata.leader(st.topic, st.partition)
-            address = self._metadata.leader_address(st.topic, st.partition)
-            if address is None or (leader == NO_LEADER and len(self._metadata.brokers) > 1):
-                # An election is running: ask again after the backoff.
-                self._metadata.mark_stale()
-                self._resume_at[st] = self._loop.time() + st.backoff
-                continue
             del self._resume_at[st]
             st.paused = False
+            log.debug("%s[%d]: resuming at %s (leader %d), %d batches queued",
+                      st.topic, st.partition, address, leader, len(st.queue))
             if st.queue:
                 sender = st.sender = self._sender_at(address)
                 sender.wake(st)
             else:
                 st.sender = None
+        if self._resume_at:
+            metadata.mark_stale()  # keep polling until every paused partition has moved on
 
     async def _reset(self, st: _PartitionState) -> bool:
         """Continue a tainted partition under a new producer id from sequence 0.
