@@ -8,7 +8,8 @@ core's own cost.
 2. Idle: ``--idle-groups`` groups (default 1,000) on each of the 3 nodes, every group with a
    leader, nothing proposed, a heartbeat every ``--heartbeat-ticks`` ticks. Prints CPU per
    node per tick and the share of a core per node at ``--tick-ms``. All three nodes share
-   this process, so the CPU is divided by three.
+   this process, so the CPU is divided by three. Idle groups quiesce (decision 0404) unless
+   ``--no-quiesce`` (the cost before quiescence).
 
 Figures only: nothing here asserts on time. Run: .venv/bin/python bench/raft_driver.py
 """
@@ -44,7 +45,7 @@ class NullMachine:
         pass
 
 
-def build(groups: int, tick_ms: float, raft: Config) -> tuple[
+def build(groups: int, tick_ms: float, raft: Config, quiesce: bool = True) -> tuple[
         InMemoryNetwork, dict[int, RaftDriver], dict[int, dict[int, MemoryStorage]]]:
     net = InMemoryNetwork()
     drivers: dict[int, RaftDriver] = {}
@@ -52,7 +53,7 @@ def build(groups: int, tick_ms: float, raft: Config) -> tuple[
     conf = ConfState(frozenset(NODES))
     for n in NODES:
         d = RaftDriver(n, net.transport(n), CountingSyncer(), raft_config=raft, tick_ms=tick_ms,
-                       seed=n)
+                       seed=n, quiesce=quiesce)
         storages[n] = {}
         for g in range(1, groups + 1):
             storages[n][g] = MemoryStorage(conf)
@@ -84,9 +85,9 @@ def leader_of(drivers: dict[int, RaftDriver], g: int) -> RaftDriver:
 
 
 async def bench_replication(groups: int, entry_bytes: int, window: int, seconds: float,
-                            tick_ms: float) -> None:
+                            tick_ms: float, quiesce: bool) -> None:
     raft = Config(id=1, election_ticks=20, heartbeat_ticks=2)
-    _, drivers, storages = build(groups, tick_ms, raft)
+    _, drivers, storages = build(groups, tick_ms, raft, quiesce)
     for d in drivers.values():
         d.start()
     await elect(drivers, groups)
@@ -126,7 +127,7 @@ async def bench_replication(groups: int, entry_bytes: int, window: int, seconds:
     for d in drivers.values():
         await d.stop()
     print(f"replication: {groups} groups x 3 nodes, {entry_bytes} B entries, window {window}, "
-          f"tick {tick_ms:g} ms")
+          f"tick {tick_ms:g} ms, quiescence {'on' if quiesce else 'off'}")
     print(f"  {done / wall:,.0f} proposals committed/s ({done * entry_bytes / wall / 2**20:,.1f} "
           f"MiB/s), {done} in {wall:.2f} s, {lost} lost; process CPU {cpu / wall:.0%} of a core")
     for n, d in drivers.items():
@@ -136,40 +137,57 @@ async def bench_replication(groups: int, entry_bytes: int, window: int, seconds:
     del storages
 
 
-async def bench_idle(groups: int, seconds: float, tick_ms: float, heartbeat_ticks: int) -> None:
+async def bench_idle(groups: int, seconds: float, tick_ms: float, heartbeat_ticks: int,
+                     quiesce: bool) -> None:
     raft = Config(id=1, election_ticks=10 * heartbeat_ticks, heartbeat_ticks=heartbeat_ticks)
-    _, drivers, _ = build(groups, tick_ms, raft)
+    _, drivers, _ = build(groups, tick_ms, raft, quiesce)
     for d in drivers.values():
         d.start()
     t_elect = time.perf_counter()
     await elect(drivers, groups)
     elect_s = time.perf_counter() - t_elect
+    t_quiet = time.perf_counter()
+    if quiesce:
+        deadline = t_quiet + 60.0
+        while sum(len(d.quiesced_groups()) for d in drivers.values()) < 3 * groups:
+            if time.perf_counter() > deadline:
+                raise SystemExit("groups did not all quiesce within 60 s")
+            await asyncio.sleep(0.05)
+    quiet_s = time.perf_counter() - t_quiet
     await asyncio.sleep(1.0)  # let the campaign traffic settle
     ticks0 = sum(d.stats.ticks for d in drivers.values())
     msgs0 = sum(d.stats.messages_out for d in drivers.values())
+    pings0 = sum(d.stats.pings_out for d in drivers.values())
     cpu0, t0 = time.process_time(), time.perf_counter()
     await asyncio.sleep(seconds)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     ticks = sum(d.stats.ticks for d in drivers.values()) - ticks0
     msgs = sum(d.stats.messages_out for d in drivers.values()) - msgs0
+    pings = sum(d.stats.pings_out for d in drivers.values()) - pings0
     leaders = sum(1 for g in range(1, groups + 1) for d in drivers.values()
                   if d.core(g).role == Role.LEADER)
+    quiet = sum(len(d.quiesced_groups()) for d in drivers.values())
     for d in drivers.values():
         await d.stop()
     per_tick_ms = cpu / ticks * 1000 if ticks else float("nan")
     print(f"idle: {groups} groups on each of 3 nodes ({leaders} leaders), tick {tick_ms:g} ms, "
-          f"heartbeat every {heartbeat_ticks} tick(s); elected in {elect_s:.1f} s")
-    print(f"  CPU per node per tick: {per_tick_ms:.2f} ms "
-          f"({per_tick_ms * 1000 / groups:.1f} us per group); "
-          f"per node {cpu / wall / 3:.1%} of a core; {msgs / wall / 3:,.0f} raft messages/s "
-          f"per node")
+          f"heartbeat every {heartbeat_ticks} tick(s), quiescence "
+          f"{'on' if quiesce else 'off'}; elected in {elect_s:.1f} s"
+          + (f", all quiesced {quiet_s:.1f} s later" if quiesce else ""))
+    print(f"  CPU per node per tick: {per_tick_ms:.3f} ms "
+          f"({per_tick_ms * 1000 / groups:.2f} us per group); "
+          f"per node {cpu / wall / 3:.2%} of a core; {msgs / wall / 3:,.0f} raft messages/s "
+          f"and {pings / wall / 3:,.0f} node pings/s per node; {quiet} of {3 * groups} "
+          f"group members quiesced at the end")
 
 
 async def main_async(ns: argparse.Namespace) -> None:
     if ns.what in ("all", "replication"):
-        await bench_replication(ns.groups, ns.entry_bytes, ns.window, ns.seconds, ns.tick_ms)
+        await bench_replication(ns.groups, ns.entry_bytes, ns.window, ns.seconds, ns.tick_ms,
+                                not ns.no_quiesce)
     if ns.what in ("all", "idle"):
-        await bench_idle(ns.idle_groups, ns.seconds, ns.idle_tick_ms, ns.heartbeat_ticks)
+        await bench_idle(ns.idle_groups, ns.seconds, ns.idle_tick_ms, ns.heartbeat_ticks,
+                         not ns.no_quiesce)
 
 
 def main() -> None:
@@ -184,6 +202,8 @@ def main() -> None:
     parser.add_argument("--idle-tick-ms", type=float, default=100.0)
     parser.add_argument("--heartbeat-ticks", type=int, default=1,
                         help="idle run: heartbeat interval in ticks (election = 10x this)")
+    parser.add_argument("--no-quiesce", action="store_true",
+                        help="run the groups without quiescence (the cost before 0404)")
     ns = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     asyncio.run(main_async(ns))

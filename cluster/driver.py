@@ -39,6 +39,19 @@ the driver stopped. Otherwise it returns a future that
 - fails with ``DriverStoppedError`` / ``GroupRemovedError`` when the driver stops or the group
   is removed (outcome unknown too).
 
+Idle groups cost nothing (quiescence, decision 0404)
+----------------------------------------------------
+Every group runs with ``Config.quiesce`` (unless the driver is built with ``quiesce=False``):
+an idle group's leader sends a last heartbeat and the group stops ticking. The tick task
+ticks only the groups that are not quiesced (an active set: quiesced groups are not even
+visited), so an idle node's cost follows its peers, not its groups. What the quiesced groups
+no longer tell each other, the driver tells them once per node: ``PeerLiveness`` makes sure
+every peer hears from this node at least every ``ping_ticks`` (a ping, one
+``(NODE_GROUP_ID, b"")`` pair, when nothing else went to that peer), and a peer silent for an
+election timeout (the template's ``election_ticks``) is reported to every group with
+``RaftCore.report_unreachable``: quiesced followers of a leader there wake and elect another,
+a quiesced leader that lost sight of its majority wakes so check-quorum can depose it.
+
 Bounds: the tick and ready loops do a bounded amount of work per iteration (every group at
 most once per round; the core bounds bytes per Ready and in flight); pending proposals are
 bounded per group (``max_pending_proposals``) on top of the core's uncommitted-bytes bound;
@@ -62,6 +75,7 @@ from rillet.cluster.raft import (
     Entry,
     HardState,
     NotLeaderError,
+    PeerLiveness,
     ProposalDroppedError,
     RaftCore,
     RaftError,
@@ -75,6 +89,11 @@ from rillet.cluster.raft.storage import persist_ready
 from rillet.cluster.transport import GroupMessage, Transport
 
 log = logging.getLogger(__name__)
+
+NODE_GROUP_ID = (1 << 64) - 1
+"""The group id of node-level pings (``(NODE_GROUP_ID, b"")``): reserved, no Raft group may
+use it. A ping is an ordinary pair on the ordinary transport, so every transport carries it
+as it is; the receiving driver only notes that the sender is alive."""
 
 
 # -- protocols the driver needs ----------------------------------------------------------------
@@ -220,19 +239,28 @@ class DriverStats:
     messages_out: int = 0
     messages_in: int = 0
     dropped_in: int = 0
+    group_ticks: int = 0
+    """Core ticks given (quiesced groups get none)."""
+    pings_out: int = 0
+    pings_in: int = 0
+    peer_timeouts: int = 0
+    """Times a peer was found silent for an election timeout."""
 
 
 class RaftDriver:
     """Runs many Raft groups of node ``node_id``; see the module docstring for the contract.
 
     ``raft_config`` is the template for every group's ``Config`` (its ``id`` is replaced by
-    ``node_id``). ``tick_ms`` is how long one tick lasts. The driver owns ``transport``: it
-    closes it in ``stop()``.
+    ``node_id``, its ``quiesce`` by the driver's ``quiesce``: quiescence is safe only with
+    the peer liveness the driver runs). ``tick_ms`` is how long one tick lasts; the
+    template's ``election_ticks`` is also how long a silent peer takes to be reported
+    unreachable. The driver owns ``transport``: it closes it in ``stop()``.
     """
 
     def __init__(self, node_id: int, transport: Transport, syncer: Syncer, *,
                  raft_config: Config | None = None, tick_ms: float = 100.0,
-                 max_pending_proposals: int = 4096, seed: int | None = None) -> None:
+                 max_pending_proposals: int = 4096, seed: int | None = None,
+                 quiesce: bool = True) -> None:
         if tick_ms <= 0:
             raise ValueError(f"tick_ms must be positive, not {tick_ms}")
         if max_pending_proposals <= 0:
@@ -240,8 +268,15 @@ class RaftDriver:
         self.node_id = node_id
         self.transport = transport
         self.syncer = syncer
-        self.raft_config = dataclasses.replace(raft_config or Config(id=node_id), id=node_id)
+        self.quiesce = quiesce
+        self.raft_config = dataclasses.replace(raft_config or Config(id=node_id), id=node_id,
+                                               quiesce=quiesce)
         self.raft_config.validate()
+        election_ticks = self.raft_config.election_ticks
+        self._liveness = PeerLiveness(timeout_ticks=election_ticks,
+                                      ping_ticks=max(1, election_ticks // 4))
+        self._peers_dirty = True  # membership may have changed: recompute the peers
+        self._active: dict[int, None] = {}  # groups to tick: every group not quiesced
         self.tick_s = tick_ms / 1000.0
         self.max_pending_proposals = max_pending_proposals
         self.stats = DriverStats()
@@ -316,10 +351,15 @@ class RaftDriver:
         self._check_running()
         if group_id in self._groups:
             raise ValueError(f"group {group_id} already runs on node {self.node_id}")
-        cfg = dataclasses.replace(config or self.raft_config, id=self.node_id)
+        if group_id == NODE_GROUP_ID:
+            raise ValueError(f"group id {group_id} is reserved for node-level pings")
+        cfg = dataclasses.replace(config or self.raft_config, id=self.node_id,
+                                  quiesce=self.quiesce)
         core = RaftCore(cfg, storage, random.Random(self._rng.getrandbits(64)),
                         logging.getLogger(f"{__name__}.g{group_id}"))
         self._groups[group_id] = _Group(group_id, core, storage, machine)
+        self._active[group_id] = None
+        self._peers_dirty = True
         self._mark(group_id)
         return core
 
@@ -330,11 +370,22 @@ class RaftDriver:
         if group is None:
             raise UnknownGroupError(f"group {group_id} does not run on node {self.node_id}")
         self._dirty.pop(group_id, None)
+        self._active.pop(group_id, None)
+        self._peers_dirty = True
         group.fail_pending(GroupRemovedError, "group removed")
 
     def groups(self) -> list[int]:
         """The ids of the groups running here."""
         return list(self._groups)
+
+    def quiesced_groups(self) -> list[int]:
+        """The ids of the groups quiesced here now (visits every group: for tests, benchmarks
+        and admin pages, not for a loop)."""
+        return [gid for gid, group in self._groups.items() if group.core.quiesced]
+
+    def peers(self) -> list[int]:
+        """The nodes this one shares a group with, as of the last tick."""
+        return self._liveness.peers()
 
     def core(self, group_id: int) -> RaftCore:
         """The core of ``group_id`` (read its ``role``, ``leader``, ``commit_index``...).
@@ -351,6 +402,11 @@ class RaftDriver:
         self._dirty[group_id] = None
         self._wake.set()
 
+    def _activate(self, group: _Group) -> None:
+        """Tick ``group`` again if an input woke it (a no-op for awake groups)."""
+        if not group.core.quiesced:
+            self._active[group.id] = None
+
     # -- inputs ---------------------------------------------------------------------------------
 
     def propose(self, group_id: int, data: bytes) -> asyncio.Future[int]:
@@ -366,20 +422,44 @@ class RaftDriver:
             self._fail_deposed(group)  # keep the queue ordered by (term, index)
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         group.pending.append(_Pending(index, core.term, fut))
+        self._active[group_id] = None  # a proposal always wakes the group
         self._mark(group_id)
         return fut
 
     def campaign(self, group_id: int) -> None:
         """Make this node campaign for ``group_id`` now (placement, tests, benchmarks)."""
         self._check_running()
-        self._get(group_id).core.campaign()
+        group = self._get(group_id)
+        group.core.campaign()
+        self._activate(group)
         self._mark(group_id)
 
     def transfer_leader(self, group_id: int, target: int) -> None:
         """Hand leadership of ``group_id`` to ``target`` (raises NotLeaderError if not ours)."""
         self._check_running()
-        self._get(group_id).core.transfer_leader(target)
+        group = self._get(group_id)
+        group.core.transfer_leader(target)
+        self._activate(group)
         self._mark(group_id)
+
+    def peer_unreachable(self, peer: int) -> None:
+        """Tell every group that ``peer`` cannot be reached (``RaftCore.report_unreachable``):
+        quiesced followers of a leader there wake and elect another. The driver calls it
+        itself when ``peer`` has been silent for an election timeout; a transport that knows
+        sooner (a refused connection) may call it too."""
+        self._check_running()
+        self.stats.peer_timeouts += 1
+        woken = 0
+        for group in self._groups.values():
+            core = group.core
+            was_quiet = core.quiesced
+            core.report_unreachable(peer)
+            if was_quiet and not core.quiesced:
+                woken += 1
+                self._active[group.id] = None
+                self._mark(group.id)
+        log.info("node %d: peer %d unreachable: %d quiesced groups woken", self.node_id, peer,
+                 woken)
 
     def receive(self, frm: int, messages: list[GroupMessage]) -> None:
         """Messages from peer ``frm`` (the transport server calls this). Messages for unknown
@@ -387,11 +467,16 @@ class RaftDriver:
         and a group being created or removed is a normal race."""
         if self._stopped or self._failure is not None:
             return
+        self._liveness.heard(frm)
         groups = self._groups
+        active = self._active
         for group_id, buf in messages:
             group = groups.get(group_id)
             if group is None:
-                self.stats.dropped_in += 1
+                if group_id == NODE_GROUP_ID:
+                    self.stats.pings_in += 1
+                else:
+                    self.stats.dropped_in += 1
                 continue
             try:
                 m = decode_message(buf)
@@ -414,13 +499,16 @@ class RaftDriver:
                 continue
             self.stats.messages_in += 1
             self._dirty[group_id] = None
+            if group_id not in active and not group.core.quiesced:
+                active[group_id] = None
         self._wake.set()
 
     # -- the two tasks --------------------------------------------------------------------------
 
     async def _tick_loop(self) -> None:
-        """Tick every group once per ``tick_s``, on a fixed schedule (a late tick does not push
-        the later ones back; ticks missed during a long stall are skipped, not bunched)."""
+        """Every ``tick_s``, on a fixed schedule (a late tick does not push the later ones
+        back; ticks missed during a long stall are skipped, not bunched): ping the peers owed
+        one, report the peers gone silent, and tick every group that is not quiesced."""
         loop = asyncio.get_running_loop()
         next_at = loop.time() + self.tick_s
         while True:
@@ -429,11 +517,46 @@ class RaftDriver:
             next_at += self.tick_s
             if next_at < now:
                 next_at = now + self.tick_s
-            for group_id, group in self._groups.items():
-                group.core.tick()
-                self._dirty[group_id] = None
-            self.stats.ticks += 1
+            self._tick()
+
+    def _tick(self) -> None:
+        """One tick: the peer liveness, then the active groups."""
+        if self._peers_dirty:
+            self._refresh_peers()
+        pings, silent = self._liveness.tick()
+        for peer in pings:
+            self.transport.send(peer, [(NODE_GROUP_ID, b"")])
+            self.stats.pings_out += 1
+        for peer in silent:
+            log.info("node %d: nothing heard from peer %d for %d ticks", self.node_id, peer,
+                     self._liveness.timeout_ticks)
+            self.peer_unreachable(peer)
+        groups, active, dirty = self._groups, self._active, self._dirty
+        ticked = 0
+        for group_id in list(active):
+            group = groups.get(group_id)
+            if group is None or group.core.quiesced:
+                del active[group_id]
+                continue
+            group.core.tick()
+            dirty[group_id] = None
+            ticked += 1
+        self.stats.ticks += 1
+        self.stats.group_ticks += ticked
+        if ticked:
             self._wake.set()
+
+    def _refresh_peers(self) -> None:
+        """Track the nodes that share a group with this one (after groups or membership
+        changed; visits every group, so only then)."""
+        peers: set[int] = set()
+        for group in self._groups.values():
+            conf = group.core.conf_state
+            peers |= conf.voters
+            peers |= conf.learners
+        peers.discard(self.node_id)
+        self._liveness.set_peers(peers)
+        self._peers_dirty = False
 
     async def _ready_loop(self) -> None:
         while True:
@@ -476,8 +599,10 @@ class RaftDriver:
                 if batch is None:
                     batch = out[m.to] = []
                 batch.append((gid, encode_message(m)))
+        liveness = self._liveness
         for peer, batch in out.items():
             self.transport.send(peer, batch)
+            liveness.sent(peer)
             self.stats.sends += 1
             self.stats.messages_out += len(batch)
 
@@ -497,7 +622,10 @@ class RaftDriver:
             if group.id not in self._groups:
                 continue
             core = group.core
+            conf = core.conf_state
             core.advance(rd)
+            if core.conf_state is not conf or rd.snapshot is not None:
+                self._peers_dirty = True
             if group.pending:
                 self._fail_deposed(group)
             if core.has_ready():
@@ -551,7 +679,8 @@ class RaftDriver:
 
 
 __all__ = [
-    "CountingSyncer", "DriverError", "DriverStats", "DriverStoppedError", "DurableLog",
-    "EntryOverwrittenError", "GroupRemovedError", "LeadershipLostError", "NotLeaderError",
+    "NODE_GROUP_ID", "CountingSyncer", "DriverError", "DriverStats", "DriverStoppedError",
+    "DurableLog", "EntryOverwrittenError", "GroupRemovedError", "LeadershipLostError",
+    "NotLeaderError",
     "ProposalDroppedError", "RaftDriver", "StateMachine", "Syncer", "UnknownGroupError",
 ]

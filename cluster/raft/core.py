@@ -772,9 +772,13 @@ class RaftCore:
         for node_id in sorted(self.progress):
             if node_id == self._id:
                 continue
-            self.progress[node_id].recent_active = node_id not in self.unreachable
+            pr = self.progress[node_id]
+            pr.recent_active = node_id not in self.unreachable
+            # As in every heartbeat, the commit index is capped at what the member is known
+            # to hold (an unreachable member may lag; it refuses to quiesce if it is back).
             self.send(Message(MessageType.HEARTBEAT, to=node_id, frm=self._id, term=self._term,
-                              commit=last, index=last, log_term=last_term, quiesce=True))
+                              commit=min(pr.match, last), index=last, log_term=last_term,
+                              quiesce=True))
 
     def _quorum_recently_active(self) -> bool:
         """Like ``quorum_active`` but without starting a new round."""
