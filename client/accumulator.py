@@ -264,6 +264,8 @@ class PartitionBatch:
     deadline: float = 0.0
     #: Linger timer handle while the batch is open.
     timer: asyncio.TimerHandle | None = None
+    #: Its linger passed while the partition could not send: it is sealed once it can.
+    held: bool = False
     #: The loop its records' callbacks run on (the running loop when None).
     loop: asyncio.AbstractEventLoop | None = None
     #: Set once by `complete()` or `fail()`.

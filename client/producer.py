@@ -304,6 +304,8 @@ class _Sender:
                         producer._rewind(st)
                 elif st.queue:
                     self.wake(st)
+                else:
+                    producer._release_held(st)
         except grpc.aio.AioRpcError as exc:
             err = from_rpc_error(exc)
             if exc.code() in _STREAM_REFUSED:
@@ -696,11 +698,19 @@ class Producer:
             return
         st = self._states.get((batch.topic, batch.partition))
         if st is not None and (st.paused or st.queue) and not self._closed:
+            batch.held = True
             batch.timer = self._loop.call_later(
                 max(self.linger_ms, _RELINGER_MIN_MS) / 1000, self._linger, batch)
             return
         self._acc.seal(batch.topic, batch.partition)
         self._dispatch(batch)
+
+    def _release_held(self, st: _PartitionState) -> None:
+        """The partition can send again: seal its open batch now if its linger passed."""
+        batch = self._acc.open_batch(st.topic, st.partition)
+        if batch is not None and batch.held:
+            self._acc.seal(st.topic, st.partition)
+            self._dispatch(batch)
 
     def _dispatch(self, batch: PartitionBatch) -> None:
         """Hand a sealed batch to the sender of its partition's leader."""
