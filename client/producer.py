@@ -235,9 +235,12 @@ class _Sender:
         producer = self.producer
         self.in_flight.clear()
         producer._metadata.mark_stale()  # the node may be gone or no longer lead
-        # Every partition routed here waits for fresh metadata before it writes again.
+        # Every partition routed here waits for fresh metadata before it writes again,
+        # including one that was paused and still waiting for answers that now never come.
         for st in list(producer._states.values()):
-            if st.sender is not self or st.paused or not (st.in_flight or st.queue):
+            if st.sender is not self or st in producer._resume_at:
+                continue  # routed elsewhere, or already rewound and waiting to resume
+            if not (st.paused or st.in_flight or st.queue):
                 continue
             st.retry.extend(st.in_flight)
             st.in_flight.clear()

@@ -246,3 +246,30 @@ async def test_not_idempotent_sends_no_producer_fields(cluster1: FakeCluster) ->
         await producer.flush()
     assert cluster1.requests == [(0, 1, -1, -1)]
     await wait_for(lambda: cluster1.values(1) == [b"x"], "the record stored")
+
+
+async def test_stream_breaking_while_a_partition_waits_for_answers_still_resends(
+        cluster1: FakeCluster) -> None:
+    step = 0
+
+    def script(node: FakeNode, req: log_pb2.ProduceRequest, header: codec.BatchHeader) -> Any:
+        nonlocal step
+        if header.base_sequence > 0 and step < 2:
+            step += 1
+            if step == 1:  # refused: the partition pauses and waits for the next answer...
+                return error(common_pb2.ERROR_CODE_NOT_LEADER, "moving", retriable=True,
+                             refresh=True)
+            return "break"  # ...which never comes
+        return None
+
+    cluster1.script = script
+    async with Producer(_addresses(cluster1), linger_ms=0, batch_bytes=300) as producer:
+        first = await producer.send("t", b"000" + b"z" * 100, partition=0)
+        await producer.flush()
+        futs = [await producer.send("t", b"%03d" % i + b"z" * 100, partition=0)
+                for i in range(1, 9)]
+        await producer.flush(timeout_s=10)
+    assert step == 2
+    assert first.result().offset == 0
+    assert [f.result().offset for f in futs] == list(range(1, 9))
+    assert [v[:3] for v in cluster1.values(0)] == [b"%03d" % i for i in range(9)]
