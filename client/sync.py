@@ -187,6 +187,9 @@ class Admin(_Wrapper):
     def metadata(self, topics: Sequence[str] = ()) -> ClusterMetadata:
         return self._lt.run(self._a.metadata(topics))
 
+    def describe_cluster(self, *, probe_timeout_s: float = 1.0) -> _admin.ClusterDescription:
+        return self._lt.run(self._a.describe_cluster(probe_timeout_s=probe_timeout_s))
+
     def close(self) -> None:
         try:
             self._lt.run(self._a.close())
