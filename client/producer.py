@@ -89,6 +89,8 @@ _OUT_OF_ORDER = common_pb2.ERROR_CODE_OUT_OF_ORDER_SEQUENCE
 _RELINGER_MIN_MS = 5.0
 # How often paused partitions poll metadata for a new leader.
 _METADATA_POLL_S = 0.1
+#: Metadata is refreshed at least this often while the producer has partitions (seconds).
+METADATA_MAX_AGE_S = 30.0
 # Statuses that end a Produce stream because the broker refuses it (not a node failing):
 # the unanswered batches fail. Any other status (UNAVAILABLE, and INTERNAL/UNKNOWN as a reset
 # HTTP/2 stream shows up) means a broken connection: the outcome is unknown, resend.
@@ -416,6 +418,7 @@ class Producer:
         self._loop = asyncio.get_running_loop()
         if self.idempotent:
             self.producer_id = await self._init_producer_id()
+        self._refreshed_at = self._loop.time()
         self._maintenance = self._loop.create_task(
             self._maintain(), name="rillet-producer-maintenance")
         self._started = True
@@ -837,6 +840,8 @@ class Producer:
                 self._expire(now)
                 self._check_stalls(now)
                 await self._resume_due(now)
+                if self._states and now - self._refreshed_at >= METADATA_MAX_AGE_S:
+                    await self._follow_leaders()
             except Exception:
                 log.exception("producer maintenance failed; continuing")
                 await asyncio.sleep(0.1)
@@ -910,6 +915,37 @@ class Producer:
                 st.sender = None
         if self._resume_at:
             metadata.mark_stale()  # keep polling until every paused partition has moved on
+
+    async def _follow_leaders(self) -> None:
+        """Periodic metadata refresh: a node that no longer leads a partition may keep
+        answering (it forwards), so without this a moved leader would only be noticed after
+        a failure. A partition whose leader moved drains what it has in flight on the old
+        stream, then resumes at the new leader (the pause keeps its batches in order)."""
+        self._refreshed_at = self._loop.time()
+        try:
+            await fetch_metadata(self._pool, self._metadata,
+                                 sorted({st.topic for st in self._states.values()}),
+                                 timeout_s=self.request_timeout_s)
+        except RilletError as exc:
+            log.info("metadata refresh failed: %s", exc)
+            return
+        self._counts.clear()
+        self._hot.clear()
+        for st in self._states.values():
+            if st.paused or st.sender is None:
+                continue
+            if self._metadata.leader(st.topic, st.partition) == NO_LEADER:
+                continue
+            address = self._metadata.leader_address(st.topic, st.partition)
+            if address is None or address == st.sender.address:
+                continue
+            log.info("%s[%d]: leader moved to %s", st.topic, st.partition, address)
+            if st.in_flight:
+                self._pause(st)  # rewinds once the old stream answered the rest
+            else:
+                st.sender = self._sender_at(address)
+                if st.queue:
+                    st.sender.wake(st)
 
     async def _reset(self, st: _PartitionState) -> bool:
         """Continue a tainted partition under a new producer id from sequence 0.

@@ -64,6 +64,9 @@ class FakeCluster:
         self.next_producer_id = 1000
         #: InitProducer answers UNIMPLEMENTED when False (an older broker).
         self.init_producer = True
+        #: A node that does not lead a partition stores the batch anyway, as a real node
+        #: that forwards to the leader would, instead of answering NOT_LEADER.
+        self.forwarding = False
         self.script: Script = lambda node, req, header: None
         #: Every produce request received: (node id, partition, producer id, base sequence).
         self.requests: list[tuple[int, int, int, int]] = []
@@ -155,7 +158,7 @@ class FakeNode(log_pb2_grpc.ProduceServicer, log_pb2_grpc.ConsumeServicer,
                 yield log_pb2.ProduceResponse(topic=req.topic, partition=req.partition,
                                               base_offset=-1, error=action)
                 continue
-            if c.leaders[req.partition] != self.node_id:
+            if c.leaders[req.partition] != self.node_id and not c.forwarding:
                 yield log_pb2.ProduceResponse(
                     topic=req.topic, partition=req.partition, base_offset=-1,
                     error=error(common_pb2.ERROR_CODE_NOT_LEADER,

@@ -273,3 +273,22 @@ async def test_stream_breaking_while_a_partition_waits_for_answers_still_resends
     assert first.result().offset == 0
     assert [f.result().offset for f in futs] == list(range(1, 9))
     assert [v[:3] for v in cluster1.values(0)] == [b"%03d" % i for i in range(9)]
+
+
+async def test_a_moved_leader_is_followed_even_while_the_old_one_forwards(
+        cluster3: FakeCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(producer_mod, "METADATA_MAX_AGE_S", 0.05)
+    cluster3.forwarding = True
+    async with Producer(_addresses(cluster3), linger_ms=0) as producer:
+        futs = [await producer.send("t", b"%03d" % i, partition=0) for i in range(3)]
+        await producer.flush()
+        cluster3.leaders[0] = 1
+        i = 3
+        async with asyncio.timeout(10):
+            while cluster3.requests[-1][0] != 1:
+                futs.append(await producer.send("t", b"%03d" % i, partition=0))
+                i += 1
+                await asyncio.sleep(0.01)
+        await producer.flush()
+    assert [f.result().offset for f in futs] == list(range(i))
+    assert cluster3.values(0) == [b"%03d" % k for k in range(i)]
