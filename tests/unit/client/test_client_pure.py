@@ -20,8 +20,8 @@ from rillet.client.records import decode_batches
 # ---------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("code", [c for c in common_pb2.ErrorCode.values() if c not in (
-    common_pb2.ERROR_CODE_NONE, common_pb2.ERROR_CODE_DUPLICATE_SEQUENCE)])
+@pytest.mark.parametrize("code", [c for c in common_pb2.ErrorCode.values()
+                                  if c != common_pb2.ERROR_CODE_NONE])
 def test_every_error_code_has_its_own_class(code: int) -> None:
     cls = errors.for_code(code)
     assert cls is not errors.RilletError
@@ -33,6 +33,9 @@ def test_retriable_flags_follow_the_contract() -> None:
     assert errors.for_code(common_pb2.ERROR_CODE_NOT_LEADER).refresh_metadata
     assert errors.for_code(common_pb2.ERROR_CODE_UNAVAILABLE).retriable
     assert not errors.for_code(common_pb2.ERROR_CODE_CORRUPT_BATCH).retriable
+    # Resending in order fixes a gap (docs/decisions/0403); a duplicate is not retried.
+    assert errors.for_code(common_pb2.ERROR_CODE_OUT_OF_ORDER_SEQUENCE).retriable
+    assert not errors.for_code(common_pb2.ERROR_CODE_DUPLICATE_SEQUENCE).retriable
     assert errors.for_code(999) is errors.RilletError
 
 
