@@ -136,7 +136,8 @@ class _PartitionState:
         self.retry: list[PartitionBatch] = []
         self.sender: _Sender | None = None
         self.paused = False
-        self.in_ready = False
+        #: The sender whose `ready` deque holds this partition, if any.
+        self.in_ready: _Sender | None = None
         #: Pause before the next resend (seconds); doubles per failure, reset by an ack.
         self.backoff = backoff
         #: A batch of this partition was given up on (failed, expired) while the broker may
@@ -183,8 +184,10 @@ class _Sender:
             self.wake(st)
 
     def wake(self, st: _PartitionState) -> None:
-        if not st.in_ready:
-            st.in_ready = True
+        # `in_ready` names the sender whose `ready` holds the partition: a partition that
+        # moved may still sit in its old sender's deque, which skips it.
+        if st.in_ready is not self:
+            st.in_ready = self
             self.ready.append(st)
             self._wakeup.set()
 
@@ -260,7 +263,9 @@ class _Sender:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             st = ready.popleft()
-            st.in_ready = False
+            if st.in_ready is not self:
+                continue  # moved to another sender's deque meanwhile
+            st.in_ready = None
             if st.sender is not self or st.paused or not st.queue:
                 continue
             if len(st.in_flight) >= (max_in_flight if st.known else 1):
