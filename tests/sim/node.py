@@ -22,8 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from rillet.cluster.raft.liveness import PeerLiveness
 from rillet.cluster.raft.storage import Storage
-from rillet.cluster.raft.types import Entry, HardState, Message, Ready, Role
+from rillet.cluster.raft.types import ConfState, Entry, HardState, Message, Ready, Role
 
 from .disk import SimDisk
 from .invariants import Invariants, InvariantViolation
@@ -44,6 +45,21 @@ def decode_state(data: bytes) -> list[bytes]:
 READY_LOOPS_MAX = 64  # Readies one event drains; the rest continue in a follow-up event
 
 
+@dataclass(frozen=True)
+class NodePing:
+    """A node-level ping (what the driver sends a peer it sent nothing else to): only says
+    that ``frm`` is alive. Travels the same faulty links as Raft messages."""
+
+    frm: int
+    to: int
+
+    def describe(self) -> str:
+        return f"{self.frm}->{self.to} PING"
+
+
+Wire = Message | NodePing
+
+
 class Core(Protocol):
     """The part of RaftCore the simulator drives."""
 
@@ -57,8 +73,13 @@ class Core(Protocol):
     def leader(self) -> int: ...
     @property
     def commit_index(self) -> int: ...
+    @property
+    def quiesced(self) -> bool: ...
+    @property
+    def conf_state(self) -> ConfState: ...
 
     def tick(self) -> None: ...
+    def report_unreachable(self, node_id: int) -> None: ...
     def step(self, msg: Message) -> None: ...
     def propose(self, data: bytes) -> int: ...
     def has_ready(self) -> bool: ...
@@ -77,6 +98,9 @@ class NodeTiming:
     tick_jitter_ms: int = 2
     fsync_min_ms: int = 1
     fsync_mean_ms: float = 2.0
+    liveness_ticks: int = 0
+    """With quiescence: report a peer unreachable after this many ticks of silence, and ping
+    peers sent nothing for a quarter of it (the driver's rule). 0 = no liveness."""
 
 
 @dataclass
@@ -84,6 +108,7 @@ class NodeHooks:
     """Where a node reports to the rest of the simulation."""
 
     send: Callable[[int, int, Message], None]
+    ping: Callable[[int, int], None]
     applied: Callable[[SimNode, Entry], None]
     checker: Invariants
     crash_rng: random.Random
@@ -99,6 +124,7 @@ class NodeStats:
     crashes: int = 0
     ticks: int = 0
     steps: int = 0
+    quiesces: int = 0  # times the core went quiet (on a tick as leader, on a step otherwise)
 
 
 class SimNode:
@@ -128,6 +154,7 @@ class SimNode:
         self.stats = NodeStats()
         self.logger = logging.getLogger(f"tests.sim.core.n{node_id}")
         self.removed = False  # set by the simulation once a REMOVE of this node applied
+        self.liveness: PeerLiveness | None = None
 
     # -- NodeView (what the invariant checker reads) ----------------------------------------
 
@@ -173,6 +200,8 @@ class SimNode:
                                                 self.applied_index, self.state)
         self.core = self._factory(self.node_id, self.disk.storage, self._core_rng, self.logger)
         self._inflight = None
+        ticks = self._timing.liveness_ticks
+        self.liveness = PeerLiveness(ticks, max(1, ticks // 4)) if ticks else None
         first = self._tick_rng.randrange(self._timing.tick_ms)
         self._schedule_tick(first)
         self._hooks.checker.observe(self)
@@ -198,9 +227,17 @@ class SimNode:
         def tick() -> None:
             if not self._alive(incarnation):
                 return
-            assert self.core is not None
+            core = self.core
+            assert core is not None
             self.stats.ticks += 1
-            self.core.tick()
+            self._tick_liveness(core)
+            was_quiet = core.quiesced
+            quiet = was_quiet and self._inflight is None and not core.has_ready()
+            core.tick()
+            self.stats.quiesces += core.quiesced and not was_quiet
+            if quiet and (core.has_ready() or not core.quiesced):
+                raise InvariantViolation(f"n{self.node_id}: a quiesced {core.role.name} of "
+                                         f"term {core.term} woke or handed out work on a tick")
             self._hooks.checker.observe(self)
             self._process()
             jitter = self._timing.tick_jitter_ms
@@ -209,12 +246,35 @@ class SimNode:
 
         self._scheduler.schedule(delay_ms, "tick", tick, node=self.node_id)
 
+    def _tick_liveness(self, core: Core) -> None:
+        """The driver's node-level liveness: ping idle links, report silent peers."""
+        live = self.liveness
+        if live is None:
+            return
+        conf = core.conf_state
+        live.set_peers((conf.voters | conf.learners) - {self.node_id})
+        pings, silent = live.tick()
+        for peer in pings:
+            self._hooks.ping(self.node_id, peer)
+        for peer in silent:
+            self._scheduler.note("peer-silent", node=self.node_id, subject=f"n{peer}")
+            core.report_unreachable(peer)
+
+    def heard_from(self, peer: int) -> None:
+        """A node ping arrived (dropped when the node is down)."""
+        if self.core is not None and self.liveness is not None:
+            self.liveness.heard(peer)
+
     def receive(self, msg: Message) -> None:
         """A delivered message; dropped when the node is down."""
         if self.core is None:
             return
+        if self.liveness is not None:
+            self.liveness.heard(msg.frm)
         self.stats.steps += 1
+        was_quiet = self.core.quiesced
         self.core.step(msg)
+        self.stats.quiesces += self.core.quiesced and not was_quiet
         self._hooks.checker.observe(self)
         self._process()
 
@@ -294,8 +354,11 @@ class SimNode:
         self._scheduler.schedule(delay, "fsync", fsync, node=self.node_id)
 
     def _send(self, rd: Ready) -> None:
+        live = self.liveness
         for msg in rd.messages:
             self._hooks.send(self.node_id, msg.to, msg)
+            if live is not None:
+                live.sent(msg.to)
 
     def _finish(self, rd: Ready) -> None:
         core = self.core
@@ -329,7 +392,7 @@ class SimNode:
             return
         if self.applied_index > storage.last_index():
             return  # applied past what was written? then the checks above already failed
-        conf = core.conf_state  # type: ignore[attr-defined]  # membership at applied index
+        conf = core.conf_state  # membership at the applied index
         self.disk.compact(self.applied_index, conf, encode_state(self.state))
         self._scheduler.note("compact", node=self.node_id, subject=f"to {self.applied_index}")
 

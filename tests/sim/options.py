@@ -53,6 +53,7 @@ class Options:
     max_size_per_msg: int = 1 << 20  # 1 byte = one entry per APPEND: acks come entry by entry
     max_inflight_msgs: int = 256
     max_committed_bytes_per_ready: int = 64 << 20
+    quiesce: bool = False  # idle groups go quiet; nodes ping each other (decision 0404)
     safety_ms: int = SAFETY_MS
 
     @classmethod
@@ -97,6 +98,9 @@ class Options:
         # Drawn last so that adding it moved no other field of any seed: a Ready's snapshot
         # and hard state as one record, or as two that a crash can separate.
         options.atomic_snapshot = rng.random() < 0.5
+        # Drawn after it for the same reason: quiescence (and the node pings and liveness
+        # reports it needs) on half the seeds.
+        options.quiesce = rng.random() < 0.5
         return options
 
     def replace(self, **changes: object) -> Options:

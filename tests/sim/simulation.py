@@ -29,7 +29,7 @@ from rillet.cluster.raft.types import (
 from .disk import SimDisk
 from .invariants import Invariants, InvariantViolation
 from .network import LinkFaults, Network
-from .node import Core, CoreFactory, NodeHooks, NodeTiming, SimNode
+from .node import Core, CoreFactory, NodeHooks, NodePing, NodeTiming, SimNode, Wire
 from .options import LIVENESS_TICKS, TICK_MS, Options
 from .scheduler import Scheduler
 from .seeds import derive
@@ -61,11 +61,28 @@ def core_factory(core_class: type, options: Options) -> CoreFactory:
                         pre_vote=options.pre_vote, check_quorum=options.check_quorum,
                         max_size_per_msg=options.max_size_per_msg,
                         max_inflight_msgs=options.max_inflight_msgs,
-                        max_committed_bytes_per_ready=options.max_committed_bytes_per_ready)
+                        max_committed_bytes_per_ready=options.max_committed_bytes_per_ready,
+                        quiesce=options.quiesce)
         core: Core = core_class(config, storage, rng, logger)
         return core
 
     return make
+
+
+_PING = b"P"  # codec messages start with their version byte (1), never with this
+
+
+def encode_wire(msg: Wire) -> bytes:
+    """A Raft message in the codec's bytes, or a node ping as ``P`` + from + to."""
+    if isinstance(msg, NodePing):
+        return _PING + msg.frm.to_bytes(8, "big") + msg.to.to_bytes(8, "big")
+    return codec.encode_message(msg)
+
+
+def decode_wire(buf: bytes) -> Wire:
+    if buf[:1] == _PING:
+        return NodePing(int.from_bytes(buf[1:9], "big"), int.from_bytes(buf[9:17], "big"))
+    return codec.decode_message(buf)
 
 
 def default_core_factory(options: Options) -> CoreFactory:
@@ -104,7 +121,8 @@ class RunResult:
         return (f"seed={self.seed} ok events={self.events} sim_ms={self.sim_ms} "
                 f"proposals={self.proposals} acked={self.acked} terms_with_leader="
                 f"{self.leaders} crashes={self.crashes} liveness_ms={self.liveness_ms} "
-                f"final {self.conf.describe()}")
+                + (f"quiesces={self.stats.get('quiesces', 0)} " if self.options.quiesce else "")
+                + f"final {self.conf.describe()}")
 
 
 def reproduce_command(seed: int, bug: str | None = None,
@@ -139,9 +157,9 @@ class Simulation:
         self._tick_rng = derive(seed, "ticks")
         self._disk_rng = derive(seed, "disk")
         self._node_rng = derive(seed, "nodes")
-        self.network: Network[Message] = Network(
+        self.network: Network[Wire] = Network(
             self.scheduler, derive(seed, "network"),
-            encode=codec.encode_message, decode=codec.decode_message, deliver=self._deliver,
+            encode=encode_wire, decode=decode_wire, deliver=self._deliver,
             defaults=LinkFaults(drop=opts.drop, duplicate=opts.duplicate,
                                 delay_min_ms=opts.delay_min_ms,
                                 delay_mean_ms=opts.delay_mean_ms, fifo=not opts.reorder))
@@ -165,12 +183,13 @@ class Simulation:
 
     def _add_node(self, node_id: int) -> SimNode:
         opts = self.options
-        hooks = NodeHooks(send=self._send, applied=self._on_applied,
+        hooks = NodeHooks(send=self._send, ping=self._ping, applied=self._on_applied,
                           checker=self.checker, crash_rng=self._disk_rng,
                           torn_probability=opts.torn_probability,
                           compact_every=opts.compact_every)
         timing = NodeTiming(tick_ms=TICK_MS, tick_jitter_ms=opts.tick_jitter_ms,
-                            fsync_mean_ms=opts.fsync_mean_ms)
+                            fsync_mean_ms=opts.fsync_mean_ms,
+                            liveness_ticks=opts.election_ticks if opts.quiesce else 0)
         disk = SimDisk(node_id, self.genesis, atomic_snapshot=opts.atomic_snapshot)
         node = self._node_class(node_id, disk, self.scheduler,
                                 self._factory, hooks, timing, self._tick_rng, self._disk_rng,
@@ -191,6 +210,10 @@ class Simulation:
             self.scheduler.schedule(self._fault_rng.randint(0, 3), "reboot-after-vote",
                                     self._reboot_action(frm), node=frm)
 
+    def _ping(self, frm: int, to: int) -> None:
+        """A node-level ping (quiescence seeds): through the same faulty links as Raft."""
+        self.network.send(frm, to, NodePing(frm, to))
+
     def _reboot_action(self, node_id: int) -> Callable[[], None]:
         def reboot() -> None:
             node = self.nodes[node_id]
@@ -202,9 +225,13 @@ class Simulation:
                                     self._restart_action(node_id), node=node_id)
         return reboot
 
-    def _deliver(self, to: int, msg: Message) -> None:
+    def _deliver(self, to: int, msg: Wire) -> None:
         node = self.nodes.get(to)
-        if node is not None:
+        if node is None:
+            return
+        if isinstance(msg, NodePing):
+            node.heard_from(msg.frm)
+        else:
             node.receive(msg)
 
     # -- observation -------------------------------------------------------------------------
@@ -289,7 +316,8 @@ class Simulation:
             liveness_ms=liveness_ms,
             stats={"sent": self.network.stats.sent, "dropped": self.network.stats.dropped,
                    "duplicated": self.network.stats.duplicated,
-                   "clogged": self.network.stats.clogged})
+                   "clogged": self.network.stats.clogged,
+                   "quiesces": sum(n.stats.quiesces for n in self.nodes.values())})
 
     def _safety_phase(self) -> None:
         opts = self.options
@@ -435,7 +463,7 @@ class Simulation:
         leader = leaders[0]
         assert leader.core is not None
         rng = self._workload_rng
-        conf = leader.core.conf_state  # type: ignore[attr-defined]
+        conf = leader.core.conf_state
         learners = sorted(conf.learners)
         voters = sorted(conf.voters)
         if learners:
@@ -473,7 +501,7 @@ class Simulation:
             return
         leader = leaders[0]
         assert leader.core is not None
-        voters = leader.core.conf_state.voters  # type: ignore[attr-defined]
+        voters = leader.core.conf_state.voters
         others = [v for v in sorted(voters) if v != leader.node_id]
         if not others:
             return

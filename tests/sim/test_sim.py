@@ -16,8 +16,18 @@ pytest.importorskip("rillet.cluster.raft.core",
                     reason="the Raft core (cluster/raft/core.py) has not landed yet")
 
 from .invariants import InvariantViolation
+from .options import Options
 from .planted import BUGS, simulation_for
-from .scenarios import SCRIPTED_OPTIONS, double_vote_after_reboot, figure8
+from .scenarios import (
+    QUIESCE_OPTIONS,
+    SCRIPTED_OPTIONS,
+    double_vote_after_reboot,
+    figure8,
+    quiesced_follower_rejoins,
+    quiesced_leader_crash,
+    quiesced_leader_cut_off,
+)
+from .seeds import derive
 from .simulation import Simulation, SimulationFailure
 
 DEFAULT_SEEDS = range(100)
@@ -129,3 +139,40 @@ def test_double_vote_real_core_remembers_its_vote() -> None:
 def test_double_vote_catches_forgotten_vote() -> None:
     with pytest.raises(InvariantViolation, match="two leaders in term"):
         double_vote_after_reboot(simulation_for(1, "forget_vote", overrides=SCRIPTED_OPTIONS))
+
+
+# -- quiescence (decision 0404) ------------------------------------------------------------------
+
+QUIESCE_SCRIPTS = {"leader_crash": quiesced_leader_crash,
+                   "leader_cut_off": quiesced_leader_cut_off,
+                   "follower_rejoins": quiesced_follower_rejoins}
+
+
+def test_default_seeds_cover_quiescence() -> None:
+    """About half the swarm quiesces (with node pings and liveness reports), so the default
+    seeds check quiescence under every fault the swarm draws, and the rest check Raft without
+    it."""
+    quiet = [s for s in DEFAULT_SEEDS if Options.swarm(s, derive(s, "options")).quiesce]
+    assert 30 <= len(quiet) <= 70, len(quiet)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("script", sorted(QUIESCE_SCRIPTS))
+def test_quiesced_group_fails_over_and_rejoins(script: str, seed: int) -> None:
+    """A quiesced group whose leader crashes or is cut off elects another within
+    FAILOVER_TICKS_MAX ticks; a cut-off follower rejoins without a new term (scenarios.py)."""
+    print(f"seed {seed} scenario quiesced_{script}")
+    sim = simulation_for(seed, overrides=QUIESCE_OPTIONS)
+    print(f"returned {QUIESCE_SCRIPTS[script](sim)}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(QUIESCE_SCRIPTS))
+def test_quiesce_scripts_sweep(script: str) -> None:
+    failures = []
+    for seed in range(SLOW_FIRST_SEED, SLOW_FIRST_SEED + 300):
+        try:
+            QUIESCE_SCRIPTS[script](simulation_for(seed, overrides=QUIESCE_OPTIONS))
+        except AssertionError as exc:
+            failures.append(f"seed {seed}: {exc}")
+    assert not failures, "\n".join(failures)
