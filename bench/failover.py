@@ -14,6 +14,9 @@ The producer speaks the generated stubs directly: after a failure it asks a live
 metadata, and when that names no live leader yet it tries each live node in turn (a
 non-leader answers NOT_LEADER at once). So the gap is the cluster's (detection, election,
 metadata) plus at most one round of this discovery, not a client library's retry backoff.
+Before each kill the producer is pointed at the leader the metadata names: a node that does
+not lead forwards produce requests, so which node answers does not tell who leads; and an
+answer the victim sent just before it died does not count.
 """
 
 from __future__ import annotations
@@ -56,10 +59,12 @@ class AckLoop:
 
     def __init__(self, nodes: list[NodeProcess]) -> None:
         self.nodes = nodes
-        self.ack_times: list[float] = []
+        #: (monotonic time, node id) of every ack, in arrival order.
+        self.acks: list[tuple[float, int]] = []
         self.leader: int | None = None
         self.failures = 0
         self._stop = False
+        self._switch: int | None = None
 
     def alive(self) -> list[NodeProcess]:
         return [n for n in self.nodes if n.proc.poll() is None]
@@ -86,7 +91,12 @@ class AckLoop:
     async def run(self) -> None:
         seq = 0
         while not self._stop:
-            candidates = [self.leader] if self.leader is not None else await self._find_leader()
+            if self._switch is not None:
+                candidates, self._switch = [self._switch], None
+            elif self.leader is not None:
+                candidates = [self.leader]
+            else:
+                candidates = await self._find_leader()
             self.leader = None
             for node_id in candidates:
                 if self._stop:
@@ -98,7 +108,8 @@ class AckLoop:
                         stub = log_pb2_grpc.ProduceStub(ch)  # type: ignore[no-untyped-call]
                         call = stub.Produce()
                         try:
-                            while not self._stop:
+                            while not self._stop and self._switch in (None, node_id):
+                                self._switch = None  # already on the node asked for
                                 seq += 1
                                 data = batch.encode([f"v{seq}".encode() * 10],
                                                     timestamps_ms=[int(time.time() * 1000)])
@@ -108,7 +119,7 @@ class AckLoop:
                                 resp = await asyncio.wait_for(call.read(), ANSWER_TIMEOUT_S)
                                 if resp is grpc.aio.EOF or resp.HasField("error"):
                                     break
-                                self.ack_times.append(time.monotonic())
+                                self.acks.append((time.monotonic(), node_id))
                                 self.leader = node_id
                                 acked_here = True
                         finally:
@@ -124,19 +135,31 @@ class AckLoop:
     def stop(self) -> None:
         self._stop = True
 
-    async def first_ack_after(self, t: float, timeout_s: float = 60.0) -> float:
+    async def switch_to(self, node_id: int, timeout_s: float = 30.0) -> None:
+        """Send to `node_id` from now on (a node that does not lead forwards, so acks alone do
+        not show who leads) and return after its first ack."""
+        self._switch = node_id
+        deadline = time.monotonic() + timeout_s
+        while not (self.acks and self.acks[-1][1] == node_id and self._switch is None):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no ack from node {node_id} in {timeout_s}s")
+            await asyncio.sleep(0.005)
+
+    async def first_ack_after(self, t: float, victim: int, timeout_s: float = 60.0) -> float:
+        """When the first ack from another node than `victim` arrived after `t` (an answer
+        the victim sent just before dying may still be read after the kill)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            later = [a for a in self.ack_times[-50:] if a > t]
+            later = [a for a, node in self.acks[-50:] if a > t and node != victim]
             if later:
                 return later[0]
             await asyncio.sleep(0.005)
         raise TimeoutError(f"no ack within {timeout_s}s of the kill")
 
     async def wait_acks(self, n: int, timeout_s: float = 60.0) -> None:
-        target = len(self.ack_times) + n
+        target = len(self.acks) + n
         deadline = time.monotonic() + timeout_s
-        while len(self.ack_times) < target:
+        while len(self.acks) < target:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"fewer than {n} acks in {timeout_s}s")
             await asyncio.sleep(0.01)
@@ -173,23 +196,26 @@ async def measure(nodes: list[NodeProcess], kills: int) -> list[float]:
     try:
         await loop.wait_acks(50)
         for k in range(kills):
-            # The node that answered the latest ack leads partition 0 (metadata may lag).
-            await loop.wait_acks(1)
-            leader_id = loop.leader
-            assert leader_id is not None
+            # Kill the leader the metadata names, with the producer connected to it directly
+            # (any node forwards, so the node that acks is not necessarily the leader).
+            live = next(n for n in nodes if n.proc.poll() is None)
+            leader_id = (await asyncio.to_thread(wait_leaders, live.address, TOPIC)
+                         ).partitions[0].leader_id
+            await loop.switch_to(leader_id)
             victim = nodes[leader_id]
             t_kill = time.monotonic()
             victim.proc.kill()
             victim.proc.wait()
-            t_ack = await loop.first_ack_after(t_kill)
+            t_ack = await loop.first_ack_after(t_kill, leader_id)
             gaps.append(t_ack - t_kill)
             print(f"kill {k + 1}: node {leader_id} -> first ack after {gaps[-1] * 1000:.0f} ms",
                   flush=True)
             restart_node(victim)
             await asyncio.to_thread(wait_serving, victim)
-            await loop.wait_acks(1)
-            assert loop.leader is not None
-            await asyncio.to_thread(wait_caught_up, nodes[loop.leader], victim)
+            live = next(n for n in nodes if n.proc.poll() is None and n is not victim)
+            leader_now = (await asyncio.to_thread(wait_leaders, live.address, TOPIC)
+                          ).partitions[0].leader_id
+            await asyncio.to_thread(wait_caught_up, nodes[leader_now], victim)
             await loop.wait_acks(50)
     finally:
         loop.stop()

@@ -5,10 +5,12 @@
 Starts three nodes (rillet.devcluster: 127.0.0.1-3, --peers), measures each node's CPU while
 the cluster holds no topic (the baseline: metadata group, peer streams), then creates
 `--topics` topics sharing `--partitions` partitions with replication factor 3, waits until
-every partition has a leader, lets elections and the first heartbeats settle for `--settle`
-seconds, and measures again with no traffic. CPU is utime+stime from /proc/<pid>/stat over
-`--seconds`, printed as % of one core per node. The issue's target: <= 5% per node at 1,000
-partitions; the cost of an idle cluster should grow with nodes, not with partitions.
+every partition has a leader, waits until no partition's leader changed for `--settle`
+seconds (creating many groups at once sets off a wave of elections), and measures again with
+no traffic; it also reports how many leaders changed during the measurement. CPU is
+utime+stime from /proc/<pid>/stat over `--seconds`, printed as % of one core per node. The
+issue's target: <= 5% per node at 1,000 partitions; the cost of an idle cluster should grow
+with nodes, not with partitions.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 from rillet.devcluster import (
     NodeProcess,
     create_topic,
+    get_metadata,
     start_cluster,
     stop_nodes,
     wait_leaders,
@@ -56,6 +59,29 @@ def measure(nodes: list[NodeProcess], seconds: float) -> list[float]:
     return [100.0 * (a - b) / elapsed for a, b in zip(after, before, strict=True)]
 
 
+def leader_map(address: str, topics: list[str]) -> dict[tuple[str, int], int]:
+    resp = get_metadata(address, topics, timeout_s=10.0)
+    return {(t.name, p.partition): p.leader_id for t in resp.topics for p in t.partitions}
+
+
+def wait_stable(address: str, topics: list[str], quiet_s: float, timeout_s: float = 300.0
+                ) -> float:
+    """Until no leader changed for `quiet_s` seconds (polled each second); returns how long
+    that took. Raises TimeoutError when the leaders keep moving."""
+    t0 = time.monotonic()
+    last = leader_map(address, topics)
+    quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < quiet_s:
+        if time.monotonic() - t0 > timeout_s:
+            raise TimeoutError(f"leaders still moving after {timeout_s:.0f}s")
+        time.sleep(1.0)
+        now = leader_map(address, topics)
+        if now != last or any(v < 0 for v in now.values()):
+            quiet_since = time.monotonic()
+            last = now
+    return time.monotonic() - t0
+
+
 def report(label: str, nodes: list[NodeProcess], pct: list[float]) -> None:
     per_node = ", ".join(f"node {n.node_id} {p:.1f}%" for n, p in zip(nodes, pct, strict=True))
     print(f"{label}: {per_node} of a core (max {max(pct):.1f}%)", flush=True)
@@ -77,7 +103,7 @@ def main() -> int:
     nodes: list[NodeProcess] = []
     try:
         nodes = start_cluster(data, 3, port=ns.port, env=env)
-        time.sleep(ns.settle)  # let the metadata group's election and registrations finish
+        time.sleep(ns.settle)  # the metadata group's first heartbeats and registrations
         report("idle, no topics", nodes, measure(nodes, ns.seconds))
         per_topic = [ns.partitions // ns.topics + (1 if i < ns.partitions % ns.topics else 0)
                      for i in range(ns.topics)]
@@ -88,8 +114,16 @@ def main() -> int:
             wait_leaders(nodes[0].address, f"idle-{i}", timeout_s=300.0)
         log.info("%d partitions (RF 3) created and led after %.1f s", ns.partitions,
                  time.monotonic() - t0)
-        time.sleep(ns.settle)
-        report(f"idle, {ns.partitions} partitions RF 3", nodes, measure(nodes, ns.seconds))
+        topics = [f"idle-{i}" for i in range(ns.topics)]
+        took = wait_stable(nodes[0].address, topics, ns.settle)
+        log.info("leaders unchanged for %.0f s, %.1f s after all had one (%.1f s after the "
+                 "first CreateTopic)", ns.settle, took, time.monotonic() - t0)
+        before = leader_map(nodes[0].address, topics)
+        pct = measure(nodes, ns.seconds)
+        moved = sum(1 for k, v in leader_map(nodes[0].address, topics).items()
+                    if before.get(k) != v)
+        report(f"idle, {ns.partitions} partitions RF 3", nodes, pct)
+        print(f"leaders that changed during the measurement: {moved}", flush=True)
     except Exception:
         for n in nodes:
             log.error("node %d log ends:\n%s", n.node_id, n.log_tail(15))
