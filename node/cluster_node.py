@@ -49,6 +49,8 @@ from rillet.node.errors import (
 )
 from rillet.node.peer_client import PeerClient
 from rillet.node.replica import ReplicatedPartition, broker_id, raft_id
+from rillet.node.storage.hardstate import FILE_NAME as HARDSTATE_FILE
+from rillet.node.storage.hardstate import HardStateJournal
 from rillet.node.storage.log import LogConfig
 from rillet.node.storage.raft_log import PartitionRaftLog, PartitionRaftLogSyncer
 from rillet.node.topics import TopicSettings, validate_name
@@ -176,8 +178,11 @@ class ClusterNode:
         self.raft_id = raft_id(self.broker_id)
         self.transport = PeerClient(
             self.raft_id, {raft_id(b): addr for b, addr in self.peers.items()})
+        # The journal is opened in start(), once the broker holds the data directory's lock.
+        self.syncer = PartitionRaftLogSyncer()
+        self._journal: HardStateJournal | None = None
         self.driver = RaftDriver(
-            self.raft_id, self.transport, PartitionRaftLogSyncer(),
+            self.raft_id, self.transport, self.syncer,
             raft_config=Config(id=self.raft_id, election_ticks=config.election_ticks),
             tick_ms=float(config.raft_tick_ms))
         self.metadata = MetadataReplica(self._metadata_changed)
@@ -203,12 +208,20 @@ class ClusterNode:
         return ConfState(frozenset(ids[:MAX_METADATA_VOTERS]),
                          frozenset(ids[MAX_METADATA_VOTERS:]))
 
+    @property
+    def journal(self) -> HardStateJournal:
+        assert self._journal is not None, "ClusterNode.start() opens the journal"
+        return self._journal
+
     async def start(self) -> None:
         self.partitions_dir.mkdir(parents=True, exist_ok=True)
+        self._journal = await asyncio.to_thread(
+            HardStateJournal, self.config.data_dir / HARDSTATE_FILE)
+        self.syncer.journal = self._journal
         meta_log = await asyncio.to_thread(
             PartitionRaftLog.open, self.config.data_dir / "metadata",
             LogConfig(segment_bytes=64 * MIB, retention_ms=-1, retention_bytes=-1),
-            conf=self.metadata_conf())
+            conf=self.metadata_conf(), journal=self.journal, group=METADATA_GROUP)
         self.meta_log = meta_log
         self.driver.start()
         self.driver.add_group(METADATA_GROUP, meta_log, self.metadata)
@@ -286,6 +299,9 @@ class ClusterNode:
             self.meta_log = None
         self.replicas.clear()
         await asyncio.to_thread(_close_logs, logs)
+        if self._journal is not None:
+            await asyncio.to_thread(self._journal.close)
+            self._journal = None
         for ch in self._channels.values():
             await ch.close(None)
         self._channels.clear()
@@ -353,7 +369,8 @@ class ClusterNode:
             directory = self._dir_of(p)
             fresh = not directory.exists()
             rlog = PartitionRaftLog.open(
-                directory, settings.log_config(self.config.index_interval_bytes), conf=conf)
+                directory, settings.log_config(self.config.index_interval_bytes), conf=conf,
+                journal=self.journal, group=p.group_id)
             out.append((p, rlog, fresh))
         return out
 
@@ -373,6 +390,7 @@ class ClusterNode:
         part = self.replicas.pop(gid)
         with contextlib.suppress(DriverError):
             self.driver.remove_group(gid)
+        self.journal.forget(gid)
         part.close(UnknownTopicError(f"topic {part.topic!r} was deleted"))
         directory = part.rlog.directory
 

@@ -57,6 +57,7 @@ from rillet.cluster.raft.storage import limit_size
 from rillet.cluster.raft.types import EntryKind
 from rillet.node.storage.atomic import write_atomic
 from rillet.node.storage.errors import LogCorruptionError, StorageError
+from rillet.node.storage.hardstate import HardStateJournal
 from rillet.node.storage.log import LogConfig, PartitionLog, _wall_clock_ms
 
 log = logging.getLogger(__name__)
@@ -109,17 +110,27 @@ class PartitionRaftLog:
         self._commit_dirty = False
         self._state_written_at = 0.0
         self._synced_hard_state = HardState()
+        self._journal: HardStateJournal | None = None
+        self._group = 0
 
     @classmethod
     def open(cls, directory: Path, config: LogConfig | None = None, *,
              conf: ConfState | None = None,
-             clock_ms: Callable[[], int] = _wall_clock_ms) -> PartitionRaftLog:
+             clock_ms: Callable[[], int] = _wall_clock_ms,
+             journal: HardStateJournal | None = None, group: int = 0) -> PartitionRaftLog:
         """Open (recovering) the partition log in `directory` and its Raft state. `conf` is the
         group's initial membership, used only while the log has never moved its start and no
-        state file records one."""
+        state file records one. With a `journal` (one per node), term, vote and commit of
+        group `group` live there instead of in the state file (see node/storage/hardstate.py),
+        and the syncer given the same journal makes them durable with one fsync per round."""
         plog = PartitionLog.open(Path(directory), config or LogConfig(), clock_ms=clock_ms)
         rlog = cls(plog, conf if conf is not None else ConfState())
         rlog._load_state()
+        if journal is not None:
+            rlog._journal, rlog._group = journal, group
+            hs = journal.get(group)
+            if hs is not None:
+                rlog._hard_state = rlog._synced_hard_state = hs
         return rlog
 
     # -- the state file ------------------------------------------------------------------------
@@ -239,6 +250,11 @@ class PartitionRaftLog:
         commit index alone at most every COMMIT_SAVE_INTERVAL_S (and at close): Raft re-learns
         it from the leader, and rewriting the state file (three fsyncs) on every round would
         cost more than the data's own fsync."""
+        if self._journal is not None:
+            if hard_state != self._hard_state:
+                self._hard_state = hard_state
+                self._journal.stage(self._group, hard_state)
+            return
         with self._lock:
             old = self._hard_state
             if hard_state != old:
@@ -338,10 +354,14 @@ class PartitionRaftLogSyncer:
     """cluster.driver.Syncer for PartitionRaftLogs: one worker-thread call per round fsyncs
     every dirty log and writes the hard states that changed (group commit, as
     node/partition.py's GroupCommitter does for the single-node path). Raises if any write
-    failed: the driver then stops, since a node that cannot persist must not vote or ack."""
+    failed: the driver then stops, since a node that cannot persist must not vote or ack.
 
-    def __init__(self) -> None:
+    With a `journal`, the hard states of every group are appended to it after the logs were
+    flushed, with one fsync for all of them."""
+
+    def __init__(self, journal: HardStateJournal | None = None) -> None:
         self.calls = 0
+        self.journal = journal
 
     async def sync(self, logs: Sequence[object]) -> None:
         targets: list[PartitionRaftLog] = []
@@ -350,10 +370,10 @@ class PartitionRaftLogSyncer:
                 raise TypeError(f"PartitionRaftLogSyncer cannot sync {type(lg).__name__}")
             targets.append(lg)
         self.calls += 1
-        await asyncio.to_thread(_sync_all, targets)
+        await asyncio.to_thread(_sync_all, targets, self.journal)
 
 
-def _sync_all(logs: list[PartitionRaftLog]) -> None:
+def _sync_all(logs: list[PartitionRaftLog], journal: HardStateJournal | None = None) -> None:
     errors: list[BaseException] = []
     for lg in logs:
         try:
@@ -364,6 +384,8 @@ def _sync_all(logs: list[PartitionRaftLog]) -> None:
     if errors:
         raise StorageError(f"{len(errors)} of {len(logs)} partition logs failed to sync: "
                            f"{errors[0]!r}") from errors[0]
+    if journal is not None:
+        journal.sync()  # after the entries: a commit index on disk never outruns them
 
 
 __all__ = ["STATE_NAME", "PartitionRaftLog", "PartitionRaftLogSyncer", "entry_of"]

@@ -1,8 +1,8 @@
 """ReplicatedPartition on three RaftDrivers over an in-memory network, with real partition logs
-on disk: the leader answers produce with base offsets once committed, every replica's high
-watermark follows the commit, and the idempotent producer's duplicates are answered with the
-original offset: in flight, after apply, after a leader change and after a restart of every
-node (the producer table is rebuilt from the log)."""
+and hard-state journals on disk: the leader answers produce with base offsets once committed,
+every replica's high watermark follows the commit, and the idempotent producer's duplicates are
+answered with the original offset: in flight, after apply, after a leader change and after a
+restart of every node (the producer table is rebuilt from the log)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from rillet.cluster.raft import Config, ConfState, Role
 from rillet.cluster.transport import InMemoryNetwork
 from rillet.node.errors import DuplicateSequenceError, NotLeaderError, OutOfOrderSequenceError
 from rillet.node.replica import ReplicatedPartition
+from rillet.node.storage.hardstate import HardStateJournal
 from rillet.node.storage.log import LogConfig
 from rillet.node.storage.raft_log import PartitionRaftLog, PartitionRaftLogSyncer
 from tests.waiting import wait_for
@@ -26,7 +27,8 @@ pytestmark = pytest.mark.timeout(60)
 
 NODES = (1, 2, 3)
 GROUP = 7
-RAFT = Config(id=1, election_ticks=10, heartbeat_ticks=1)
+# Elections after 200-400 ms of silence: loaded CI machines stall the loop for tens of ms.
+RAFT = Config(id=1, election_ticks=20, heartbeat_ticks=1)
 LOG = LogConfig(segment_bytes=4096, index_interval_bytes=256)
 
 
@@ -44,14 +46,17 @@ class Replicas:
         self.network = InMemoryNetwork()
         self.drivers: dict[int, RaftDriver] = {}
         self.parts: dict[int, ReplicatedPartition] = {}
+        self.journals: dict[int, HardStateJournal] = {}
         self.advances = 0
 
     def start(self) -> None:
         for n in NODES:
-            driver = RaftDriver(n, self.network.transport(n), PartitionRaftLogSyncer(),
+            journal = self.journals[n] = HardStateJournal(self.root / f"hardstate-{n}")
+            driver = RaftDriver(n, self.network.transport(n), PartitionRaftLogSyncer(journal),
                                 raft_config=RAFT, tick_ms=10.0, seed=n)
             rlog = PartitionRaftLog.open(self.root / f"n{n}", self.log_config,
-                                         conf=ConfState(frozenset(NODES)))
+                                         conf=ConfState(frozenset(NODES)), journal=journal,
+                                         group=GROUP)
             part = ReplicatedPartition("t", 0, GROUP, rlog, driver, on_advance=self._advanced)
             driver.start()
             driver.add_group(GROUP, rlog, part)
@@ -67,8 +72,19 @@ class Replicas:
             await driver.stop()
             self.network.unregister(n)
             self.parts[n].rlog.close()
+            self.journals[n].close()
         self.drivers.clear()
         self.parts.clear()
+
+    async def produce_retrying(self, data: bytes, attempts: int = 20) -> int:
+        """Produce on whichever node leads, retrying NOT_LEADER as a producer does."""
+        for _ in range(attempts):
+            leader = await self.leader()
+            try:
+                return await self.parts[leader].produce(data)[0]
+            except NotLeaderError:
+                continue
+        raise AssertionError(f"no leader took the batch in {attempts} attempts")
 
     async def leader(self) -> int:
         def find() -> int | None:
@@ -177,10 +193,13 @@ async def test_a_follower_behind_the_log_start_restarts_from_it(tmp_path: Path) 
         leader = await replicas.leader()
         lagging = next(n for n in NODES if n != leader)
         replicas.network.isolate(lagging)
-        part = replicas.parts[leader]
         values = [f"value-{i:04d}".encode() * 8 for i in range(60)]
-        for v in values:
-            await part.produce(make_batch([v]))[0]
+        for seq, v in enumerate(values):
+            # Idempotent, retried through a leader change (a loaded machine can depose the
+            # leader that hears from one follower only): stored exactly once either way.
+            await replicas.produce_retrying(make_batch([v], pid=1, seq=seq))
+        leader = await replicas.leader()
+        part = replicas.parts[leader]
         others = [n for n in NODES if n != lagging]
         await wait_for(lambda: all(replicas.parts[n].high_watermark == 60 for n in others),
                        "the two connected replicas at 60")
