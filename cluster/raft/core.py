@@ -736,7 +736,8 @@ class RaftCore:
 
     def _can_quiesce(self) -> bool:
         """Leader: whether the group is idle. Everything is committed, applied and persisted
-        here, every member acknowledged our last entry and is being replicated to normally,
+        here, every member acknowledged our last entry (and is not waiting on a snapshot; a
+        member probed after a report of unreachability that already holds everything counts),
         and no transfer or hand-off is under way. (An unapplied membership change is ruled
         out by ``applied == last``.) Members reported unreachable are not waited for, but
         the others must form a majority: a leader cut off from its quorum stays awake, so
@@ -753,7 +754,7 @@ class RaftCore:
                 continue
             if pr.match != last:
                 return False
-            if node_id != self._id and pr.state != ProgressState.REPLICATE:
+            if pr.state == ProgressState.SNAPSHOT:
                 return False
         if unreachable:
             votes = {node_id: node_id not in unreachable for node_id in self.progress}

@@ -289,3 +289,19 @@ def test_peer_liveness_sends_count_as_pings_and_new_peers_get_a_full_timeout() -
     assert live.tick() == ([2], [4])
     live.set_peers([4])
     assert live.peers() == [4] and live.down() == [4]
+
+
+def test_member_back_from_unreachable_with_everything_lets_the_leader_quiesce() -> None:
+    """A member reported unreachable while it held everything (a stall longer than the
+    liveness timeout) is probed, but needs no entries: once heard from again the leader
+    quiesces without waiting for a proposal to move it back to replicating."""
+    net = Network([1, 2, 3], quiesce=True, election_ticks=ELECTION_TICKS)
+    net.elect(1)
+    net.propose(1, b"a")
+    leader = net.cores[1]
+    leader.report_unreachable(3)  # awake: 3 is probed from now on
+    assert leader.progress[3].state.name == "PROBE"
+
+    _tick_until_quiet(net)
+
+    assert leader.quiesced and not leader.unreachable
