@@ -13,7 +13,9 @@ The cluster counts as up once the metadata group has a leader and every node reg
 itself: `Metadata.GetMetadata` lists all the brokers. Ctrl-C or SIGTERM stops every node by
 its PID (SIGTERM, so each hands its leaderships over, then SIGKILL after a grace period). The
 nodes run in their own session, so a Ctrl-C in the terminal reaches only this launcher, which
-then stops them in order; a node is never left running.
+then stops them; a node is never left running. A node that exits on its own (a kill -9 to
+watch a failover) is reported and left down, or restarted on its data after
+`--restart-after SECONDS`; the others keep running.
 
 The helpers here (`start_node`, `wait_serving`, `wait_registered`, `create_topic`,
 `wait_leaders`, `stop_nodes`) are also what the benchmark scripts use to run a cluster.
@@ -266,6 +268,32 @@ def stop_nodes(nodes: Sequence[NodeProcess], timeout_s: float = STOP_TIMEOUT_S) 
             node.proc.wait()
 
 
+def watch_nodes(nodes: Sequence[NodeProcess], stop: threading.Event,
+                restart_after_s: float | None) -> None:
+    """Until `stop` is set: say when a node exits on its own (the others keep running, so a
+    kill -9 shows a failover), restart it after `restart_after_s` when that is set, and
+    return when every node is gone."""
+    down_since: dict[int, float] = {}
+    while not stop.wait(0.5):
+        now = time.monotonic()
+        for node in nodes:
+            if node.proc.poll() is None:
+                down_since.pop(node.node_id, None)
+                continue
+            if node.node_id not in down_since:
+                down_since[node.node_id] = now
+                log.warning("%s", _died(node))
+                log.warning("the other nodes keep running%s", "" if restart_after_s is None
+                            else f"; restarting node {node.node_id} in {restart_after_s:.0f}s")
+            elif restart_after_s is not None and now - down_since[node.node_id] >= \
+                    restart_after_s:
+                restart_node(node)
+                log.info("node %d restarted, pid %d", node.node_id, node.proc.pid)
+        if len(down_since) == len(nodes) and restart_after_s is None:
+            log.error("every node has exited")
+            sys.exit(1)
+
+
 def banner(nodes: Sequence[NodeProcess]) -> str:
     bootstrap = ",".join(n.address for n in nodes)
     rf = 3 if len(nodes) >= 3 else 1
@@ -281,6 +309,8 @@ def banner(nodes: Sequence[NodeProcess]) -> str:
         "  seq 1 100000 | rillet produce events",
         "  rillet consume events --from earliest",
         "  rillet topic describe events --format json",
+        *(["  kill -9 <pid of a leader>   # then `rillet cluster status`: a failover"]
+          if len(nodes) > 1 else []),
         f"  rillet bench produce --topic bench --partitions 6 --replication-factor {rf}",
     ]
     if nodes[0].address != "127.0.0.1:9091":
@@ -304,8 +334,11 @@ def banner(nodes: Sequence[NodeProcess]) -> str:
               help="Passed to the nodes as RILLET_RAFT_TICK_MS [node default 100].")
 @click.option("--election-ticks", type=click.IntRange(2, 1000), default=None,
               help="Passed to the nodes as RILLET_ELECTION_TICKS [node default 10].")
+@click.option("--restart-after", "restart_after_s", type=click.FloatRange(0), default=None,
+              metavar="SECONDS", help="Restart a node that exited (say, after a kill -9) this "
+              "many seconds later, on its data [default: leave it down].")
 def main(data_dir: Path, nodes: int, port: int, host: str | None, raft_tick_ms: int | None,
-         election_ticks: int | None) -> None:
+         election_ticks: int | None, restart_after_s: float | None) -> None:
     """Start a local Rillet cluster and keep it running until Ctrl-C or SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s devcluster: %(message)s")
     stop = threading.Event()
@@ -330,12 +363,7 @@ def main(data_dir: Path, nodes: int, port: int, host: str | None, raft_tick_ms: 
         # start_cluster stops what it started if it fails; keep our own list for Ctrl-C.
         started = start_cluster(data_dir, nodes, port=port, host=host, env=env)
         click.echo(banner(started))
-        # Wake up now and then to notice a node that died on its own.
-        while not stop.wait(0.5):
-            dead = [n for n in started if n.proc.poll() is not None]
-            if dead:
-                log.error("%s; stopping the cluster", _died(dead[0]))
-                sys.exit(1)
+        watch_nodes(started, stop, restart_after_s)
     except KeyboardInterrupt:
         log.info("stopping the cluster")
     except (RuntimeError, TimeoutError) as exc:
