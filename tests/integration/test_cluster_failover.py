@@ -340,3 +340,123 @@ async def test_restarted_node_catches_up_and_can_lead_again(cluster, traffic_s: 
     assert not resp.HasField("error"), resp.error
     records = await read_partition(cluster, topic, led[0], 2)
     check_partition(led[0], [*wl.acked[led[0]], Ack(resp.base_offset, values)], records)
+
+
+class ClientWorkload:
+    """The Python client's idempotent Producer under the same faults: it retries what it
+    did not hear back about, so here every value sent must end up stored exactly once, in
+    the order sent, and every send must succeed."""
+
+    def __init__(self, topic: str, partitions: int = PARTITIONS, max_outstanding: int = 500
+                 ) -> None:
+        self.topic = topic
+        self.partitions = partitions
+        self.max_outstanding = max_outstanding
+        self.sent: dict[int, list[bytes]] = {p: [] for p in range(partitions)}
+        self.acked: dict[int, list[tuple[int, bytes]]] = {p: [] for p in range(partitions)}
+        self.errors: list[BaseException] = []
+        self._done = 0
+        self._sent_total = 0
+        self._stop = asyncio.Event()
+        self._room = asyncio.Event()
+
+    def counts(self) -> list[int]:
+        return [len(self.acked[p]) for p in range(self.partitions)]
+
+    def _on_done(self, p: int, value: bytes, fut: Any) -> None:
+        self._done += 1
+        if self._sent_total - self._done <= self.max_outstanding // 2:
+            self._room.set()
+        exc = fut.exception()
+        if exc is not None:
+            self.errors.append(exc)
+        else:
+            self.acked[p].append((fut.result().offset, value))
+
+    async def run(self, producer: Any) -> None:
+        i = 0
+        while not self._stop.is_set():
+            p = i % self.partitions
+            value = f"c{p}-{i}".encode()
+            fut = await producer.send(self.topic, value, partition=p)
+            self.sent[p].append(value)
+            fut.add_done_callback(lambda f, p=p, v=value: self._on_done(p, v, f))
+            i += 1
+            self._sent_total = i
+            # A steady trickle, not a flood: the faults matter here, not the throughput.
+            if i - self._done > self.max_outstanding:
+                self._room.clear()
+                await self._room.wait()
+            if i % 20 == 0:
+                await asyncio.sleep(0.002)
+
+    async def wait_progress(self, cluster: Any, more: int, what: str) -> None:
+        target = [c + more for c in self.counts()]
+
+        async def check() -> bool | None:
+            assert not self.errors, f"sends failed: {self.errors[:3]}"
+            return True if all(c >= t for c, t in zip(self.counts(), target,
+                                                      strict=True)) else None
+        await cluster.poll(check, f"{more} more acks per partition {what} (now "
+                           f"{self.counts()})", PROGRESS_TIMEOUT_S)
+
+
+def first_difference(a: list[bytes], b: list[bytes]) -> int | None:
+    for i in range(min(len(a), len(b))):
+        if a[i] != b[i]:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["leader-kill9", "leader-sigterm", "follower-kill9"])
+async def test_idempotent_producer_stores_every_value_once_through_faults(cluster,
+                                                                          fault: str) -> None:
+    from rillet.client import Producer
+
+    topic = f"c-{fault}"
+    await cluster.create_topic(topic, PARTITIONS, 3)
+    wl = ClientWorkload(topic)
+    async with Producer(cluster.bootstrap, acks="all", request_timeout_s=5.0) as producer:
+        task = asyncio.create_task(wl.run(producer))
+        try:
+            await wl.wait_progress(cluster, 200, "before the fault")
+            leaders = await cluster.wait_leaders(topic)
+            victim = leaders[0] if fault.startswith("leader") else next(
+                n.node_id for n in cluster.nodes if n.node_id != leaders[0])
+            node = cluster.node(victim)
+            if fault.endswith("sigterm"):
+                assert await asyncio.to_thread(node.stop) == 0
+            else:
+                await asyncio.to_thread(node.kill)
+            await wl.wait_progress(cluster, 200, f"with node {victim} down")
+            await asyncio.to_thread(node.start)
+            await wl.wait_progress(cluster, 200, f"after node {victim} restarted")
+        finally:
+            wl._stop.set()
+            wl._room.set()
+            await task
+        await producer.flush(timeout_s=60)
+    assert not wl.errors, f"{len(wl.errors)} sends failed: {wl.errors[:3]}"
+    assert [len(wl.acked[p]) for p in range(PARTITIONS)] == [
+        len(wl.sent[p]) for p in range(PARTITIONS)]
+
+    async def caught_up() -> dict[int, int] | None:
+        current = await cluster.wait_leaders(topic)
+        for leader in set(current.values()):
+            for pd in (await cluster.describe(leader, topic)).partitions:
+                if current[pd.partition] == leader and \
+                        pd.high_watermark < len(wl.sent[pd.partition]):
+                    return None
+        return current
+    leaders = await cluster.poll(caught_up, "every sent value to be committed", 30.0)
+    for p in range(PARTITIONS):
+        records = await read_partition(cluster, topic, p, leaders[p])
+        values = [r.value for r in records]
+        assert values == wl.sent[p], (
+            f"partition {p}: {len(values)} stored, {len(wl.sent[p])} sent; first difference at "
+            f"{first_difference(values, wl.sent[p])}")
+        at = {r.offset: r.value for r in records}
+        for offset, value in wl.acked[p]:
+            assert offset == -1 or at[offset] == value, (p, offset, value)
+    log.info("client workload: %s records per partition, faults fine", wl.counts())
