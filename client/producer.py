@@ -87,6 +87,8 @@ _DUPLICATE_SEQUENCE = common_pb2.ERROR_CODE_DUPLICATE_SEQUENCE
 _OUT_OF_ORDER = common_pb2.ERROR_CODE_OUT_OF_ORDER_SEQUENCE
 # The shortest wait before an open batch of a busy partition is looked at again.
 _RELINGER_MIN_MS = 5.0
+# Upper bound on each metadata / InitProducer call the maintenance task makes (seconds).
+_BACKGROUND_CALL_TIMEOUT_S = 2.0
 # How often paused partitions poll metadata for a new leader.
 _METADATA_POLL_S = 0.1
 #: Metadata is refreshed at least this often while the producer has partitions (seconds).
@@ -416,6 +418,12 @@ class Producer:
     def metadata(self) -> ClusterMetadata:
         return self._metadata
 
+    @property
+    def _background_timeout_s(self) -> float:
+        """Deadline of the maintenance task's own calls: short, so that one unreachable
+        cluster does not hold up expiries and resumes for a whole request timeout."""
+        return min(self.request_timeout_s, _BACKGROUND_CALL_TIMEOUT_S)
+
     async def start(self) -> None:
         """Fetch metadata (so a wrong bootstrap fails here, not at the first send) and, when
         idempotent, a producer id."""
@@ -428,12 +436,12 @@ class Producer:
             self._maintain(), name="rillet-producer-maintenance")
         self._started = True
 
-    async def _init_producer_id(self) -> int:
+    async def _init_producer_id(self, timeout_s: float | None = None) -> int:
         """A new producer id from any node (bootstrap list first), or -1 when the broker does
         not implement InitProducer: the producer then runs without idempotence."""
         global _warned_no_idempotence
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.request_timeout_s
+        deadline = loop.time() + (self.request_timeout_s if timeout_s is None else timeout_s)
         backoff = self.retry_backoff_ms / 1000
         last: BaseException | None = None
         while True:
@@ -889,7 +897,7 @@ class Producer:
             try:
                 await fetch_metadata(self._pool, self._metadata,
                                      sorted({st.topic for st in self._resume_at}),
-                                     timeout_s=self.request_timeout_s)
+                                     timeout_s=self._background_timeout_s)
                 self._counts.clear()
                 self._hot.clear()
             except RilletError as exc:
@@ -930,7 +938,7 @@ class Producer:
         try:
             await fetch_metadata(self._pool, self._metadata,
                                  sorted({st.topic for st in self._states.values()}),
-                                 timeout_s=self.request_timeout_s)
+                                 timeout_s=self._background_timeout_s)
         except RilletError as exc:
             log.info("metadata refresh failed: %s", exc)
             return
@@ -961,7 +969,7 @@ class Producer:
         restamping them cannot duplicate. False when no id could be had (try again later).
         """
         try:
-            new_id = await self._init_producer_id()
+            new_id = await self._init_producer_id(self._background_timeout_s)
         except RilletError as exc:
             log.info("%s[%d]: no new producer id yet: %s", st.topic, st.partition, exc)
             return False
