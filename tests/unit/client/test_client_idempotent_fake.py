@@ -292,3 +292,26 @@ async def test_a_moved_leader_is_followed_even_while_the_old_one_forwards(
         await producer.flush()
     assert [f.result().offset for f in futs] == list(range(i))
     assert cluster3.values(0) == [b"%03d" % k for k in range(i)]
+
+
+async def test_a_sender_that_dies_fails_its_batches_and_a_new_one_takes_over(
+        cluster1: FakeCluster, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    async with Producer(_addresses(cluster1), linger_ms=0) as producer:
+        real = producer._answered_ok
+        calls = 0
+
+        def boom(st: Any, b: Any, base_offset: int) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise ZeroDivisionError("bug in the sender")
+            real(st, b, base_offset)
+
+        monkeypatch.setattr(producer, "_answered_ok", boom)
+        lost = await producer.send("t", b"a", partition=0)
+        with pytest.raises(ZeroDivisionError):
+            await asyncio.wait_for(_wait(lost), 5)
+        kept = await producer.send("t", b"b", partition=0)
+        assert (await asyncio.wait_for(_wait(kept), 5)).offset == 1
+    assert "died" in caplog.text
