@@ -129,7 +129,8 @@ async def bench_replication(groups: int, entry_bytes: int, window: int, seconds:
     print(f"replication: {groups} groups x 3 nodes, {entry_bytes} B entries, window {window}, "
           f"tick {tick_ms:g} ms, quiescence {'on' if quiesce else 'off'}")
     print(f"  {done / wall:,.0f} proposals committed/s ({done * entry_bytes / wall / 2**20:,.1f} "
-          f"MiB/s), {done} in {wall:.2f} s, {lost} lost; process CPU {cpu / wall:.0%} of a core")
+          f"MiB/s), {done} in {wall:.2f} s, {lost} lost; process CPU {cpu / wall:.0%} of a core, "
+          f"{cpu / max(1, done) * 1e6:,.0f} us CPU per proposal (all 3 nodes)")
     for n, d in drivers.items():
         s = d.stats
         print(f"  node {n}: {s.rounds} rounds, {s.syncs} syncs, {s.readies} readies, "
