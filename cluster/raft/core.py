@@ -520,9 +520,10 @@ class RaftCore:
         A leader stays quiet for plain answers that need nothing from it (late
         acknowledgements) and for messages from non-members (a removed node's pre-votes);
         anything else from a member wakes it, and so does a late answer that makes it send.
-        A follower stays quiet for its leader's repeated quiesce heartbeat and for vote
+        A follower stays quiet for its leader's repeated quiesce heartbeat, for vote
         requests its lease ignores (a cut-off member's pre-votes must not wake a healthy
-        group); a vote request FROM its leader proves that leader no longer leads (it
+        group) and for late vote requests of an older or our own term (only answered); a
+        vote request for a newer term FROM its leader proves that leader no longer leads (it
         restarted or stepped down) and wakes it with the lease expired; anything else wakes
         it. Waking is always safe: it only restores the ticking of a group that never
         quiesced."""
@@ -536,10 +537,13 @@ class RaftCore:
                 self.wake()
             return
         if m.type in _VOTE_REQUESTS:
-            if m.frm == self.lead:
-                self.wake(lease_expired=True)
-            elif not (m.term > self._term and self._in_lease(m)):
-                self.wake()
+            # A campaign asks for a newer term; an older or equal one (a late duplicate) is
+            # only answered, which needs no timer.
+            if m.term > self._term:
+                if m.frm == self.lead:
+                    self.wake(lease_expired=True)
+                elif not self._in_lease(m):
+                    self.wake()
         elif not (m.type == MessageType.HEARTBEAT and m.quiesce and m.frm == self.lead
                   and m.term == self._term):
             self.wake()

@@ -305,3 +305,16 @@ def test_member_back_from_unreachable_with_everything_lets_the_leader_quiesce() 
     _tick_until_quiet(net)
 
     assert leader.quiesced and not leader.unreachable
+
+
+def test_late_vote_request_of_the_current_term_is_answered_without_waking() -> None:
+    """A duplicate of the leader's own winning VOTE arriving after the group quiesced is not
+    a campaign: it is answered (here refused: it names the log the leader had before its
+    no-op) and the follower stays quiet."""
+    net = _quiet_net()
+    follower = net.cores[2]
+
+    follower.step(msg(T.VOTE, 1, 2, follower.term, index=1, log_term=1))
+
+    assert follower.quiesced
+    assert [(m.type, m.to) for m in follower.ready().messages] == [(T.VOTE_RESP, 1)]
