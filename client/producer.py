@@ -92,7 +92,7 @@ _BACKGROUND_CALL_TIMEOUT_S = 2.0
 # How often paused partitions poll metadata for a new leader.
 _METADATA_POLL_S = 0.1
 #: Metadata is refreshed at least this often while the producer has partitions (seconds).
-METADATA_MAX_AGE_S = 30.0
+METADATA_MAX_AGE_S = 10.0
 # Statuses that end a Produce stream because the broker refuses it (not a node failing):
 # the unanswered batches fail. Any other status (UNAVAILABLE, and INTERNAL/UNKNOWN as a reset
 # HTTP/2 stream shows up) means a broken connection: the outcome is unknown, resend.
