@@ -1184,8 +1184,8 @@ class RaftCore:
         commit_to asserts rather than paper over it.
 
         A ``quiesce`` heartbeat is not answered when we quiesce with it: our log ends at the
-        leader's last entry, which is committed. Otherwise (our log differs, or quiescence
-        is off here) the answer is rejected, which wakes the leader: a member that keeps
+        leader's last entry, which is committed. Otherwise (our log differs or lags, or
+        quiescence is off here) the answer is rejected, which wakes the leader: a member that keeps
         ticking must keep hearing heartbeats."""
         self.log.commit_to(m.commit)
         if m.quiesce:
