@@ -61,6 +61,7 @@ METADATA_GROUP = 0
 MAX_METADATA_VOTERS = 5
 LEADER_WAIT_S = 5.0
 BALANCE_INTERVAL_S = 5.0
+RECONCILE_RETRY_S = 1.0
 _POLL_S = 0.05
 _T = TypeVar("_T")
 
@@ -317,7 +318,15 @@ class ClusterNode:
         while True:
             await self._reconcile_wake.wait()
             self._reconcile_wake.clear()
-            await self._reconcile()
+            try:
+                await self._reconcile()
+            except Exception:
+                # A replica that cannot be opened (disk full, damaged log) must not stop the
+                # node from serving the others: log it and try again shortly.
+                log.exception("node %d: reconciling replicas failed; retrying in %.0f s",
+                              self.broker_id, RECONCILE_RETRY_S)
+                await asyncio.sleep(RECONCILE_RETRY_S)
+                self._reconcile_wake.set()
 
     async def _reconcile(self) -> None:
         state = self.metadata.state
