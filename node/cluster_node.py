@@ -200,6 +200,7 @@ class ClusterNode:
         self._stopped = False
         self.meta_log: PartitionRaftLog | None = None
         self.draining = False
+        self._open_failed = False
         self.assignments: dict[int, md.PartitionInfo] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -354,9 +355,12 @@ class ClusterNode:
             await self._remove_replica(gid)
         to_open = [p for gid, p in desired.items() if gid not in self.replicas]
         if to_open:
+            self._open_failed = False
             opened = await asyncio.to_thread(self._open_logs, to_open)
             for p, rlog, fresh in opened:
                 self._add_replica(p, rlog, fresh)
+            if self._open_failed:
+                raise RuntimeError("some replicas could not be opened (logged above)")
         for gid, p in desired.items():
             owner = self.topics.get(p.topic)
             part = self.replicas.get(gid)
@@ -377,9 +381,15 @@ class ClusterNode:
             conf = ConfState(frozenset(raft_id(b) for b in p.replicas))
             directory = self._dir_of(p)
             fresh = not directory.exists()
-            rlog = PartitionRaftLog.open(
-                directory, settings.log_config(self.config.index_interval_bytes), conf=conf,
-                journal=self.journal, group=p.group_id)
+            try:
+                rlog = PartitionRaftLog.open(
+                    directory, settings.log_config(self.config.index_interval_bytes),
+                    conf=conf, journal=self.journal, group=p.group_id)
+            except Exception:
+                log.exception("node %d: cannot open the replica of %s-%d in %s",
+                              self.broker_id, p.topic, p.partition, directory)
+                self._open_failed = True
+                continue
             out.append((p, rlog, fresh))
         return out
 
