@@ -48,7 +48,7 @@ bench: setup
 
 # The cluster figures of issue 4 (each script starts and stops its own 3 nodes on 127.0.0.1-3).
 bench-cluster: setup
-	$(BIN)/python bench/end_to_end.py --nodes 3
+	$(BIN)/python bench/end_to_end.py --nodes 3 --latency-rate 125000
 	$(BIN)/python bench/failover.py --kills 10
 	$(BIN)/python bench/idle_cluster.py --partitions 1000
 
