@@ -124,8 +124,8 @@ class AckLoop:
                                 acked_here = True
                         finally:
                             call.cancel()
-                except (grpc.aio.AioRpcError, TimeoutError):
-                    pass
+                except (grpc.aio.AioRpcError, TimeoutError, asyncio.InvalidStateError):
+                    pass  # node gone, no answer in time, or the stream ended under a write
                 self.failures += 1
                 self.leader = None
                 if acked_here:
