@@ -20,6 +20,7 @@ import logging
 import os
 import struct
 import threading
+import time
 from pathlib import Path
 
 from rillet.batch import crc32c
@@ -32,6 +33,8 @@ FILE_NAME = "raft-hardstate"
 _BODY = struct.Struct("<qqqq")
 _CRC = struct.Struct("<I")
 RECORD_SIZE = _CRC.size + _BODY.size
+LAZY_COMMIT_S = 1.0
+"""Longest a commit-only change waits for its fsync (a restart may re-apply that much)."""
 _GONE = -1
 """A record with this term is a tombstone: the group left this node."""
 _TOMBSTONE = HardState(_GONE, 0, 0)
@@ -52,6 +55,8 @@ class HardStateJournal:
         self._lock = threading.Lock()
         self._states: dict[int, HardState] = {}
         self._staged: dict[int, HardState] = {}
+        self._urgent = False  # a staged state changes a term or a vote
+        self._last_sync = 0.0
         self._load()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._size = os.fstat(self._fd).st_size
@@ -88,8 +93,13 @@ class HardStateJournal:
         return None if hs is None or hs.term == _GONE else hs
 
     def stage(self, group: int, hs: HardState) -> None:
-        """Record a new hard state; durable after the next ``sync``."""
+        """Record a new hard state. A new term or vote is durable after the next ``sync``; a
+        new commit index alone may wait for a later one (Raft re-learns it from the leader),
+        so steady replication costs one fsync per round (the data's), not two."""
         with self._lock:
+            old = self._staged.get(group) or self._states.get(group)
+            if old is None or old.term != hs.term or old.vote != hs.vote:
+                self._urgent = True
             self._staged[group] = hs
 
     def forget(self, group: int) -> None:
@@ -98,12 +108,19 @@ class HardStateJournal:
         with self._lock:
             self._staged[group] = _TOMBSTONE
 
-    def sync(self) -> None:
-        """Append every staged state and fdatasync once. Blocking (worker thread)."""
+    def sync(self, *, force: bool = False) -> None:
+        """Append every staged state and fdatasync once, when a staged term or vote needs it,
+        ``force`` is set, or commit-only changes waited ``LAZY_COMMIT_S``. Blocking (worker
+        thread)."""
+        now = time.monotonic()
         with self._lock:
             if not self._staged:
                 return
+            if not (force or self._urgent or now - self._last_sync >= LAZY_COMMIT_S):
+                return
             staged, self._staged = self._staged, {}
+            self._urgent = False
+            self._last_sync = now
             for g, hs in staged.items():
                 if hs.term == _GONE:
                     self._states.pop(g, None)
@@ -117,6 +134,7 @@ class HardStateJournal:
             with self._lock:  # not durable: stage again so the next sync retries the states
                 for g, hs in staged.items():
                     self._staged.setdefault(g, hs)
+                self._urgent = True
             raise
         self._size += len(buf)
         self.syncs += 1
@@ -136,6 +154,6 @@ class HardStateJournal:
     def close(self) -> None:
         """Write what is staged and close the file."""
         try:
-            self.sync()
+            self.sync(force=True)
         finally:
             os.close(self._fd)

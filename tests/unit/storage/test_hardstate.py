@@ -59,3 +59,24 @@ def test_compaction_keeps_one_record_per_live_group_and_drops_forgotten_ones(
     assert again.get(1) == HardState(100, 1, 100)
     assert again.get(2) is None
     again.close()
+
+
+def test_a_commit_alone_waits_for_a_later_sync_but_a_term_or_vote_never_does(
+        tmp_path: Path) -> None:
+    path = tmp_path / "hs"
+    j = HardStateJournal(path)
+    j.stage(1, HardState(1, 1, 0))
+    j.sync()
+    assert j.syncs == 1
+    j.stage(1, HardState(1, 1, 5))  # commit only: may wait (Raft re-learns it)
+    j.sync()
+    assert j.syncs == 1 and HardStateJournal(path).get(1) == HardState(1, 1, 0)
+    j.stage(2, HardState(3, 0, 0))  # a new group's term: durable at this sync, commit with it
+    j.sync()
+    assert j.syncs == 2
+    reopened = HardStateJournal(path)
+    assert reopened.get(1) == HardState(1, 1, 5) and reopened.get(2) == HardState(3, 0, 0)
+    reopened.close()
+    j.stage(1, HardState(1, 1, 9))
+    j.close()  # close forces what waits
+    assert HardStateJournal(path).get(1) == HardState(1, 1, 9)
