@@ -81,19 +81,27 @@ async def test_one_shared_sync_per_round_for_many_groups() -> None:
         await cluster.stop()
 
 
-async def test_nothing_is_sent_or_applied_before_the_sync_returns() -> None:
-    cluster = Cluster(3, 1)
-    sent: list[tuple[int, MessageType, int]] = []
-    transport = cluster.driver(1).transport
+def _record_sends(cluster: Cluster, node_id: int) -> list[tuple[int, MessageType, int, bool]]:
+    """Record (to, type, entry count, reject) of everything node `node_id` sends."""
+    sent: list[tuple[int, MessageType, int, bool]] = []
+    transport = cluster.driver(node_id).transport
     original_send = transport.send
 
     def recording_send(to: int, messages: list[tuple[int, bytes]]) -> None:
         for _, buf in messages:
             m = decode_message(buf)
-            sent.append((to, m.type, len(m.entries)))
+            sent.append((to, m.type, len(m.entries), m.reject))
         original_send(to, messages)
 
     transport.send = recording_send  # type: ignore[method-assign]
+    return sent
+
+
+async def test_a_leader_replicates_while_it_syncs_but_applies_only_after() -> None:
+    """Step 0 of the contract: the leader's APPEND leaves before its own sync returns (it
+    writes in parallel with its followers); nothing is applied on it before that sync."""
+    cluster = Cluster(3, 1)
+    sent = _record_sends(cluster, 1)
     cluster.start()
     try:
         cluster.driver(1).campaign(1)
@@ -103,19 +111,46 @@ async def test_nothing_is_sent_or_applied_before_the_sync_returns() -> None:
         sent.clear()
         fut = node.driver.propose(1, b"held")
         await asyncio.wait_for(node.syncer.waiting.wait(), 5)
-        # The round is parked in sync: heartbeats ticks keep being handled only by the next
-        # round, and the entry has left for no follower, nor been applied.
+        await cluster.wait_for(
+            lambda: {s[0] for s in sent if s[1] == MessageType.APPEND and s[2]} == {2, 3},
+            "the entry to leave for both followers while the leader's sync is held")
         for _ in range(20):
             await asyncio.sleep(0)
-        assert not [s for s in sent if s[1] == MessageType.APPEND and s[2]], sent
         assert not fut.done()
         assert node.machines[1].data() == []
         node.syncer.gate.set()
         index = await asyncio.wait_for(fut, 5)
         assert node.machines[1].applied[-1].index == index
-        assert [s for s in sent if s[1] == MessageType.APPEND and s[2]]
     finally:
         cluster.nodes[1].syncer.gate.set()
+        await cluster.stop()
+
+
+async def test_a_follower_acknowledges_only_after_its_sync_returns() -> None:
+    cluster = Cluster(3, 1)
+    sent = _record_sends(cluster, 2)
+    cluster.start()
+    try:
+        cluster.driver(1).campaign(1)
+        await cluster.wait_for(lambda: cluster.leader(1) == 1, "node 1 to lead")
+        await cluster.wait_for(lambda: cluster.nodes[2].driver.core(1).leader == 1,
+                               "node 2 to follow")
+        follower = cluster.nodes[2]
+        last = follower.driver.core(1).status().last_index
+        follower.syncer.gate.clear()
+        sent.clear()
+        fut = cluster.driver(1).propose(1, b"held")
+        await asyncio.wait_for(follower.syncer.waiting.wait(), 5)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        # Parked in its sync: no acknowledgement of the new entry has left node 2.
+        assert not [s for s in sent if s[1] == MessageType.APPEND_RESP and not s[3]], sent
+        follower.syncer.gate.set()
+        await asyncio.wait_for(fut, 5)
+        assert follower.driver.core(1).status().last_index > last
+        assert [s for s in sent if s[1] == MessageType.APPEND_RESP and not s[3]]
+    finally:
+        cluster.nodes[2].syncer.gate.set()
         await cluster.stop()
 
 
