@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.rillet-installed
 
-.PHONY: setup run test lint typecheck unit proto proto-check bench bench-cluster bench-failover bench-idle clean
+.PHONY: setup run test lint typecheck unit proto proto-check bench bench-cluster bench-failover bench-idle chaos slow clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: setup lint typecheck
 
 slow: setup
 	$(BIN)/python -m pytest -m slow -q
+
+# The fault-injection runs on real 3-node clusters alone (they are also part of `make test`).
+chaos: setup
+	$(BIN)/python -m pytest -m chaos -q
 
 lint: setup
 	$(BIN)/ruff check .
