@@ -62,6 +62,7 @@ MAX_METADATA_VOTERS = 5
 LEADER_WAIT_S = 5.0
 BALANCE_INTERVAL_S = 5.0
 RECONCILE_RETRY_S = 1.0
+HAND_OVER_STALL_S = 1.5
 _POLL_S = 0.05
 _T = TypeVar("_T")
 
@@ -248,9 +249,15 @@ class ClusterNode:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         asked: set[int] = set()
+        fewest, progressed_at = -1, loop.time()
         while True:
             led = [g for g in self.driver.groups() if self._leads(g)]
-            if not led or loop.time() >= deadline:
+            now = loop.time()
+            if fewest < 0 or len(led) < fewest:
+                fewest, progressed_at = len(led), now
+            # Give up early when nothing moves any more: e.g. every node is stopping at once
+            # and leaderships only bounce between them.
+            if not led or now >= deadline or now - progressed_at >= HAND_OVER_STALL_S:
                 return len(led)
             for g in led:
                 if g in asked:
