@@ -399,6 +399,11 @@ class RaftDriver:
         """The nodes this one shares a group with, as of the last tick."""
         return self._liveness.peers()
 
+    def peer_down(self, peer: int) -> bool:
+        """Whether ``peer`` has been silent for an election timeout (a leader this node still
+        names there is probably gone: metadata should not send clients to it)."""
+        return self._liveness.is_down(peer)
+
     def core(self, group_id: int) -> RaftCore:
         """The core of ``group_id`` (read its ``role``, ``leader``, ``commit_index``...).
         Callers must not feed it inputs directly: use the driver's methods."""

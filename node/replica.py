@@ -171,9 +171,12 @@ class ReplicatedPartition:
     def leader_id(self) -> int:
         """Broker id of the leader as this replica knows it; -1 when unknown."""
         try:
-            return broker_id(self.driver.core(self.group_id).leader)
+            leader = self.driver.core(self.group_id).leader
         except Exception:
             return -1
+        if leader != self.driver.node_id and self.driver.peer_down(leader):
+            return -1  # silent for an election timeout: an election is due, don't send there
+        return broker_id(leader)
 
     def _check_leader(self) -> None:
         core = self.driver.core(self.group_id)

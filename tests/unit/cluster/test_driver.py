@@ -287,3 +287,23 @@ async def test_restarted_node_recovers_from_its_log() -> None:
         assert cluster.driver(2).core(1).role in (Role.FOLLOWER, Role.LEADER)
     finally:
         await cluster.stop()
+
+
+async def test_peer_down_names_a_peer_silent_for_an_election_timeout_until_it_speaks() -> None:
+    cluster = Cluster(3, 2)
+    cluster.start()
+    try:
+        cluster.driver(1).campaign(1)
+        await cluster.wait_for(lambda: cluster.leader(1) == 1, "node 1 to lead")
+        assert not cluster.driver(2).peer_down(3)
+        cluster.network.isolate(3)
+        await cluster.wait_for(
+            lambda: cluster.driver(1).peer_down(3) and cluster.driver(2).peer_down(3),
+            "nodes 1 and 2 to call node 3 down")
+        assert not cluster.driver(1).peer_down(2)
+        cluster.network.heal_all()
+        await cluster.wait_for(
+            lambda: not cluster.driver(1).peer_down(3) and not cluster.driver(2).peer_down(3),
+            "node 3 to be heard again")
+    finally:
+        await cluster.stop()
