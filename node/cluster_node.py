@@ -549,6 +549,8 @@ class ClusterNode:
         ch = self._channels.get(address)
         if ch is None:
             ch = self._channels[address] = grpc.aio.insecure_channel(address, options=[
+                ("grpc.max_receive_message_length", 64 * MIB),
+                ("grpc.max_send_message_length", 64 * MIB),
                 ("grpc.use_local_subchannel_pool", 1),
                 ("grpc.initial_reconnect_backoff_ms", 100),
                 ("grpc.min_reconnect_backoff_ms", 100),

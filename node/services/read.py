@@ -16,6 +16,8 @@ from rillet.api.v1 import common_pb2, log_pb2, log_pb2_grpc
 from rillet.node import errors
 from rillet.node.cluster_node import ClusterTopic
 from rillet.node.errors import Context, InvalidRequestError, UnavailableError, UnknownTopicError
+from rillet.node.forward import is_forwarded
+from rillet.node.read_proxy import consume_calls, merge, needs_proxy, replay_calls
 from rillet.node.services.common import (
     DEFAULT_MAX_WAIT_MS,
     MAX_WAIT_MS_LIMIT,
@@ -105,6 +107,20 @@ class ConsumeService(log_pb2_grpc.ConsumeServicer):
         node = self.node
         try:
             topic = node.get_topic(request.topic)
+            if node.cluster is not None and needs_proxy(
+                    node.cluster, topic, [pp.partition for pp in request.partitions],
+                    is_forwarded(context)):
+                assert isinstance(topic, ClusterTopic)
+                upstream = consume_calls(node.cluster, topic, request)
+            else:
+                upstream = None
+        except Exception as exc:
+            await errors.abort(context, exc, where=f"consume {request.topic}")
+        if upstream is not None:
+            async for resp in merge(upstream, context):
+                yield resp
+            return
+        try:
             if request.partitions:
                 parts = _partitions(topic, [pp.partition for pp in request.partitions])
                 cursors = [
@@ -166,6 +182,19 @@ class ReplayService(log_pb2_grpc.ReplayServicer):
         node = self.node
         try:
             topic = node.get_topic(request.topic)
+            if node.cluster is not None and needs_proxy(
+                    node.cluster, topic, list(request.partitions), is_forwarded(context)):
+                assert isinstance(topic, ClusterTopic)
+                upstream = replay_calls(node.cluster, topic, request)
+            else:
+                upstream = None
+        except Exception as exc:
+            await errors.abort(context, exc, where=f"replay {request.topic}")
+        if upstream is not None:
+            async for resp in merge(upstream, context):
+                yield resp
+            return
+        try:
             parts = _partitions(topic, list(request.partitions))
             cursors = []
             for p in parts:

@@ -89,3 +89,46 @@ async def test_producer_ids_are_unique_across_nodes(cluster) -> None:
     got = await asyncio.gather(*(ids(n) for n in (0, 1, 2)))
     flat = [pid for node_ids in got for pid in node_ids]
     assert len(set(flat)) == 15 and min(flat) >= 0
+
+
+async def test_reads_of_partitions_held_elsewhere_are_proxied(cluster) -> None:
+    """Replication factor 1: each node holds a third of the partitions. A plain client on
+    node 0 still produces to, replays and consumes every partition through node 0."""
+    async with cluster.stubs(0) as s:
+        created = await s.admin.CreateTopic(admin_pb2.CreateTopicRequest(
+            name="rf1", partitions=3, replication_factor=1), timeout=30)
+    assert {p.replicas[0] for p in created.topic.partitions} == {0, 1, 2}
+    await cluster.wait_leaders("rf1")
+    async with cluster.stubs(0) as s:
+        call = s.produce.Produce()
+        for p in range(3):
+            await call.write(log_pb2.ProduceRequest(
+                topic="rf1", partition=p, batch=batch.encode([f"v{p}".encode()],
+                                                              timestamps_ms=[1])))
+        answers = [await call.read() for _ in range(3)]
+        await call.done_writing()
+        assert [(a.partition, a.base_offset, a.error.code) for a in answers] == [
+            (p, 0, common_pb2.ERROR_CODE_NONE) for p in range(3)]
+
+        def values(resp) -> dict[int, list[bytes]]:
+            out: dict[int, list[bytes]] = {}
+            for pd in resp.partitions:
+                out.setdefault(pd.partition, []).extend(
+                    r.value for h, mv in batch.iter_batches(pd.batches) if not h.is_control
+                    for r in batch.decode(bytes(mv)))
+            return out
+
+        replayed: dict[int, list[bytes]] = {}
+        async for resp in s.replay.Replay(log_pb2.ReplayRequest(topic="rf1"), timeout=30):
+            for p, vs in values(resp).items():
+                replayed.setdefault(p, []).extend(vs)
+        assert replayed == {p: [f"v{p}".encode()] for p in range(3)}
+
+        consumed: dict[int, list[bytes]] = {}
+        stream = s.consume.Consume(log_pb2.ConsumeRequest(topic="rf1", max_wait_ms=200))
+        async with asyncio.timeout(30):
+            while sum(len(v) for v in consumed.values()) < 3:
+                for p, vs in values(await stream.read()).items():
+                    consumed.setdefault(p, []).extend(vs)
+        stream.cancel()
+        assert consumed == {p: [f"v{p}".encode()] for p in range(3)}
