@@ -13,16 +13,19 @@ One round takes a Ready from every group that has one, then, for all of them tog
    which takes one fsync off the commit path. Safe because the core counts the leader's own
    entries for commitment only after ``advance`` confirmed them persisted.
 1. **persist**: for each Ready, ``apply_snapshot`` (if any), ``append(entries)``,
-   ``set_hard_state`` (if changed) on the group's ``DurableLog``. These writes are only staged;
-   then, if any Ready of the round ``must_sync``, ONE ``Syncer.sync(logs)`` call makes every
+   ``set_hard_state`` (if changed) on the group's ``DurableLog``. These writes are only staged.
+2. **apply**: every Ready's snapshot (``StateMachine.restore``) and committed entries
+   (``StateMachine.apply``), in log order per group; then the proposal futures those entries
+   settle are resolved (success = the entry committed AND was applied here). This does not
+   wait for the sync below: a committed entry is already on a majority's disks (followers
+   acknowledge after their sync, the leader counts itself after its own), and it is in this
+   node's log (staged above), so readers can be served it.
+   Then, if any Ready of the round ``must_sync``, ONE ``Syncer.sync(logs)`` call makes every
    staged write of the round durable (group commit: one fsync round for all groups, however
    many there are).
-2. **send**: every other message, encoded with the raft codec and tagged with their group
+3. **send**: every other message, encoded with the raft codec and tagged with their group
    id, coalesced per peer: one ``Transport.send`` per peer per round. Only now, because a vote
    or an append acknowledgement promises that step 1 is on disk.
-3. **apply**: every Ready's snapshot (``StateMachine.restore``) and committed entries
-   (``StateMachine.apply``), in log order per group; then the proposal futures those entries
-   settle are resolved (success = the entry committed AND was applied here).
 4. **advance**: ``core.advance(ready)`` for each, with the very Ready it handed out.
 
 Inputs may arrive while a round waits for its sync (``receive``, ``propose``, ticks): the core
@@ -628,11 +631,24 @@ class RaftDriver:
                 to_sync.append(group.log)
             if rd.hard_state is not None:
                 group.term_vote = (rd.hard_state.term, rd.hard_state.vote)
+
+        # 2. apply, and settle the proposals the applied entries decide, while (not after)
+        #    this round's writes sync: committed entries are on a majority's disks already
+        #    (followers acknowledge after their sync; the leader counts itself after its own),
+        #    so answering them need not wait for the fsync of newer entries.
+        for group, rd in work:
+            if rd.snapshot is not None:
+                group.machine.restore(rd.snapshot)
+                self._settle_snapshot(group, rd.snapshot)
+            if rd.committed_entries:
+                group.machine.apply(rd.committed_entries)
+                self._settle(group, rd.committed_entries)
+
         if to_sync:
             await self.syncer.sync(to_sync)
             self.stats.syncs += 1
 
-        # 2. send the rest, coalesced per peer.
+        # 3. send the rest, coalesced per peer: votes and acknowledgements promise the sync.
         out: dict[int, list[GroupMessage]] = {}
         for group, rd in late:
             gid = group.id
@@ -642,17 +658,6 @@ class RaftDriver:
                     batch = out[m.to] = []
                 batch.append((gid, encode_message(m)))
         self._send(out)
-
-        # 3. apply, and settle the proposals the applied entries decide.
-        for group, rd in work:
-            if group.id not in self._groups:
-                continue  # removed while we synced
-            if rd.snapshot is not None:
-                group.machine.restore(rd.snapshot)
-                self._settle_snapshot(group, rd.snapshot)
-            if rd.committed_entries:
-                group.machine.apply(rd.committed_entries)
-                self._settle(group, rd.committed_entries)
 
         # 4. advance; a group whose advance produced more work goes into the next round.
         for group, rd in work:
