@@ -24,12 +24,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import shutil
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import grpc
 import grpc.aio
@@ -40,8 +37,7 @@ from rillet.devcluster import (
     NodeProcess,
     create_topic,
     restart_node,
-    start_cluster,
-    stop_nodes,
+    temporary_cluster,
     wait_leaders,
     wait_serving,
 )
@@ -237,23 +233,11 @@ def main() -> int:
         env["RILLET_RAFT_TICK_MS"] = str(ns.raft_tick_ms)
     if ns.election_ticks:
         env["RILLET_ELECTION_TICKS"] = str(ns.election_ticks)
-    data = Path(tempfile.mkdtemp(prefix="rillet-failover-"))
-    nodes: list[NodeProcess] = []
-    try:
-        nodes = start_cluster(data, 3, port=ns.port, env=env)
+    with temporary_cluster("rillet-failover-", 3, port=ns.port, env=env,
+                           keep_data=ns.keep_data) as nodes:
         create_topic(nodes[0].address, TOPIC, 1, 3)
         wait_leaders(nodes[0].address, TOPIC)
         gaps = asyncio.run(measure(nodes, ns.kills))
-    except Exception:
-        for n in nodes:
-            log.error("node %d log ends:\n%s", n.node_id, n.log_tail(15))
-        raise
-    finally:
-        stop_nodes(nodes)
-        if ns.keep_data:
-            log.info("data and logs kept in %s", data)
-        else:
-            shutil.rmtree(data, ignore_errors=True)
     ms = sorted(g * 1000 for g in gaps)
     p90 = ms[min(len(ms) - 1, round(0.9 * (len(ms) - 1)))]
     print(f"failover gap over {len(ms)} leader kills (kill -9 to first acks=all answer): "

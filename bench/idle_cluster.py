@@ -18,18 +18,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 from rillet.devcluster import (
     NodeProcess,
     create_topic,
     get_metadata,
-    start_cluster,
-    stop_nodes,
+    temporary_cluster,
     wait_leaders,
 )
 
@@ -99,10 +95,8 @@ def main() -> int:
     ns = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     env = {"RILLET_RAFT_TICK_MS": str(ns.raft_tick_ms)} if ns.raft_tick_ms else {}
-    data = Path(tempfile.mkdtemp(prefix="rillet-idle-"))
-    nodes: list[NodeProcess] = []
-    try:
-        nodes = start_cluster(data, 3, port=ns.port, env=env)
+    with temporary_cluster("rillet-idle-", 3, port=ns.port, env=env,
+                           keep_data=ns.keep_data) as nodes:
         time.sleep(ns.settle)  # the metadata group's first heartbeats and registrations
         report("idle, no topics", nodes, measure(nodes, ns.seconds))
         per_topic = [ns.partitions // ns.topics + (1 if i < ns.partitions % ns.topics else 0)
@@ -124,16 +118,6 @@ def main() -> int:
                     if before.get(k) != v)
         report(f"idle, {ns.partitions} partitions RF 3", nodes, pct)
         print(f"leaders that changed during the measurement: {moved}", flush=True)
-    except Exception:
-        for n in nodes:
-            log.error("node %d log ends:\n%s", n.node_id, n.log_tail(15))
-        raise
-    finally:
-        stop_nodes(nodes)
-        if ns.keep_data:
-            log.info("data and logs kept in %s", data)
-        else:
-            shutil.rmtree(data, ignore_errors=True)
     return 0
 
 

@@ -53,7 +53,7 @@ from rillet.node.storage.hardstate import FILE_NAME as HARDSTATE_FILE
 from rillet.node.storage.hardstate import HardStateJournal
 from rillet.node.storage.log import LogConfig
 from rillet.node.storage.raft_log import PartitionRaftLog, PartitionRaftLogSyncer
-from rillet.node.topics import TopicSettings, validate_name
+from rillet.node.topics import TopicSettings, TopicSignal, validate_name
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class MetadataReplica:
 # -- topics as this node serves them --------------------------------------------------------------
 
 
-class ClusterTopic:
+class ClusterTopic(TopicSignal):
     """A topic of the metadata state as the servicers see it (the single-node Topic's shape):
     partitions this node holds a replica of are served here, the others raise NOT_LEADER."""
 
@@ -130,23 +130,10 @@ class ClusterTopic:
         self.settings = settings
         self.replicas: list[ReplicatedPartition | None] = [None] * len(info.partitions)
         self.deleted = False
-        self._data_event = asyncio.Event()
-
-    @property
-    def data_event(self) -> asyncio.Event:
-        return self._data_event
-
-    def notify(self) -> None:
-        event, self._data_event = self._data_event, asyncio.Event()
-        event.set()
+        super().__init__()
 
     def partition(self, index: int) -> ReplicatedPartition:
-        if self.deleted:
-            raise UnknownTopicError(f"topic {self.name!r} was deleted")
-        if not 0 <= index < len(self.replicas):
-            raise PartitionOutOfRangeError(
-                f"topic {self.name!r} has partitions 0 to {len(self.replicas) - 1}; "
-                f"there is no partition {index}")
+        self.check_index(index, len(self.replicas))
         part = self.replicas[index]
         if part is None:
             info = self.info.partitions[index]

@@ -103,17 +103,15 @@ class TopicSettings:
                          index_interval_bytes=index_interval_bytes)
 
 
-class Topic:
-    """A topic on this node: its settings, its partitions, and the signal consumers wait on."""
+class TopicSignal:
+    """What readers of a topic wait on: an event replaced on every notify, so a reader that
+    grabbed it before checking the high watermarks cannot miss an advance after the check.
+    Shared by the single-node Topic and cluster mode's ClusterTopic."""
 
-    def __init__(self, name: str, replication_factor: int, settings: TopicSettings) -> None:
-        self.name = name
-        self.replication_factor = replication_factor
-        self.settings = settings
-        self.partitions: list[Partition] = []
-        self.deleted = False
-        # Replaced on every notify, so a reader that grabbed it before checking the high
-        # watermarks cannot miss an advance that happens after the check.
+    name: str
+    deleted: bool
+
+    def __init__(self) -> None:
         self._data_event = asyncio.Event()
 
     @property
@@ -125,13 +123,29 @@ class Topic:
         event, self._data_event = self._data_event, asyncio.Event()
         event.set()
 
-    def partition(self, index: int) -> Partition:
+    def check_index(self, index: int, count: int) -> None:
+        """UnknownTopicError once deleted; PartitionOutOfRangeError naming the valid range."""
         if self.deleted:
             raise UnknownTopicError(f"topic {self.name!r} was deleted")
-        if not 0 <= index < len(self.partitions):
+        if not 0 <= index < count:
             raise PartitionOutOfRangeError(
-                f"topic {self.name!r} has partitions 0 to {len(self.partitions) - 1}; "
+                f"topic {self.name!r} has partitions 0 to {count - 1}; "
                 f"there is no partition {index}")
+
+
+class Topic(TopicSignal):
+    """A topic on this node: its settings, its partitions, and the signal consumers wait on."""
+
+    def __init__(self, name: str, replication_factor: int, settings: TopicSettings) -> None:
+        self.name = name
+        self.replication_factor = replication_factor
+        self.settings = settings
+        self.partitions: list[Partition] = []
+        self.deleted = False
+        super().__init__()
+
+    def partition(self, index: int) -> Partition:
+        self.check_index(index, len(self.partitions))
         return self.partitions[index]
 
 

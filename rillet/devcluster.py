@@ -23,14 +23,17 @@ The helpers here (`start_node`, `wait_serving`, `wait_registered`, `create_topic
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -266,6 +269,30 @@ def stop_nodes(nodes: Sequence[NodeProcess], timeout_s: float = STOP_TIMEOUT_S) 
                         timeout_s, node.proc.pid)
             node.proc.kill()
             node.proc.wait()
+
+
+@contextlib.contextmanager
+def temporary_cluster(prefix: str, nodes: int = 3, *, port: int = DEFAULT_PORT,
+                      env: Mapping[str, str] | None = None,
+                      keep_data: bool = False) -> Iterator[list[NodeProcess]]:
+    """A cluster in a fresh temporary directory for a benchmark: started and registered on
+    entry; on the way out every node is stopped by PID, each node's log tail is logged if the
+    body failed, and the directory is removed unless ``keep_data``."""
+    data = Path(tempfile.mkdtemp(prefix=prefix))
+    started: list[NodeProcess] = []
+    try:
+        started = start_cluster(data, nodes, port=port, env=dict(env or {}))
+        yield started
+    except Exception:
+        for n in started:
+            log.error("node %d log ends:\n%s", n.node_id, n.log_tail(15))
+        raise
+    finally:
+        stop_nodes(started)
+        if keep_data:
+            log.info("data and logs kept in %s", data)
+        else:
+            shutil.rmtree(data, ignore_errors=True)
 
 
 def watch_nodes(nodes: Sequence[NodeProcess], stop: threading.Event,

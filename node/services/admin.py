@@ -19,7 +19,7 @@ from rillet.node import errors
 from rillet.node.cluster_node import ClusterNode, ClusterTopic, ForwardedError
 from rillet.node.errors import Context, UnavailableError
 from rillet.node.services.common import NodeContext
-from rillet.node.topics import Topic
+from rillet.node.topics import Topic, TopicSettings
 
 FORWARD_TIMEOUT_S = 30.0
 VIEW_WAIT_S = 10.0
@@ -36,14 +36,17 @@ def _overrides(config: admin_pb2.TopicConfig) -> dict[str, int]:
     return out
 
 
+def _config(s: TopicSettings) -> admin_pb2.TopicConfig:
+    return admin_pb2.TopicConfig(
+        retention_ms=s.retention_ms, retention_bytes=s.retention_bytes,
+        segment_bytes=s.segment_bytes, segment_ms=s.segment_ms,
+        cleanup_policy=s.cleanup_policy)  # type: ignore[arg-type]
+
+
 def describe_topic(topic: Topic, node_id: int) -> admin_pb2.TopicDescription:
-    s = topic.settings
     return admin_pb2.TopicDescription(
         name=topic.name, replication_factor=topic.replication_factor,
-        config=admin_pb2.TopicConfig(
-            retention_ms=s.retention_ms, retention_bytes=s.retention_bytes,
-            segment_bytes=s.segment_bytes, segment_ms=s.segment_ms,
-            cleanup_policy=s.cleanup_policy),  # type: ignore[arg-type]
+        config=_config(topic.settings),
         partitions=[
             admin_pb2.PartitionDescription(
                 partition=p.index, leader_id=node_id, replicas=[node_id],
@@ -56,7 +59,6 @@ def describe_cluster_topic(cluster: ClusterNode, topic: ClusterTopic
                            ) -> admin_pb2.TopicDescription:
     """A topic as this node knows it: leaders as its replicas see them, sizes and offsets of
     its own replicas (zero for partitions it holds none of)."""
-    s = topic.settings
     parts = []
     for i, info in enumerate(topic.info.partitions):
         rep = topic.replicas[i]
@@ -67,11 +69,7 @@ def describe_cluster_topic(cluster: ClusterNode, topic: ClusterTopic
             size_bytes=rep.log.size_bytes if rep is not None else 0))
     return admin_pb2.TopicDescription(
         name=topic.name, replication_factor=topic.replication_factor,
-        config=admin_pb2.TopicConfig(
-            retention_ms=s.retention_ms, retention_bytes=s.retention_bytes,
-            segment_bytes=s.segment_bytes, segment_ms=s.segment_ms,
-            cleanup_policy=s.cleanup_policy),  # type: ignore[arg-type]
-        partitions=parts)
+        config=_config(topic.settings), partitions=parts)
 
 
 async def _wait_view(cluster: ClusterNode, name: str, *, exists: bool) -> None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 from rillet.api.v1 import common_pb2, log_pb2, log_pb2_grpc
 from rillet.node import errors
-from rillet.node.cluster_node import ClusterTopic
+from rillet.node.cluster_node import ClusterNode, ClusterTopic
 from rillet.node.errors import Context, InvalidRequestError, UnavailableError, UnknownTopicError
 from rillet.node.forward import is_forwarded
 from rillet.node.read_proxy import consume_calls, merge, needs_proxy, replay_calls
@@ -97,6 +98,18 @@ def _partitions(topic: Topic | ClusterTopic, indexes: Sequence[int]) -> list[Any
     return out
 
 
+def _upstream(node: NodeContext, topic: Topic | ClusterTopic, partitions: list[int],
+              context: Context,
+              calls: Callable[[ClusterNode, ClusterTopic], list[Any]]) -> list[Any] | None:
+    """The upstream calls of a read this node proxies (node/read_proxy.py), or None when it
+    serves the read itself."""
+    if node.cluster is None or not needs_proxy(node.cluster, topic, partitions,
+                                               is_forwarded(context)):
+        return None
+    assert isinstance(topic, ClusterTopic)
+    return calls(node.cluster, topic)
+
+
 class ConsumeService(log_pb2_grpc.ConsumeServicer):
     def __init__(self, node: NodeContext) -> None:
         self.node = node
@@ -107,13 +120,8 @@ class ConsumeService(log_pb2_grpc.ConsumeServicer):
         node = self.node
         try:
             topic = node.get_topic(request.topic)
-            if node.cluster is not None and needs_proxy(
-                    node.cluster, topic, [pp.partition for pp in request.partitions],
-                    is_forwarded(context)):
-                assert isinstance(topic, ClusterTopic)
-                upstream = consume_calls(node.cluster, topic, request)
-            else:
-                upstream = None
+            upstream = _upstream(node, topic, [pp.partition for pp in request.partitions],
+                                 context, lambda c, t: consume_calls(c, t, request))
         except Exception as exc:
             await errors.abort(context, exc, where=f"consume {request.topic}")
         if upstream is not None:
@@ -182,12 +190,8 @@ class ReplayService(log_pb2_grpc.ReplayServicer):
         node = self.node
         try:
             topic = node.get_topic(request.topic)
-            if node.cluster is not None and needs_proxy(
-                    node.cluster, topic, list(request.partitions), is_forwarded(context)):
-                assert isinstance(topic, ClusterTopic)
-                upstream = replay_calls(node.cluster, topic, request)
-            else:
-                upstream = None
+            upstream = _upstream(node, topic, list(request.partitions), context,
+                                 lambda c, t: replay_calls(c, t, request))
         except Exception as exc:
             await errors.abort(context, exc, where=f"replay {request.topic}")
         if upstream is not None:
