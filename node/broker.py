@@ -28,6 +28,7 @@ from rillet.internal.v1 import peer_pb2_grpc
 from rillet.node.cluster_node import ClusterNode
 from rillet.node.config import MIB, BrokerConfig
 from rillet.node.errors import UnavailableError
+from rillet.node.metrics import PartitionState
 from rillet.node.partition import GroupCommitter
 from rillet.node.producer_ids import ProducerIdAllocator
 from rillet.node.services.admin import AdminService, MetadataService
@@ -74,6 +75,7 @@ class Broker:
         self._peer_service: PeerService | None = None
         self._produce: ProduceService | None = None
         self.port = 0
+        self.metrics_port = 0
 
     def _server_options(self) -> list[tuple[str, int]]:
         # Receive: a batch above the limit must still arrive whole so it can be refused with
@@ -135,11 +137,32 @@ class Broker:
             raise OSError(f"cannot listen on {cfg.listen} (address in use?)")
         await server.start()
         self._server = server
+        self._start_metrics()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._retention_task = asyncio.create_task(self._retention_loop(), name="retention")
         log.info("node %d listening on %s:%d (data in %s, pid %d)", cfg.node_id, cfg.host,
                  self.port, cfg.data_dir, os.getpid())
+
+    def _start_metrics(self) -> None:
+        metrics = self.node.metrics
+        if self.cluster is not None:
+            self.cluster.syncer.observe = metrics.fsync_seconds.observe
+            metrics.watch_state(self.cluster.partition_states,
+                                self.cluster.under_replicated)
+        else:
+            self.committer.observe = metrics.fsync_seconds.observe
+            metrics.watch_state(self._single_node_states, lambda: 0)
+        if self.config.metrics_listen:
+            try:
+                self.metrics_port = metrics.start_server(self.config.metrics_listen)
+            except OSError as exc:
+                raise OSError(f"cannot serve metrics on {self.config.metrics_listen}: "
+                              f"{exc}") from exc
+
+    def _single_node_states(self) -> list[PartitionState]:
+        return [(p.topic, p.index, True, 0, p.high_watermark, 0)
+                for p in self.registry.partitions() if not p.closed]
 
     async def stop(self) -> None:
         """Graceful stop; safe to call once after start (or after a failed start)."""
@@ -166,6 +189,7 @@ class Broker:
             await self.cluster.stop()
         await self.committer.stop()
         await self.registry.close(UnavailableError("node is shutting down"))
+        self.node.metrics.stop_server()
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 @click.option("--peers", default=None,
               help="Every node of the cluster, this one included: ID=HOST:PORT,... "
                    "[RILLET_PEERS; default: run alone].")
+@click.option("--metrics-listen", default=None,
+              help="HOST:PORT for Prometheus metrics at /metrics [RILLET_METRICS_LISTEN; "
+                   "default: off].")
 @click.option("--max-batch-bytes", type=int, default=None,
               help="Largest produced batch accepted [default 1 MiB].")
 @click.option("--flush-linger-ms", type=float, default=None,

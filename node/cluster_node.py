@@ -635,6 +635,38 @@ class ClusterNode:
             return info.replicas[0]
         return -1
 
+    def partition_states(self) -> list[tuple[str, int, bool, int, int, int]]:
+        """Per replica here: (topic, partition, leads, term, high watermark, commit lag)."""
+        out = []
+        for gid, part in list(self.replicas.items()):
+            try:
+                core = self.driver.core(gid)
+            except DriverError:
+                continue
+            out.append((part.topic, part.index, core.role == Role.LEADER, core.term,
+                        part.high_watermark, max(0, core.commit_index - core.applied_index)))
+        return out
+
+    def under_replicated(self) -> int:
+        """Partitions led here where some voter's log is behind the commit index."""
+        count = 0
+        for gid in list(self.replicas):
+            try:
+                core = self.driver.core(gid)
+            except DriverError:
+                continue
+            if core.role != Role.LEADER:
+                continue
+            commit = core.commit_index
+            for voter in core.conf_state.voters:
+                if voter == self.raft_id:
+                    continue
+                pr = core.progress.get(voter)
+                if pr is None or pr.match < commit:
+                    count += 1
+                    break
+        return count
+
     def brokers(self) -> Iterator[tuple[int, str]]:
         for b in self.metadata.state.brokers():
             yield b.node_id, b.address

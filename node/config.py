@@ -38,6 +38,8 @@ class BrokerConfig:
     # host:port that clients are told to connect to (Metadata); defaults to `listen`.
     advertised_address: str = ""
     data_dir: Path = Path(".rillet-data")
+    # HOST:PORT to serve Prometheus metrics on (/metrics over HTTP); empty: no metrics server.
+    metrics_listen: str = ""
     # The cluster: "ID=HOST:PORT,ID=HOST:PORT,..." naming every node, this one included, by the
     # address its peers reach it at. Empty: this node runs alone (single-node mode).
     peers: str = ""
@@ -96,6 +98,8 @@ class BrokerConfig:
         _check_address("listen", self.listen)
         if self.advertised_address:
             _check_address("advertised_address", self.advertised_address)
+        if self.metrics_listen:
+            _check_address("metrics_listen", self.metrics_listen)
         _check_range("node_id", self.node_id, 0, 2**31 - 1)
         _check_range("max_batch_bytes", self.max_batch_bytes, 1 * KIB, 64 * MIB)
         _check_range("max_fetch_bytes", self.max_fetch_bytes, 64 * KIB, 64 * MIB)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Callable
 
 from rillet.node.errors import StorageFailureError, UnknownTopicError
@@ -141,6 +142,8 @@ class GroupCommitter:
         # flush runs on a log that is being closed.
         self.lock = asyncio.Lock()
         self.rounds = 0
+        # Called with each flush round's duration in seconds (the node's fsync histogram).
+        self.observe: Callable[[float], None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="group-commit")
@@ -177,7 +180,10 @@ class GroupCommitter:
             self._dirty.clear()
             if parts:
                 async with self.lock:
+                    started = time.perf_counter()
                     results = await asyncio.to_thread(_flush_all, parts)
+                    if self.observe is not None:
+                        self.observe(time.perf_counter() - started)
                 self.rounds += 1
                 for part, result in zip(parts, results, strict=True):
                     if isinstance(result, BaseException):

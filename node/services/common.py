@@ -12,6 +12,7 @@ from rillet.batch import RECORD_COUNT_FIELD
 from rillet.node.cluster_node import ClusterNode, ClusterTopic
 from rillet.node.config import BrokerConfig
 from rillet.node.errors import InvalidRequestError, OffsetOutOfRangeError
+from rillet.node.metrics import NodeMetrics
 from rillet.node.partition import Partition
 from rillet.node.producer_ids import ProducerIdAllocator
 from rillet.node.replica import ReplicatedPartition
@@ -40,6 +41,7 @@ class NodeContext:
     # Raft groups. None: a single node serving `registry`.
     cluster: ClusterNode | None = None
     producer_ids: ProducerIdAllocator | None = None
+    metrics: NodeMetrics = field(default_factory=NodeMetrics)
 
     def get_topic(self, name: str) -> Topic | ClusterTopic:
         """The topic as this node serves it (UnknownTopicError / InvalidTopicError)."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -37,6 +39,13 @@ _KNOWN_ACKS = (log_pb2.ACKS_UNSPECIFIED, log_pb2.ACKS_NONE, log_pb2.ACKS_LEADER,
 # One queued answer: the response, and what it still waits for (None: answer now): the fsync
 # (single node: resolves to None) or the commit (cluster: resolves to the base offset).
 _Pending = tuple[log_pb2.ProduceResponse, "asyncio.Future[Any] | None"]
+# What the reader queues: the pending answer, when the request was read, and for the metrics
+# its acks level, batch bytes and record count.
+_Queued = tuple[_Pending, float, int, int, int]
+_COUNT = struct.Struct("<i")
+_ACKS_NAMES: dict[int, str] = {
+    log_pb2.ACKS_UNSPECIFIED: "all", log_pb2.ACKS_ALL: "all", log_pb2.ACKS_LEADER: "leader",
+    log_pb2.ACKS_NONE: "none"}
 
 
 class ProduceService(log_pb2_grpc.ProduceServicer):
@@ -50,7 +59,7 @@ class ProduceService(log_pb2_grpc.ProduceServicer):
         request_iterator: AsyncIterator[log_pb2.ProduceRequest],
         context: Context,
     ) -> AsyncIterator[log_pb2.ProduceResponse]:
-        queue: asyncio.Queue[_Pending | None] = asyncio.Queue(
+        queue: asyncio.Queue[_Queued | None] = asyncio.Queue(
             maxsize=self.node.config.produce_max_pending)
         forwarded = is_forwarded(context)
         reader = asyncio.create_task(self._read(request_iterator, queue, forwarded),
@@ -60,7 +69,7 @@ class ProduceService(log_pb2_grpc.ProduceServicer):
                 item = await queue.get()
                 if item is None:
                     break
-                resp, fut = item
+                (resp, fut), t0, acks, nbytes, records = item
                 if fut is not None:
                     try:
                         result = await fut
@@ -70,6 +79,7 @@ class ProduceService(log_pb2_grpc.ProduceServicer):
                             resp.base_offset = result
                     except Exception as exc:
                         resp = _error_response(resp.topic, resp.partition, exc)
+                self._observe(resp, t0, acks, nbytes, records)
                 yield resp
             await reader
         finally:
@@ -79,19 +89,34 @@ class ProduceService(log_pb2_grpc.ProduceServicer):
                     await reader
 
     async def _read(self, requests: AsyncIterator[log_pb2.ProduceRequest],
-                    queue: asyncio.Queue[_Pending | None], forwarded: bool) -> None:
+                    queue: asyncio.Queue[_Queued | None], forwarded: bool) -> None:
         # The end-of-stream marker must reach the handler whether the stream ended or broke;
         # the put cannot block for long because the handler keeps draining the queue. When
         # the handler itself cancels this task it is no longer draining, so no marker then.
         try:
             async for req in requests:
-                await queue.put(self._handle(req, forwarded))
+                t0 = time.perf_counter()
+                data = req.batch
+                records = (_COUNT.unpack_from(data, batch_codec.RECORD_COUNT_FIELD)[0]
+                           if len(data) >= batch_codec.HEADER_SIZE else 0)
+                await queue.put((self._handle(req, forwarded), t0, req.acks, len(data),
+                                 records))
         except asyncio.CancelledError:
             raise
         except BaseException:
             await queue.put(None)
             raise
         await queue.put(None)
+
+    def _observe(self, resp: log_pb2.ProduceResponse, t0: float, acks: int, nbytes: int,
+                 records: int) -> None:
+        metrics = self.node.metrics
+        metrics.produce_latency.labels(_ACKS_NAMES.get(acks, "unknown")).observe(
+            time.perf_counter() - t0)
+        if resp.error.code:
+            metrics.produce_errors.labels(resp.topic).inc()
+        else:
+            metrics.record_produce(resp.topic, records, nbytes)
 
     def _handle(self, req: log_pb2.ProduceRequest, forwarded: bool = False) -> _Pending:
         """Check and append one batch; never raises (errors become the batch's response)."""

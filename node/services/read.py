@@ -56,7 +56,7 @@ def _check_live(node: NodeContext, topic: Topic | ClusterTopic) -> None:
 
 
 def _fill(cursors: Sequence[_Cursor], start: int, max_bytes: int,
-          bounded: bool) -> list[common_pb2.PartitionData]:
+          bounded: bool, count: Callable[[int, int], None]) -> list[common_pb2.PartitionData]:
     """Read up to `max_bytes` (at least one batch) across partitions, from `start` round robin."""
     out: list[common_pb2.PartitionData] = []
     remaining = max_bytes
@@ -78,6 +78,7 @@ def _fill(cursors: Sequence[_Cursor], start: int, max_bytes: int,
             end_offset=cur.end if bounded and cur.end is not None else 0,
             high_watermark=hw, log_start_offset=part.log.log_start_offset,
             next_offset=next_offset))
+        count(next_offset - cur.next, len(data))
         cur.next = next_offset
         remaining -= len(data)
         if remaining <= 0:
@@ -108,6 +109,17 @@ def _upstream(node: NodeContext, topic: Topic | ClusterTopic, partitions: list[i
         return None
     assert isinstance(topic, ClusterTopic)
     return calls(node.cluster, topic)
+
+
+def _counter(node: NodeContext, topic: str) -> Callable[[int, int], None]:
+    """Adds records and bytes sent to the node's consume metrics of `topic`."""
+    records = node.metrics.consume_records.labels(topic)
+    nbytes = node.metrics.consume_bytes.labels(topic)
+
+    def count(n: int, size: int) -> None:
+        records.inc(n)
+        nbytes.inc(size)
+    return count
 
 
 class ConsumeService(log_pb2_grpc.ConsumeServicer):
@@ -145,6 +157,7 @@ class ConsumeService(log_pb2_grpc.ConsumeServicer):
         except Exception as exc:
             await errors.abort(context, exc, where=f"consume {request.topic}")
         max_bytes = clamp_max_bytes(request.max_bytes, node.config.max_fetch_bytes)
+        counter = _counter(node, topic.name)
         max_wait_s = (request.max_wait_ms or DEFAULT_MAX_WAIT_MS) / 1000.0
         start = 0
         last_sent = time.monotonic()
@@ -152,7 +165,7 @@ class ConsumeService(log_pb2_grpc.ConsumeServicer):
             event = topic.data_event
             try:
                 _check_live(node, topic)
-                data = _fill(cursors, start, max_bytes, bounded=False)
+                data = _fill(cursors, start, max_bytes, bounded=False, count=counter)
             except Exception as exc:
                 await errors.abort(context, exc, where=f"consume {topic.name}")
             start += 1
@@ -207,13 +220,14 @@ class ReplayService(log_pb2_grpc.ReplayServicer):
         except Exception as exc:
             await errors.abort(context, exc, where=f"replay {request.topic}")
         max_bytes = clamp_max_bytes(request.max_bytes, node.config.max_fetch_bytes)
+        counter = _counter(node, topic.name)
         start = 0
         # Bounded: each round sends at least one batch of some unfinished partition, because
         # every end is at or below a high watermark that never goes down.
         while not all(c.done for c in cursors):
             try:
                 _check_live(node, topic)
-                data = _fill(cursors, start, max_bytes, bounded=True)
+                data = _fill(cursors, start, max_bytes, bounded=True, count=counter)
             except Exception as exc:
                 await errors.abort(context, exc, where=f"replay {topic.name}")
             start += 1

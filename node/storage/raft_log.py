@@ -362,6 +362,8 @@ class PartitionRaftLogSyncer:
     def __init__(self, journal: HardStateJournal | None = None) -> None:
         self.calls = 0
         self.journal = journal
+        # Called with each round's duration in seconds (the node's fsync histogram).
+        self.observe: Callable[[float], None] | None = None
 
     async def sync(self, logs: Sequence[object]) -> None:
         targets: list[PartitionRaftLog] = []
@@ -370,7 +372,10 @@ class PartitionRaftLogSyncer:
                 raise TypeError(f"PartitionRaftLogSyncer cannot sync {type(lg).__name__}")
             targets.append(lg)
         self.calls += 1
+        started = time.perf_counter()
         await asyncio.to_thread(_sync_all, targets, self.journal)
+        if self.observe is not None:
+            self.observe(time.perf_counter() - started)
 
 
 def _sync_all(logs: list[PartitionRaftLog], journal: HardStateJournal | None = None) -> None:
