@@ -19,6 +19,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,9 @@ class Pods:
         pod_spec = spec["template"]["spec"]
         self.grace_s = float(pod_spec.get("terminationGracePeriodSeconds", 30))
         self.container = pod_spec["containers"][0]
-        self.container_port = int(self.container["ports"][0]["containerPort"])
-        self.port = free_port()
+        self.container_ports = [int(p["containerPort"]) for p in self.container["ports"]]
+        self.ports = {p: free_port() for p in self.container_ports}
+        self.port = self.ports[self.container_ports[0]]  # the first one is gRPC
         self.root = root
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -75,7 +77,9 @@ class Pods:
             value = re.sub(rf"\b{self.name}-{j}\.{self.service}(\.[a-z0-9.-]+)?\b",
                            self.ip(j), value)
         value = value.replace("0.0.0.0", self.ip(i))
-        return value.replace(f":{self.container_port}", f":{self.port}")
+        for container_port, port in self.ports.items():
+            value = re.sub(rf":{container_port}\b", f":{port}", value)
+        return value
 
     def env(self, i: int) -> dict[str, str]:
         pod = f"{self.name}-{i}"
@@ -128,6 +132,11 @@ class Pods:
                 proc.wait()
 
 
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return str(resp.read().decode())
+
+
 async def poll(check: Any, what: str, timeout_s: float = 60.0) -> Any:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
@@ -151,6 +160,8 @@ async def test_the_dev_statefulset_forms_a_cluster_and_survives_a_kubelet_stop(
     assert env0["RILLET_NODE_ID"] == "0"
     assert env0["RILLET_ADVERTISED_ADDRESS"] == pods.address(0)
     assert env0["RILLET_PEERS"] == ",".join(f"{i}={pods.address(i)}" for i in range(3))
+    metrics_port = pods.ports[9100]
+    assert env0["RILLET_METRICS_LISTEN"] == f"{pods.ip(0)}:{metrics_port}"
     try:
         for i in range(3):
             pods.start(i)
@@ -184,6 +195,10 @@ async def test_the_dev_statefulset_forms_a_cluster_and_survives_a_kubelet_stop(
                                    if not h.is_control for r in batch.decode(bytes(mv))]
             return values or None
         assert await poll(lambda: read_back(1), "the record through pod 1") == [b"hello"]
+
+        # The metrics port of the manifest serves the pod's Raft state.
+        text = await asyncio.to_thread(_get, f"http://{pods.ip(1)}:{metrics_port}/metrics")
+        assert "rillet_partitions_hosted 3.0" in text
 
         # Pod 2 leads the partitions it prefers once leaders settled; the kubelet stops it.
         async def leads_something() -> bool | None:

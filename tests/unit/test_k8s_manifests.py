@@ -32,6 +32,7 @@ OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
 K8S_VERSIONS = ("1.29", "1.31", "1.34")
 EXPECTED_REPLICAS = {"dev": 3, "production": 5}
 GRPC_PORT = 9091
+METRICS_PORT = 9100
 LABELS = {"app.kubernetes.io/name": "rillet", "app.kubernetes.io/component": "broker"}
 
 
@@ -180,7 +181,8 @@ def test_cross_object_consistency(overlay: str) -> None:
     assert pdb["spec"]["maxUnavailable"] == 1
 
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": GRPC_PORT}
+    assert ports == {"grpc": GRPC_PORT, "metrics": METRICS_PORT}
+    assert _configmap_data(objects, sts)["RILLET_METRICS_LISTEN"].endswith(f":{METRICS_PORT}")
     for svc in (headless, client):
         assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(GRPC_PORT, "grpc")]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
