@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from rillet.node import logs
 from rillet.node.broker import Broker, DataDirLockedError
 from rillet.node.config import ConfigError, load
 
@@ -43,15 +44,15 @@ log = logging.getLogger(__name__)
 @click.option("--flush-linger-ms", type=float, default=None,
               help="Extra wait before each group-commit fsync [default 0].")
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR [default INFO].")
+@click.option("--log-format", default=None,
+              help="text or json (one object per line) [RILLET_LOG_FORMAT; default text].")
 def serve(config_file: Path | None, **flags: Any) -> None:
     """Run one Rillet node until SIGTERM or SIGINT."""
     try:
         config = load(flags, os.environ, config_file)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    logging.basicConfig(
-        level=config.log_level.upper(), stream=sys.stderr,
-        format=f"%(asctime)s %(levelname)s node-{config.node_id} %(name)s: %(message)s")
+    logs.configure(config.node_id, config.log_level, config.log_format)
     try:
         asyncio.run(Broker(config).run())
     except (DataDirLockedError, OSError) as exc:

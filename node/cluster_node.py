@@ -397,7 +397,8 @@ class ClusterNode:
         if fresh and p.replicas and p.replicas[0] == self.broker_id:
             self.driver.campaign(p.group_id)  # the preferred leader starts the first term
         log.info("node %d: replica of %s-%d (group %d, replicas %s)%s", self.broker_id,
-                 p.topic, p.partition, p.group_id, list(p.replicas), " new" if fresh else "")
+                 p.topic, p.partition, p.group_id, list(p.replicas), " new" if fresh else "",
+                 extra={"topic": p.topic, "partition": p.partition})
 
     async def _remove_replica(self, gid: int) -> None:
         part = self.replicas.pop(gid)

@@ -70,6 +70,8 @@ class BrokerConfig:
     # Seconds that in-flight calls get to finish on SIGTERM/SIGINT before they are cancelled.
     shutdown_grace_s: float = 5.0
     log_level: str = "INFO"
+    # "text" (one readable line per record) or "json" (one JSON object per line).
+    log_format: str = "text"
 
     @property
     def host(self) -> str:
@@ -120,6 +122,8 @@ class BrokerConfig:
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError(f"log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, "
                               f"got {self.log_level!r}")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format must be text or json, got {self.log_format!r}")
         if not self.cluster_id:
             raise ConfigError("cluster_id must not be empty")
         if self.peers:

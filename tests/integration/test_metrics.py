@@ -1,8 +1,10 @@
-"""Prometheus metrics over HTTP (`metrics_listen`): a single node's produce, consume and fsync
-figures, and in a 3-node cluster the Raft state per node (every partition led once)."""
+"""Operations: Prometheus metrics over HTTP (`metrics_listen`): a single node's produce,
+consume and fsync figures, and in a 3-node cluster the Raft state per node (every partition
+led once); and JSON logs (`log_format = "json"`)."""
 
 from __future__ import annotations
 
+import json
 import urllib.request
 
 import pytest
@@ -64,3 +66,14 @@ async def test_in_a_cluster_every_partition_is_led_by_exactly_one_node(cluster_f
         led = sum(m[("rillet_partitions_led", ())] for m in scraped)
         return True if hosted == [6.0, 6.0, 6.0] and led == 6 else None
     await cluster.poll(led_once, "6 partitions hosted everywhere and led once in all", 30.0)
+
+
+def test_json_logs_name_the_node_on_every_line(broker_factory) -> None:
+    node = broker_factory(node_id=4, env={"RILLET_LOG_FORMAT": "json"})
+    node.stop()
+    lines = [ln for ln in node.log_text().splitlines() if ln.startswith("{")]
+    assert lines, node.log_text()[-2000:]
+    docs = [json.loads(ln) for ln in lines]
+    assert all(d["node"] == 4 for d in docs)
+    assert any("listening on" in d["msg"] for d in docs)
+    assert any(d["msg"] == "node 4 stopped" for d in docs)
