@@ -36,7 +36,16 @@ import grpc
 from rillet import batch as batch_codec
 from rillet.cluster import metadata as md
 from rillet.cluster.driver import DriverError, RaftDriver
-from rillet.cluster.raft import Config, ConfState, Entry, EntryKind, RaftError, Role, Snapshot
+from rillet.cluster.raft import (
+    Config,
+    ConfState,
+    Entry,
+    EntryKind,
+    RaftCore,
+    RaftError,
+    Role,
+    Snapshot,
+)
 from rillet.node.config import MIB, BrokerConfig
 from rillet.node.errors import (
     InvalidConfigError,
@@ -441,16 +450,12 @@ class ClusterNode:
     def balance_leaders(self, limit: int = 64) -> int:
         """One pass; returns how many transfers it started (at most ``limit``)."""
         started = 0
-        for gid, info in list(self.assignments.items()):
+        assignments = self.assignments
+        for gid, core in self._led_cores(list(assignments)):
             if started >= limit:
                 break
+            info = assignments[gid]
             if not info.replicas or info.replicas[0] == self.broker_id:
-                continue
-            try:
-                core = self.driver.core(gid)
-            except DriverError:
-                continue
-            if core.role != Role.LEADER:
                 continue
             preferred = raft_id(info.replicas[0])
             pr = core.progress.get(preferred)
@@ -648,16 +653,20 @@ class ClusterNode:
                         part.high_watermark, max(0, core.commit_index - core.applied_index)))
         return out
 
-    def under_replicated(self) -> int:
-        """Partitions led here where some voter's log is behind the commit index."""
-        count = 0
-        for gid in list(self.replicas):
+    def _led_cores(self, groups: list[int]) -> Iterator[tuple[int, RaftCore]]:
+        """(group, core) for each of `groups` this node runs and leads right now."""
+        for gid in groups:
             try:
                 core = self.driver.core(gid)
             except DriverError:
                 continue
-            if core.role != Role.LEADER:
-                continue
+            if core.role == Role.LEADER:
+                yield gid, core
+
+    def under_replicated(self) -> int:
+        """Partitions led here where some voter's log is behind the commit index."""
+        count = 0
+        for _gid, core in self._led_cores(list(self.replicas)):
             commit = core.commit_index
             for voter in core.conf_state.voters:
                 if voter == self.raft_id:
