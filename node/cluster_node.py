@@ -56,7 +56,7 @@ from rillet.node.errors import (
     UnavailableError,
     UnknownTopicError,
 )
-from rillet.node.peer_client import PeerClient
+from rillet.node.peer_client import RECONNECT_OPTIONS, PeerClient
 from rillet.node.replica import ReplicatedPartition, broker_id, raft_id
 from rillet.node.storage.hardstate import FILE_NAME as HARDSTATE_FILE
 from rillet.node.storage.hardstate import HardStateJournal
@@ -74,6 +74,20 @@ RECONCILE_RETRY_S = 1.0
 HAND_OVER_STALL_S = 1.5
 _POLL_S = 0.05
 _T = TypeVar("_T")
+
+
+async def wait_until(pred: Callable[[], object], timeout_s: float) -> bool:
+    """Poll ``pred`` every ``_POLL_S`` until it is true or ``timeout_s`` passed (a bounded
+    number of polls); returns whether it became true."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    for _ in range(int(timeout_s / _POLL_S) + 2):
+        if pred():
+            return True
+        if loop.time() >= deadline:
+            break
+        await asyncio.sleep(_POLL_S)
+    return bool(pred())
 
 
 # -- the metadata group's state machine ---------------------------------------------------------
@@ -524,18 +538,12 @@ class ClusterNode:
 
     async def wait_metadata_leader(self) -> int:
         """The metadata leader's broker id, waiting (bounded) while an election runs."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + LEADER_WAIT_S
-        while True:
-            if self.metadata_ready():
-                return self.broker_id
-            leader = self.metadata_leader()
-            if leader >= 0 and leader != self.broker_id:
-                return leader
-            if loop.time() >= deadline:
-                raise UnavailableError("the cluster has no metadata leader right now (fewer "
-                                       "than a majority of nodes up?); retry")
-            await asyncio.sleep(_POLL_S)
+        def known() -> bool:
+            return self.metadata_ready() or self.metadata_leader() not in (-1, self.broker_id)
+        if not await wait_until(known, LEADER_WAIT_S):
+            raise UnavailableError("the cluster has no metadata leader right now (fewer "
+                                   "than a majority of nodes up?); retry")
+        return self.broker_id if self.metadata_ready() else self.metadata_leader()
 
     def channel(self, broker: int) -> grpc.aio.Channel:
         address = self.peers[broker]
@@ -544,10 +552,7 @@ class ClusterNode:
             ch = self._channels[address] = grpc.aio.insecure_channel(address, options=[
                 ("grpc.max_receive_message_length", 64 * MIB),
                 ("grpc.max_send_message_length", 64 * MIB),
-                ("grpc.use_local_subchannel_pool", 1),
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.min_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 1000)])
+                *RECONNECT_OPTIONS])
         return ch
 
     async def on_metadata_leader(self, local: Callable[[], Any],
@@ -577,13 +582,9 @@ class ClusterNode:
         TopicSettings.defaults(self.config).with_overrides(overrides)  # check before proposing
         # Just after the cluster starts the leader may not have registered every peer yet:
         # give registration a moment rather than refuse for a lack of brokers.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + LEADER_WAIT_S
         wanted = min(replication_factor, len(self.peers))
-        for _ in range(int(LEADER_WAIT_S / _POLL_S) + 1):
-            if len(self.metadata.state.live_brokers()) >= wanted or loop.time() >= deadline:
-                break
-            await asyncio.sleep(_POLL_S)
+        await wait_until(lambda: len(self.metadata.state.live_brokers()) >= wanted,
+                         LEADER_WAIT_S)
         await self.propose_metadata(md.CreateTopic(name, partitions, replication_factor,
                                                    overrides))
         info = self.metadata.state.topic(name)
@@ -608,16 +609,13 @@ class ClusterNode:
 
     async def wait_leaders(self, name: str, timeout_s: float) -> None:
         """Wait (bounded) until every partition of ``name`` this node holds has a leader."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while loop.time() < deadline:
+        def led() -> bool:
             topic = self.topics.get(name)
-            if topic is not None and all(
-                    part is not None and part.leader_id() >= 0
-                    for part, info in zip(topic.replicas, topic.info.partitions, strict=True)
-                    if self.broker_id in info.replicas):
-                return
-            await asyncio.sleep(_POLL_S)
+            return topic is not None and all(
+                part is not None and part.leader_id() >= 0
+                for part, info in zip(topic.replicas, topic.info.partitions, strict=True)
+                if self.broker_id in info.replicas)
+        await wait_until(led, timeout_s)
 
     # -- views for Admin / Metadata -----------------------------------------------------------
 

@@ -27,6 +27,8 @@ from rillet.node.errors import UnavailableError
 log = logging.getLogger(__name__)
 
 FORWARDED_KEY = "rillet-forwarded"
+FORWARDED_METADATA = ((FORWARDED_KEY, "1"),)
+"""The metadata of every call one node makes on a client's behalf to another."""
 _MAX_PENDING = 4096
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
 
@@ -45,7 +47,7 @@ class _Stream:
     def __init__(self, channel: grpc.aio.Channel, address: str) -> None:
         self.address = address
         stub = log_pb2_grpc.ProduceStub(channel)  # type: ignore[no-untyped-call]
-        self.call = stub.Produce(metadata=((FORWARDED_KEY, "1"),))
+        self.call = stub.Produce(metadata=FORWARDED_METADATA)
         self.pending: collections.deque[asyncio.Future[log_pb2.ProduceResponse]] = (
             collections.deque())
         self.broken = False

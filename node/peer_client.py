@@ -36,6 +36,19 @@ from rillet.node.services.peer import MAX_PEER_MESSAGE_BYTES, MIB
 log = logging.getLogger(__name__)
 
 
+RECONNECT_OPTIONS: list[tuple[str, int]] = [
+    # gRPC shares subchannels process-wide: without a pool of its own, the fresh channel of a
+    # reconnect attempt inherits the old subchannel's exponential reconnect backoff (up to 2
+    # minutes) and keeps failing with "connection refused" long after the peer is back. With
+    # these, a node reaches a restarted peer within a second; every channel between nodes
+    # (Raft streams, forwarded calls) uses them.
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
 class _PeerLink:
     """One peer: its queue, its stream task and its counters."""
 
@@ -174,14 +187,7 @@ class PeerClient:
             ("grpc.keepalive_time_ms", 20_000),
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.enable_retries", 0),
-            # gRPC shares subchannels process-wide: without a pool of its own, the fresh
-            # channel of a reconnect attempt inherits the old subchannel's exponential
-            # reconnect backoff (up to 2 minutes) and keeps failing with "connection refused"
-            # long after the peer is back. Our own backoff (above) is the only one.
-            ("grpc.use_local_subchannel_pool", 1),
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.min_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 1000),
+            *RECONNECT_OPTIONS,
         ]
 
     def send(self, to: int, messages: list[GroupMessage]) -> None:

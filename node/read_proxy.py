@@ -21,7 +21,7 @@ import grpc
 from rillet.api.v1 import log_pb2, log_pb2_grpc
 from rillet.node.cluster_node import ClusterNode, ClusterTopic
 from rillet.node.errors import NotLeaderError
-from rillet.node.forward import FORWARDED_KEY
+from rillet.node.forward import FORWARDED_METADATA
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +84,6 @@ async def merge(calls: list[Any], context: Any) -> AsyncIterator[Any]:
                 await t
 
 
-_FORWARDED = ((FORWARDED_KEY, "1"),)
-
-
 def consume_calls(cluster: ClusterNode, topic: ClusterTopic,
                   request: log_pb2.ConsumeRequest) -> list[Any]:
     """One upstream Consume per leader, each with its partitions and their positions."""
@@ -102,7 +99,7 @@ def consume_calls(cluster: ClusterNode, topic: ClusterTopic,
                             partition=i, position=request.default_position)
                         for i in parts])
         stub = log_pb2_grpc.ConsumeStub(cluster.channel(leader))  # type: ignore[no-untyped-call]
-        calls.append(stub.Consume(sub, metadata=_FORWARDED))
+        calls.append(stub.Consume(sub, metadata=FORWARDED_METADATA))
     return calls
 
 
@@ -117,5 +114,5 @@ def replay_calls(cluster: ClusterNode, topic: ClusterTopic,
         del sub.partitions[:]
         sub.partitions.extend(parts)
         stub = log_pb2_grpc.ReplayStub(cluster.channel(leader))  # type: ignore[no-untyped-call]
-        calls.append(stub.Replay(sub, metadata=_FORWARDED))
+        calls.append(stub.Replay(sub, metadata=FORWARDED_METADATA))
     return calls

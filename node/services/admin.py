@@ -16,7 +16,7 @@ import grpc
 
 from rillet.api.v1 import admin_pb2, admin_pb2_grpc
 from rillet.node import errors
-from rillet.node.cluster_node import ClusterNode, ClusterTopic, ForwardedError
+from rillet.node.cluster_node import ClusterNode, ClusterTopic, ForwardedError, wait_until
 from rillet.node.errors import Context, UnavailableError
 from rillet.node.services.common import NodeContext
 from rillet.node.topics import Topic, TopicSettings
@@ -77,10 +77,7 @@ async def _wait_view(cluster: ClusterNode, name: str, *, exists: bool) -> None:
     its local replicas of it have leaders."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + VIEW_WAIT_S
-    while loop.time() < deadline:
-        if (name in cluster.topics) == exists:
-            break
-        await asyncio.sleep(0.02)
+    await wait_until(lambda: (name in cluster.topics) == exists, VIEW_WAIT_S)
     if exists:
         await cluster.wait_leaders(name, max(0.0, deadline - loop.time()))
 
