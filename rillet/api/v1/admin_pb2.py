@@ -22,57 +22,58 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from rillet.api.v1 import groups_pb2 as rillet_dot_api_dot_v1_dot_groups__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19rillet/api/v1/admin.proto\x12\rrillet.api.v1\"\xf7\x01\n\x0bTopicConfig\x12\x19\n\x0cretention_ms\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x1c\n\x0fretention_bytes\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x1a\n\rsegment_bytes\x18\x03 \x01(\x03H\x02\x88\x01\x01\x12\x17\n\nsegment_ms\x18\x04 \x01(\x03H\x03\x88\x01\x01\x12\x34\n\x0e\x63leanup_policy\x18\x05 \x01(\x0e\x32\x1c.rillet.api.v1.CleanupPolicyB\x0f\n\r_retention_msB\x12\n\x10_retention_bytesB\x10\n\x0e_segment_bytesB\r\n\x0b_segment_ms\"~\n\x12\x43reateTopicRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\npartitions\x18\x02 \x01(\r\x12\x1a\n\x12replication_factor\x18\x03 \x01(\r\x12*\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x1a.rillet.api.v1.TopicConfig\"E\n\x13\x43reateTopicResponse\x12.\n\x05topic\x18\x01 \x01(\x0b\x32\x1f.rillet.api.v1.TopicDescription\"\"\n\x12\x44\x65leteTopicRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteTopicResponse\"\x13\n\x11ListTopicsRequest\"A\n\x12ListTopicsResponse\x12+\n\x06topics\x18\x01 \x03(\x0b\x32\x1b.rillet.api.v1.TopicSummary\"L\n\x0cTopicSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\npartitions\x18\x02 \x01(\r\x12\x1a\n\x12replication_factor\x18\x03 \x01(\r\"$\n\x14\x44\x65scribeTopicRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"G\n\x15\x44\x65scribeTopicResponse\x12.\n\x05topic\x18\x01 \x01(\x0b\x32\x1f.rillet.api.v1.TopicDescription\"\xa1\x01\n\x10TopicDescription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1a\n\x12replication_factor\x18\x02 \x01(\r\x12*\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x1a.rillet.api.v1.TopicConfig\x12\x37\n\npartitions\x18\x04 \x03(\x0b\x32#.rillet.api.v1.PartitionDescription\"\x94\x01\n\x14PartitionDescription\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x11\n\tleader_id\x18\x02 \x01(\x05\x12\x10\n\x08replicas\x18\x03 \x03(\x05\x12\x18\n\x10log_start_offset\x18\x04 \x01(\x03\x12\x16\n\x0ehigh_watermark\x18\x05 \x01(\x03\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\"!\n\x0fMetadataRequest\x12\x0e\n\x06topics\x18\x01 \x03(\t\"|\n\x10MetadataResponse\x12&\n\x07\x62rokers\x18\x01 \x03(\x0b\x32\x15.rillet.api.v1.Broker\x12,\n\x06topics\x18\x02 \x03(\x0b\x32\x1c.rillet.api.v1.TopicMetadata\x12\x12\n\ncluster_id\x18\x03 \x01(\t\"*\n\x06\x42roker\x12\x0f\n\x07node_id\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"S\n\rTopicMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x34\n\npartitions\x18\x02 \x03(\x0b\x32 .rillet.api.v1.PartitionMetadata\"K\n\x11PartitionMetadata\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x11\n\tleader_id\x18\x02 \x01(\x05\x12\x10\n\x08replicas\x18\x03 \x03(\x05\"\x15\n\x13InitProducerRequest\"C\n\x14InitProducerResponse\x12\x13\n\x0bproducer_id\x18\x01 \x01(\x03\x12\x16\n\x0eproducer_epoch\x18\x02 \x01(\x05*\x89\x01\n\rCleanupPolicy\x12\x1e\n\x1a\x43LEANUP_POLICY_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43LEANUP_POLICY_DELETE\x10\x01\x12\x1a\n\x16\x43LEANUP_POLICY_COMPACT\x10\x02\x12!\n\x1d\x43LEANUP_POLICY_COMPACT_DELETE\x10\x03\x32\xe2\x02\n\x05\x41\x64min\x12T\n\x0b\x43reateTopic\x12!.rillet.api.v1.CreateTopicRequest\x1a\".rillet.api.v1.CreateTopicResponse\x12T\n\x0b\x44\x65leteTopic\x12!.rillet.api.v1.DeleteTopicRequest\x1a\".rillet.api.v1.DeleteTopicResponse\x12Q\n\nListTopics\x12 .rillet.api.v1.ListTopicsRequest\x1a!.rillet.api.v1.ListTopicsResponse\x12Z\n\rDescribeTopic\x12#.rillet.api.v1.DescribeTopicRequest\x1a$.rillet.api.v1.DescribeTopicResponse2\xb3\x01\n\x08Metadata\x12N\n\x0bGetMetadata\x12\x1e.rillet.api.v1.MetadataRequest\x1a\x1f.rillet.api.v1.MetadataResponse\x12W\n\x0cInitProducer\x12\".rillet.api.v1.InitProducerRequest\x1a#.rillet.api.v1.InitProducerResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19rillet/api/v1/admin.proto\x12\rrillet.api.v1\x1a\x1arillet/api/v1/groups.proto\"\xf7\x01\n\x0bTopicConfig\x12\x19\n\x0cretention_ms\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x1c\n\x0fretention_bytes\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x1a\n\rsegment_bytes\x18\x03 \x01(\x03H\x02\x88\x01\x01\x12\x17\n\nsegment_ms\x18\x04 \x01(\x03H\x03\x88\x01\x01\x12\x34\n\x0e\x63leanup_policy\x18\x05 \x01(\x0e\x32\x1c.rillet.api.v1.CleanupPolicyB\x0f\n\r_retention_msB\x12\n\x10_retention_bytesB\x10\n\x0e_segment_bytesB\r\n\x0b_segment_ms\"~\n\x12\x43reateTopicRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\npartitions\x18\x02 \x01(\r\x12\x1a\n\x12replication_factor\x18\x03 \x01(\r\x12*\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x1a.rillet.api.v1.TopicConfig\"E\n\x13\x43reateTopicResponse\x12.\n\x05topic\x18\x01 \x01(\x0b\x32\x1f.rillet.api.v1.TopicDescription\"\"\n\x12\x44\x65leteTopicRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteTopicResponse\"\x13\n\x11ListTopicsRequest\"A\n\x12ListTopicsResponse\x12+\n\x06topics\x18\x01 \x03(\x0b\x32\x1b.rillet.api.v1.TopicSummary\"L\n\x0cTopicSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\npartitions\x18\x02 \x01(\r\x12\x1a\n\x12replication_factor\x18\x03 \x01(\r\"$\n\x14\x44\x65scribeTopicRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"G\n\x15\x44\x65scribeTopicResponse\x12.\n\x05topic\x18\x01 \x01(\x0b\x32\x1f.rillet.api.v1.TopicDescription\"\xa1\x01\n\x10TopicDescription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1a\n\x12replication_factor\x18\x02 \x01(\r\x12*\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x1a.rillet.api.v1.TopicConfig\x12\x37\n\npartitions\x18\x04 \x03(\x0b\x32#.rillet.api.v1.PartitionDescription\"\x94\x01\n\x14PartitionDescription\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x11\n\tleader_id\x18\x02 \x01(\x05\x12\x10\n\x08replicas\x18\x03 \x03(\x05\x12\x18\n\x10log_start_offset\x18\x04 \x01(\x03\x12\x16\n\x0ehigh_watermark\x18\x05 \x01(\x03\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\"!\n\x0fMetadataRequest\x12\x0e\n\x06topics\x18\x01 \x03(\t\"|\n\x10MetadataResponse\x12&\n\x07\x62rokers\x18\x01 \x03(\x0b\x32\x15.rillet.api.v1.Broker\x12,\n\x06topics\x18\x02 \x03(\x0b\x32\x1c.rillet.api.v1.TopicMetadata\x12\x12\n\ncluster_id\x18\x03 \x01(\t\"*\n\x06\x42roker\x12\x0f\n\x07node_id\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"S\n\rTopicMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x34\n\npartitions\x18\x02 \x03(\x0b\x32 .rillet.api.v1.PartitionMetadata\"K\n\x11PartitionMetadata\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x11\n\tleader_id\x18\x02 \x01(\x05\x12\x10\n\x08replicas\x18\x03 \x03(\x05\"\x15\n\x13InitProducerRequest\"C\n\x14InitProducerResponse\x12\x13\n\x0bproducer_id\x18\x01 \x01(\x03\x12\x16\n\x0eproducer_epoch\x18\x02 \x01(\x05*\x89\x01\n\rCleanupPolicy\x12\x1e\n\x1a\x43LEANUP_POLICY_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43LEANUP_POLICY_DELETE\x10\x01\x12\x1a\n\x16\x43LEANUP_POLICY_COMPACT\x10\x02\x12!\n\x1d\x43LEANUP_POLICY_COMPACT_DELETE\x10\x03\x32\xcf\x05\n\x05\x41\x64min\x12T\n\x0b\x43reateTopic\x12!.rillet.api.v1.CreateTopicRequest\x1a\".rillet.api.v1.CreateTopicResponse\x12T\n\x0b\x44\x65leteTopic\x12!.rillet.api.v1.DeleteTopicRequest\x1a\".rillet.api.v1.DeleteTopicResponse\x12Q\n\nListTopics\x12 .rillet.api.v1.ListTopicsRequest\x1a!.rillet.api.v1.ListTopicsResponse\x12Z\n\rDescribeTopic\x12#.rillet.api.v1.DescribeTopicRequest\x1a$.rillet.api.v1.DescribeTopicResponse\x12Q\n\nListGroups\x12 .rillet.api.v1.ListGroupsRequest\x1a!.rillet.api.v1.ListGroupsResponse\x12Z\n\rDescribeGroup\x12#.rillet.api.v1.DescribeGroupRequest\x1a$.rillet.api.v1.DescribeGroupResponse\x12\x66\n\x11ResetGroupOffsets\x12\'.rillet.api.v1.ResetGroupOffsetsRequest\x1a(.rillet.api.v1.ResetGroupOffsetsResponse\x12T\n\x0b\x44\x65leteGroup\x12!.rillet.api.v1.DeleteGroupRequest\x1a\".rillet.api.v1.DeleteGroupResponse2\xb3\x01\n\x08Metadata\x12N\n\x0bGetMetadata\x12\x1e.rillet.api.v1.MetadataRequest\x1a\x1f.rillet.api.v1.MetadataResponse\x12W\n\x0cInitProducer\x12\".rillet.api.v1.InitProducerRequest\x1a#.rillet.api.v1.InitProducerResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rillet.api.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CLEANUPPOLICY']._serialized_start=1604
-  _globals['_CLEANUPPOLICY']._serialized_end=1741
-  _globals['_TOPICCONFIG']._serialized_start=45
-  _globals['_TOPICCONFIG']._serialized_end=292
-  _globals['_CREATETOPICREQUEST']._serialized_start=294
-  _globals['_CREATETOPICREQUEST']._serialized_end=420
-  _globals['_CREATETOPICRESPONSE']._serialized_start=422
-  _globals['_CREATETOPICRESPONSE']._serialized_end=491
-  _globals['_DELETETOPICREQUEST']._serialized_start=493
-  _globals['_DELETETOPICREQUEST']._serialized_end=527
-  _globals['_DELETETOPICRESPONSE']._serialized_start=529
-  _globals['_DELETETOPICRESPONSE']._serialized_end=550
-  _globals['_LISTTOPICSREQUEST']._serialized_start=552
-  _globals['_LISTTOPICSREQUEST']._serialized_end=571
-  _globals['_LISTTOPICSRESPONSE']._serialized_start=573
-  _globals['_LISTTOPICSRESPONSE']._serialized_end=638
-  _globals['_TOPICSUMMARY']._serialized_start=640
-  _globals['_TOPICSUMMARY']._serialized_end=716
-  _globals['_DESCRIBETOPICREQUEST']._serialized_start=718
-  _globals['_DESCRIBETOPICREQUEST']._serialized_end=754
-  _globals['_DESCRIBETOPICRESPONSE']._serialized_start=756
-  _globals['_DESCRIBETOPICRESPONSE']._serialized_end=827
-  _globals['_TOPICDESCRIPTION']._serialized_start=830
-  _globals['_TOPICDESCRIPTION']._serialized_end=991
-  _globals['_PARTITIONDESCRIPTION']._serialized_start=994
-  _globals['_PARTITIONDESCRIPTION']._serialized_end=1142
-  _globals['_METADATAREQUEST']._serialized_start=1144
-  _globals['_METADATAREQUEST']._serialized_end=1177
-  _globals['_METADATARESPONSE']._serialized_start=1179
-  _globals['_METADATARESPONSE']._serialized_end=1303
-  _globals['_BROKER']._serialized_start=1305
-  _globals['_BROKER']._serialized_end=1347
-  _globals['_TOPICMETADATA']._serialized_start=1349
-  _globals['_TOPICMETADATA']._serialized_end=1432
-  _globals['_PARTITIONMETADATA']._serialized_start=1434
-  _globals['_PARTITIONMETADATA']._serialized_end=1509
-  _globals['_INITPRODUCERREQUEST']._serialized_start=1511
-  _globals['_INITPRODUCERREQUEST']._serialized_end=1532
-  _globals['_INITPRODUCERRESPONSE']._serialized_start=1534
-  _globals['_INITPRODUCERRESPONSE']._serialized_end=1601
-  _globals['_ADMIN']._serialized_start=1744
-  _globals['_ADMIN']._serialized_end=2098
-  _globals['_METADATA']._serialized_start=2101
-  _globals['_METADATA']._serialized_end=2280
+  _globals['_CLEANUPPOLICY']._serialized_start=1632
+  _globals['_CLEANUPPOLICY']._serialized_end=1769
+  _globals['_TOPICCONFIG']._serialized_start=73
+  _globals['_TOPICCONFIG']._serialized_end=320
+  _globals['_CREATETOPICREQUEST']._serialized_start=322
+  _globals['_CREATETOPICREQUEST']._serialized_end=448
+  _globals['_CREATETOPICRESPONSE']._serialized_start=450
+  _globals['_CREATETOPICRESPONSE']._serialized_end=519
+  _globals['_DELETETOPICREQUEST']._serialized_start=521
+  _globals['_DELETETOPICREQUEST']._serialized_end=555
+  _globals['_DELETETOPICRESPONSE']._serialized_start=557
+  _globals['_DELETETOPICRESPONSE']._serialized_end=578
+  _globals['_LISTTOPICSREQUEST']._serialized_start=580
+  _globals['_LISTTOPICSREQUEST']._serialized_end=599
+  _globals['_LISTTOPICSRESPONSE']._serialized_start=601
+  _globals['_LISTTOPICSRESPONSE']._serialized_end=666
+  _globals['_TOPICSUMMARY']._serialized_start=668
+  _globals['_TOPICSUMMARY']._serialized_end=744
+  _globals['_DESCRIBETOPICREQUEST']._serialized_start=746
+  _globals['_DESCRIBETOPICREQUEST']._serialized_end=782
+  _globals['_DESCRIBETOPICRESPONSE']._serialized_start=784
+  _globals['_DESCRIBETOPICRESPONSE']._serialized_end=855
+  _globals['_TOPICDESCRIPTION']._serialized_start=858
+  _globals['_TOPICDESCRIPTION']._serialized_end=1019
+  _globals['_PARTITIONDESCRIPTION']._serialized_start=1022
+  _globals['_PARTITIONDESCRIPTION']._serialized_end=1170
+  _globals['_METADATAREQUEST']._serialized_start=1172
+  _globals['_METADATAREQUEST']._serialized_end=1205
+  _globals['_METADATARESPONSE']._serialized_start=1207
+  _globals['_METADATARESPONSE']._serialized_end=1331
+  _globals['_BROKER']._serialized_start=1333
+  _globals['_BROKER']._serialized_end=1375
+  _globals['_TOPICMETADATA']._serialized_start=1377
+  _globals['_TOPICMETADATA']._serialized_end=1460
+  _globals['_PARTITIONMETADATA']._serialized_start=1462
+  _globals['_PARTITIONMETADATA']._serialized_end=1537
+  _globals['_INITPRODUCERREQUEST']._serialized_start=1539
+  _globals['_INITPRODUCERREQUEST']._serialized_end=1560
+  _globals['_INITPRODUCERRESPONSE']._serialized_start=1562
+  _globals['_INITPRODUCERRESPONSE']._serialized_end=1629
+  _globals['_ADMIN']._serialized_start=1772
+  _globals['_ADMIN']._serialized_end=2491
+  _globals['_METADATA']._serialized_start=2494
+  _globals['_METADATA']._serialized_end=2673
 # @@protoc_insertion_point(module_scope)

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from rillet.api.v1 import admin_pb2 as rillet_dot_api_dot_v1_dot_admin__pb2
+from rillet.api.v1 import groups_pb2 as rillet_dot_api_dot_v1_dot_groups__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -26,7 +27,7 @@ if _version_not_supported:
 
 
 class AdminStub:
-    """Topic management. Failures end the call with a gRPC status whose message says what was wrong.
+    """Topic and consumer-group management. Failures end the call with a gRPC status whose message says what was wrong.
     """
 
     def __init__(self, channel):
@@ -55,10 +56,30 @@ class AdminStub:
                 request_serializer=rillet_dot_api_dot_v1_dot_admin__pb2.DescribeTopicRequest.SerializeToString,
                 response_deserializer=rillet_dot_api_dot_v1_dot_admin__pb2.DescribeTopicResponse.FromString,
                 _registered_method=True)
+        self.ListGroups = channel.unary_unary(
+                '/rillet.api.v1.Admin/ListGroups',
+                request_serializer=rillet_dot_api_dot_v1_dot_groups__pb2.ListGroupsRequest.SerializeToString,
+                response_deserializer=rillet_dot_api_dot_v1_dot_groups__pb2.ListGroupsResponse.FromString,
+                _registered_method=True)
+        self.DescribeGroup = channel.unary_unary(
+                '/rillet.api.v1.Admin/DescribeGroup',
+                request_serializer=rillet_dot_api_dot_v1_dot_groups__pb2.DescribeGroupRequest.SerializeToString,
+                response_deserializer=rillet_dot_api_dot_v1_dot_groups__pb2.DescribeGroupResponse.FromString,
+                _registered_method=True)
+        self.ResetGroupOffsets = channel.unary_unary(
+                '/rillet.api.v1.Admin/ResetGroupOffsets',
+                request_serializer=rillet_dot_api_dot_v1_dot_groups__pb2.ResetGroupOffsetsRequest.SerializeToString,
+                response_deserializer=rillet_dot_api_dot_v1_dot_groups__pb2.ResetGroupOffsetsResponse.FromString,
+                _registered_method=True)
+        self.DeleteGroup = channel.unary_unary(
+                '/rillet.api.v1.Admin/DeleteGroup',
+                request_serializer=rillet_dot_api_dot_v1_dot_groups__pb2.DeleteGroupRequest.SerializeToString,
+                response_deserializer=rillet_dot_api_dot_v1_dot_groups__pb2.DeleteGroupResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
-    """Topic management. Failures end the call with a gRPC status whose message says what was wrong.
+    """Topic and consumer-group management. Failures end the call with a gRPC status whose message says what was wrong.
     """
 
     def CreateTopic(self, request, context):
@@ -81,6 +102,35 @@ class AdminServicer:
 
     def DescribeTopic(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGroups(self, request, context):
+        """Consumer groups (messages in groups.proto).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DescribeGroup(self, request, context):
+        """Members, assignment, and per partition the committed offset and the lag in offsets and in
+        milliseconds (age of the oldest unconsumed record).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetGroupOffsets(self, request, context):
+        """Move a group's committed offsets; FAILED_PRECONDITION while the group has members.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteGroup(self, request, context):
+        """Forget a group and its offsets; FAILED_PRECONDITION while the group has members.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -108,6 +158,26 @@ def add_AdminServicer_to_server(servicer, server):
                     request_deserializer=rillet_dot_api_dot_v1_dot_admin__pb2.DescribeTopicRequest.FromString,
                     response_serializer=rillet_dot_api_dot_v1_dot_admin__pb2.DescribeTopicResponse.SerializeToString,
             ),
+            'ListGroups': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGroups,
+                    request_deserializer=rillet_dot_api_dot_v1_dot_groups__pb2.ListGroupsRequest.FromString,
+                    response_serializer=rillet_dot_api_dot_v1_dot_groups__pb2.ListGroupsResponse.SerializeToString,
+            ),
+            'DescribeGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeGroup,
+                    request_deserializer=rillet_dot_api_dot_v1_dot_groups__pb2.DescribeGroupRequest.FromString,
+                    response_serializer=rillet_dot_api_dot_v1_dot_groups__pb2.DescribeGroupResponse.SerializeToString,
+            ),
+            'ResetGroupOffsets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetGroupOffsets,
+                    request_deserializer=rillet_dot_api_dot_v1_dot_groups__pb2.ResetGroupOffsetsRequest.FromString,
+                    response_serializer=rillet_dot_api_dot_v1_dot_groups__pb2.ResetGroupOffsetsResponse.SerializeToString,
+            ),
+            'DeleteGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteGroup,
+                    request_deserializer=rillet_dot_api_dot_v1_dot_groups__pb2.DeleteGroupRequest.FromString,
+                    response_serializer=rillet_dot_api_dot_v1_dot_groups__pb2.DeleteGroupResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'rillet.api.v1.Admin', rpc_method_handlers)
@@ -117,7 +187,7 @@ def add_AdminServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Admin:
-    """Topic management. Failures end the call with a gRPC status whose message says what was wrong.
+    """Topic and consumer-group management. Failures end the call with a gRPC status whose message says what was wrong.
     """
 
     @staticmethod
@@ -218,6 +288,114 @@ class Admin:
             '/rillet.api.v1.Admin/DescribeTopic',
             rillet_dot_api_dot_v1_dot_admin__pb2.DescribeTopicRequest.SerializeToString,
             rillet_dot_api_dot_v1_dot_admin__pb2.DescribeTopicResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGroups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rillet.api.v1.Admin/ListGroups',
+            rillet_dot_api_dot_v1_dot_groups__pb2.ListGroupsRequest.SerializeToString,
+            rillet_dot_api_dot_v1_dot_groups__pb2.ListGroupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rillet.api.v1.Admin/DescribeGroup',
+            rillet_dot_api_dot_v1_dot_groups__pb2.DescribeGroupRequest.SerializeToString,
+            rillet_dot_api_dot_v1_dot_groups__pb2.DescribeGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetGroupOffsets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rillet.api.v1.Admin/ResetGroupOffsets',
+            rillet_dot_api_dot_v1_dot_groups__pb2.ResetGroupOffsetsRequest.SerializeToString,
+            rillet_dot_api_dot_v1_dot_groups__pb2.ResetGroupOffsetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rillet.api.v1.Admin/DeleteGroup',
+            rillet_dot_api_dot_v1_dot_groups__pb2.DeleteGroupRequest.SerializeToString,
+            rillet_dot_api_dot_v1_dot_groups__pb2.DeleteGroupResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -23,6 +23,10 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CODE_INVALID_REQUEST: _ClassVar[ErrorCode]
     ERROR_CODE_DUPLICATE_SEQUENCE: _ClassVar[ErrorCode]
     ERROR_CODE_OUT_OF_ORDER_SEQUENCE: _ClassVar[ErrorCode]
+    ERROR_CODE_UNKNOWN_GROUP: _ClassVar[ErrorCode]
+    ERROR_CODE_INVALID_GROUP: _ClassVar[ErrorCode]
+    ERROR_CODE_FENCED: _ClassVar[ErrorCode]
+    ERROR_CODE_GROUP_NOT_EMPTY: _ClassVar[ErrorCode]
 
 class Boundary(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -45,6 +49,10 @@ ERROR_CODE_UNAVAILABLE: ErrorCode
 ERROR_CODE_INVALID_REQUEST: ErrorCode
 ERROR_CODE_DUPLICATE_SEQUENCE: ErrorCode
 ERROR_CODE_OUT_OF_ORDER_SEQUENCE: ErrorCode
+ERROR_CODE_UNKNOWN_GROUP: ErrorCode
+ERROR_CODE_INVALID_GROUP: ErrorCode
+ERROR_CODE_FENCED: ErrorCode
+ERROR_CODE_GROUP_NOT_EMPTY: ErrorCode
 BOUNDARY_UNSPECIFIED: Boundary
 BOUNDARY_EARLIEST: Boundary
 BOUNDARY_LATEST: Boundary
