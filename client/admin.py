@@ -33,7 +33,7 @@ T = TypeVar("T")
 
 #: Kafka-style setting names accepted by `create_topic(config=...)` and the CLI.
 CONFIG_KEYS = ("retention.ms", "retention.bytes", "segment.bytes", "segment.ms",
-               "cleanup.policy")
+               "delete.retention.ms", "cleanup.policy")
 _POLICIES = {
     "delete": admin_pb2.CLEANUP_POLICY_DELETE,
     "compact": admin_pb2.CLEANUP_POLICY_COMPACT,
@@ -67,7 +67,7 @@ def topic_config(settings: Mapping[str, str | int]) -> admin_pb2.TopicConfig:
 def config_dict(cfg: admin_pb2.TopicConfig) -> dict[str, str | int]:
     """The inverse of `topic_config`, for display."""
     out: dict[str, str | int] = {}
-    for name in CONFIG_KEYS[:4]:
+    for name in CONFIG_KEYS[:-1]:
         field = name.replace(".", "_")
         if cfg.HasField(field):
             out[name] = getattr(cfg, field)

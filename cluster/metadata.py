@@ -22,11 +22,11 @@ topic names are 1-249 characters of ``[a-zA-Z0-9._-]`` and not ``.`` or ``..``; 
 ``[1, max_partitions]``; replication factor 1, 3 or 5 and at most the number of live
 (registered, non-draining) brokers; ``retention_ms``/``retention_bytes`` -1 or at least 1;
 ``segment_bytes`` in [4096, 2**31-1]; ``segment_ms`` in [1, 2**62]; ``cleanup_policy`` 1
-(delete) only, compaction not yet. The state stores a topic's config OVERRIDES only; each
-broker fills in its defaults when it opens a partition (as Kafka does), so the commands do not
-depend on any one node's configuration. ``CreateTopic`` takes explicit ``partitions`` and
-``replication_factor``: the proposing broker resolves the Admin API's "0 means default" before
-proposing.
+(delete), 2 (compact) or 3 (both); ``delete_retention_ms`` in [0, 2**62]. The state stores a
+topic's config OVERRIDES only; each broker fills in its defaults when it opens a partition (as
+Kafka does), so the commands do not depend on any one node's configuration. ``CreateTopic``
+takes explicit ``partitions`` and ``replication_factor``: the proposing broker resolves the
+Admin API's "0 means default" before proposing.
 
 Placement (``CreateTopic``; see ``place_partitions``)
 ------------------------------------------------------
@@ -84,8 +84,8 @@ INT64_MAX = 2**63 - 1
 CLEANUP_DELETE = 1
 CLEANUP_COMPACT = 2
 CLEANUP_COMPACT_DELETE = 3
-TOPIC_SETTINGS = ("cleanup_policy", "retention_bytes", "retention_ms", "segment_bytes",
-                  "segment_ms")
+TOPIC_SETTINGS = ("cleanup_policy", "delete_retention_ms", "retention_bytes", "retention_ms",
+                  "segment_bytes", "segment_ms")
 
 _NAME_RE = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 _HOST_RE = re.compile(r"[a-zA-Z0-9.\-\[\]:_]+")
@@ -566,11 +566,12 @@ def _check_setting(name: str, value: int) -> None:
     elif name == "segment_ms":
         if not 1 <= value <= 2**62:
             raise _Reject(RejectCode.INVALID_CONFIG, f"segment.ms must be at least 1, got {value}")
-    elif name == "cleanup_policy":
-        if value in (CLEANUP_COMPACT, CLEANUP_COMPACT_DELETE):
+    elif name == "delete_retention_ms":
+        if not 0 <= value <= 2**62:
             raise _Reject(RejectCode.INVALID_CONFIG,
-                          "cleanup.policy compact is not supported yet; use delete")
-        if value != CLEANUP_DELETE:
+                          f"delete.retention.ms must be in [0, {2**62}], got {value}")
+    elif name == "cleanup_policy":
+        if value not in (CLEANUP_DELETE, CLEANUP_COMPACT, CLEANUP_COMPACT_DELETE):
             raise _Reject(RejectCode.INVALID_CONFIG, f"unknown cleanup.policy {value}")
     else:  # pragma: no cover - callers check names first
         raise AssertionError(name)

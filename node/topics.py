@@ -65,6 +65,7 @@ class TopicSettings:
     segment_bytes: int
     segment_ms: int
     cleanup_policy: int = CLEANUP_DELETE
+    delete_retention_ms: int = 86_400_000
 
     @classmethod
     def defaults(cls, config: BrokerConfig) -> TopicSettings:
@@ -74,7 +75,7 @@ class TopicSettings:
     def with_overrides(self, overrides: Mapping[str, int]) -> TopicSettings:
         """These settings with some replaced, each checked; InvalidConfigError names the bad one."""
         unknown = set(overrides) - {"retention_ms", "retention_bytes", "segment_bytes",
-                                    "segment_ms", "cleanup_policy"}
+                                    "segment_ms", "cleanup_policy", "delete_retention_ms"}
         if unknown:
             raise InvalidConfigError(f"unknown topic settings: {', '.join(sorted(unknown))}")
         out = replace(self, **dict(overrides))
@@ -92,9 +93,10 @@ class TopicSettings:
                 f"segment.bytes must be in [4096, {2**31 - 1}], got {self.segment_bytes}")
         if not 1 <= self.segment_ms <= 2**62:
             raise InvalidConfigError(f"segment.ms must be at least 1, got {self.segment_ms}")
-        if self.cleanup_policy in (CLEANUP_COMPACT, CLEANUP_COMPACT_DELETE):
-            raise InvalidConfigError("cleanup.policy compact is not supported yet; use delete")
-        if self.cleanup_policy != CLEANUP_DELETE:
+        if not 0 <= self.delete_retention_ms <= 2**62:
+            raise InvalidConfigError(
+                f"delete.retention.ms must be in [0, {2**62}], got {self.delete_retention_ms}")
+        if self.cleanup_policy not in (CLEANUP_DELETE, CLEANUP_COMPACT, CLEANUP_COMPACT_DELETE):
             raise InvalidConfigError(f"unknown cleanup.policy {self.cleanup_policy}")
 
     def log_config(self, index_interval_bytes: int) -> LogConfig:

@@ -26,7 +26,8 @@ VIEW_WAIT_S = 10.0
 
 log = logging.getLogger(__name__)
 
-_OPTIONAL_SETTINGS = ("retention_ms", "retention_bytes", "segment_bytes", "segment_ms")
+_OPTIONAL_SETTINGS = ("retention_ms", "retention_bytes", "segment_bytes", "segment_ms",
+                      "delete_retention_ms")
 
 
 def _overrides(config: admin_pb2.TopicConfig) -> dict[str, int]:
@@ -40,6 +41,7 @@ def _config(s: TopicSettings) -> admin_pb2.TopicConfig:
     return admin_pb2.TopicConfig(
         retention_ms=s.retention_ms, retention_bytes=s.retention_bytes,
         segment_bytes=s.segment_bytes, segment_ms=s.segment_ms,
+        delete_retention_ms=s.delete_retention_ms,
         cleanup_policy=s.cleanup_policy)  # type: ignore[arg-type]
 
 

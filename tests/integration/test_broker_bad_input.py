@@ -131,8 +131,9 @@ BAD_CONFIGS = [
     ({"config": admin_pb2.TopicConfig(retention_bytes=0)}, "retention.bytes"),
     ({"config": admin_pb2.TopicConfig(segment_bytes=10)}, "segment.bytes"),
     ({"config": admin_pb2.TopicConfig(segment_ms=0)}, "segment.ms"),
-    ({"config": admin_pb2.TopicConfig(cleanup_policy=admin_pb2.CLEANUP_POLICY_COMPACT)},
-     "compact is not supported"),
+    ({"config": admin_pb2.TopicConfig(cleanup_policy=9)},  # type: ignore[arg-type]
+     "unknown cleanup.policy 9"),
+    ({"config": admin_pb2.TopicConfig(delete_retention_ms=-1)}, "delete.retention.ms"),
 ]
 
 

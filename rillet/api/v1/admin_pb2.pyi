@@ -20,18 +20,20 @@ CLEANUP_POLICY_COMPACT: CleanupPolicy
 CLEANUP_POLICY_COMPACT_DELETE: CleanupPolicy
 
 class TopicConfig(_message.Message):
-    __slots__ = ("retention_ms", "retention_bytes", "segment_bytes", "segment_ms", "cleanup_policy")
+    __slots__ = ("retention_ms", "retention_bytes", "segment_bytes", "segment_ms", "cleanup_policy", "delete_retention_ms")
     RETENTION_MS_FIELD_NUMBER: _ClassVar[int]
     RETENTION_BYTES_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_BYTES_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_MS_FIELD_NUMBER: _ClassVar[int]
     CLEANUP_POLICY_FIELD_NUMBER: _ClassVar[int]
+    DELETE_RETENTION_MS_FIELD_NUMBER: _ClassVar[int]
     retention_ms: int
     retention_bytes: int
     segment_bytes: int
     segment_ms: int
     cleanup_policy: CleanupPolicy
-    def __init__(self, retention_ms: _Optional[int] = ..., retention_bytes: _Optional[int] = ..., segment_bytes: _Optional[int] = ..., segment_ms: _Optional[int] = ..., cleanup_policy: _Optional[_Union[CleanupPolicy, str]] = ...) -> None: ...
+    delete_retention_ms: int
+    def __init__(self, retention_ms: _Optional[int] = ..., retention_bytes: _Optional[int] = ..., segment_bytes: _Optional[int] = ..., segment_ms: _Optional[int] = ..., cleanup_policy: _Optional[_Union[CleanupPolicy, str]] = ..., delete_retention_ms: _Optional[int] = ...) -> None: ...
 
 class CreateTopicRequest(_message.Message):
     __slots__ = ("name", "partitions", "replication_factor", "config")
