@@ -188,8 +188,10 @@ class ClusterNode:
         self.broker_id = config.node_id
         self.peers = config.peer_map
         self.raft_id = raft_id(self.broker_id)
+        # Where node-to-node calls go: `peers`, or the harness's proxies (config.peer_dial).
+        self.dial = config.dial_map
         self.transport = PeerClient(
-            self.raft_id, {raft_id(b): addr for b, addr in self.peers.items()})
+            self.raft_id, {raft_id(b): addr for b, addr in self.dial.items()})
         # The journal is opened in start(), once the broker holds the data directory's lock.
         self.syncer = PartitionRaftLogSyncer()
         self._journal: HardStateJournal | None = None
@@ -546,7 +548,7 @@ class ClusterNode:
         return self.broker_id if self.metadata_ready() else self.metadata_leader()
 
     def channel(self, broker: int) -> grpc.aio.Channel:
-        address = self.peers[broker]
+        address = self.dial[broker]
         ch = self._channels.get(address)
         if ch is None:
             ch = self._channels[address] = grpc.aio.insecure_channel(address, options=[

@@ -43,6 +43,11 @@ class BrokerConfig:
     # The cluster: "ID=HOST:PORT,ID=HOST:PORT,..." naming every node, this one included, by the
     # address its peers reach it at. Empty: this node runs alone (single-node mode).
     peers: str = ""
+    # "ID=HOST:PORT,..." overriding, for node-to-node calls only, where this node dials some
+    # peers (the Raft stream, forwarded produce, admin and reads); clients are still told the
+    # `peers` addresses. The fault-injection harness points these at its TCP proxies so that
+    # each directed link can be cut on its own.
+    peer_dial: str = ""
     # Raft timing for every group: one tick lasts raft_tick_ms; a follower campaigns after
     # [election_ticks, 2*election_ticks) ticks without a leader.
     raft_tick_ms: int = 100
@@ -85,6 +90,11 @@ class BrokerConfig:
     def peer_map(self) -> dict[int, str]:
         """Node id -> address for every node of the cluster ({} in single-node mode)."""
         return parse_peers(self.peers)
+
+    @property
+    def dial_map(self) -> dict[int, str]:
+        """Node id -> the address this node dials for node-to-node calls."""
+        return {**self.peer_map, **parse_peers(self.peer_dial)}
 
     @property
     def clustered(self) -> bool:
@@ -131,6 +141,12 @@ class BrokerConfig:
             if self.node_id not in peers:
                 raise ConfigError(f"peers must name this node (node_id {self.node_id}), "
                                   f"got {self.peers!r}")
+            extra = set(parse_peers(self.peer_dial)) - set(peers)
+            if extra:
+                raise ConfigError(f"peer_dial names nodes that peers does not: "
+                                  f"{sorted(extra)}")
+        elif self.peer_dial:
+            raise ConfigError("peer_dial needs peers (it overrides how peers are dialled)")
         _check_range("raft_tick_ms", self.raft_tick_ms, 1, 10_000)
         _check_range("election_ticks", self.election_ticks, 2, 1000)
 

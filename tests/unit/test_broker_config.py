@@ -65,3 +65,14 @@ def test_bad_files(tmp_path: Path) -> None:
         cfg.load({}, {}, write(tmp_path, 'colour = "blue"'))
     with pytest.raises(cfg.ConfigError, match=r"node_id from config file .* must be an integer"):
         cfg.load({}, {}, write(tmp_path, 'node_id = "one"'))
+
+
+def test_peer_dial_overrides_only_node_to_node_addresses() -> None:
+    peers = "0=127.0.0.1:9091,1=127.0.0.2:9091,2=127.0.0.3:9091"
+    c = cfg.load({"peers": peers, "peer_dial": "2=127.0.0.1:40002"}, {}, None)
+    assert c.peer_map[2] == "127.0.0.3:9091"
+    assert c.dial_map == {0: "127.0.0.1:9091", 1: "127.0.0.2:9091", 2: "127.0.0.1:40002"}
+    with pytest.raises(cfg.ConfigError, match=r"peer_dial names nodes that peers does not: \[7\]"):
+        cfg.load({"peers": peers, "peer_dial": "7=127.0.0.1:1"}, {}, None)
+    with pytest.raises(cfg.ConfigError, match="peer_dial needs peers"):
+        cfg.load({"peer_dial": "1=127.0.0.1:1"}, {}, None)
