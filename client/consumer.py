@@ -20,7 +20,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 import grpc
 import grpc.aio
@@ -293,7 +293,18 @@ class Consumer(_Reader):
         async with Consumer("127.0.0.1:9091", "events", start="earliest") as c:
             async for record in c:
                 ...
+
+    With `group_id=...` it returns a `rillet.client.group.GroupConsumer` instead: a member
+    of that consumer group, reading the partitions the group assigns it from the committed
+    offsets (the other keywords are GroupConsumer's: auto_offset_reset, on_assign, ...).
     """
+
+    def __new__(cls, *args: Any, group_id: str | None = None, **kwargs: Any) -> Any:
+        if group_id is None:
+            return super().__new__(cls)
+        # Imported here: group.py builds on this module.
+        from rillet.client.group import GroupConsumer
+        return GroupConsumer(*args, group_id=group_id, **kwargs)
 
     def __init__(
         self,
@@ -308,6 +319,7 @@ class Consumer(_Reader):
         request_timeout_s: float = 10.0,
         reconnect_timeout_s: float = 30.0,
         retry_backoff_ms: float = 100.0,
+        group_id: None = None,
     ) -> None:
         super().__init__(bootstrap, topic, partitions, max_bytes, queue_size, request_timeout_s)
         self._start = to_position(start)

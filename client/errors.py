@@ -101,6 +101,31 @@ class DuplicateSequenceError(RilletError):
     code = common_pb2.ERROR_CODE_DUPLICATE_SEQUENCE
 
 
+class UnknownGroupError(RilletError):
+    """No consumer group of that name (describe, reset, delete of a group never used)."""
+
+    code = common_pb2.ERROR_CODE_UNKNOWN_GROUP
+
+
+class InvalidGroupError(RilletError):
+    """The group id or a membership setting (timeouts, topics) is not allowed."""
+
+    code = common_pb2.ERROR_CODE_INVALID_GROUP
+
+
+class GroupFencedError(RilletError):
+    """A commit named an old generation or a partition this member no longer owns: another
+    member has it now. Not retriable as such; the member rejoins and gets a fresh assignment."""
+
+    code = common_pb2.ERROR_CODE_FENCED
+
+
+class GroupNotEmptyError(RilletError):
+    """Reset or delete of a group that still has live members; stop them first."""
+
+    code = common_pb2.ERROR_CODE_GROUP_NOT_EMPTY
+
+
 class ClusterUnreachableError(RilletError):
     """No bootstrap address answered before the deadline."""
 
@@ -125,6 +150,7 @@ _BY_CODE: dict[int, type[RilletError]] = {
         BatchTooLargeError, CorruptBatchError, InvalidBatchError, OffsetOutOfRangeError,
         TopicExistsError, NotLeaderError, BrokerStorageError, UnavailableError,
         InvalidRequestError, OutOfOrderSequenceError, DuplicateSequenceError,
+        UnknownGroupError, InvalidGroupError, GroupFencedError, GroupNotEmptyError,
     )
 }
 
@@ -167,6 +193,24 @@ def from_rpc_error(exc: grpc.RpcError) -> RilletError:
     """Translate a failed gRPC call (status code plus details) into a RilletError."""
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = exc.details() if hasattr(exc, "details") else None
-    cls = _BY_STATUS.get(code, RilletError)
+    cls = _refine(code, details or "") or _BY_STATUS.get(code, RilletError)
     name = code.name if isinstance(code, grpc.StatusCode) else str(code)
     return cls(f"{details or 'no details'} ({name})")
+
+
+def _refine(code: object, details: str) -> type[RilletError] | None:
+    """Statuses shared by several ErrorCodes: the group errors are told apart by the code's
+    name in the details (groups.proto promises it), else by the words the broker uses."""
+    text = details.lower()
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        if "error_code_fenced" in text or "fenced" in text or "generation" in text:
+            return GroupFencedError
+        if "group_not_empty" in text or "not empty" in text or "has members" in text \
+                or "live members" in text:
+            return GroupNotEmptyError
+    if code == grpc.StatusCode.NOT_FOUND and (
+            "unknown_group" in text or ("group" in text and "topic" not in text)):
+        return UnknownGroupError
+    if code == grpc.StatusCode.INVALID_ARGUMENT and "invalid_group" in text:
+        return InvalidGroupError
+    return None
