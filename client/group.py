@@ -213,6 +213,8 @@ class GroupMember:
             try:
                 await self._session(address)
             except _Retry as exc:
+                if self._closing:
+                    return
                 now = loop.time()
                 if self._session_ok:
                     # The stream worked until now: a fresh run of failures.
@@ -303,11 +305,12 @@ class GroupMember:
     async def close(self, *, leave: bool = True) -> None:
         """Send LeaveGroup (so the partitions move at once) and end the stream."""
         self._closing = True
-        if leave and self._call is not None:
+        call = self._call
+        if leave and call is not None:
             try:
                 await asyncio.wait_for(self._write(groups_pb2.GroupRequest(
                     leave=groups_pb2.LeaveGroup())), 2.0)
-                await asyncio.wait_for(self._call.done_writing(), 2.0)
+                await asyncio.wait_for(call.done_writing(), 2.0)
             except (grpc.aio.AioRpcError, TimeoutError, asyncio.InvalidStateError,
                     RuntimeError) as exc:
                 log.debug("group %s: leave not sent: %s", self.group, exc)
