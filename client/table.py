@@ -120,7 +120,8 @@ class Table(Generic[K, V]):
         self._task: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
         self._closed = False
-        #: Changes applied so far (sets and deletes, including deletes of absent keys).
+        #: Keyed records applied so far (sets and deletes, including deletes of absent keys):
+        #: it changes whenever the view may have.
         self.version = 0
         #: Records skipped because they have no key.
         self.keyless_records = 0
@@ -250,17 +251,20 @@ class Table(Generic[K, V]):
 
         answers = await asyncio.gather(*(describe(a) for a in brokers), return_exceptions=True)
         target: dict[int, int] = {}
+        failures: list[RilletError] = []
         for address, answer in zip(brokers, answers, strict=True):
             if isinstance(answer, grpc.aio.AioRpcError):
                 err = from_rpc_error(answer)
-                if not err.retriable:
-                    raise err from answer
                 log.info("%s: no high watermarks from %s: %s", self.topic, address, err)
+                failures.append(err)
                 continue
             if isinstance(answer, BaseException):
                 raise answer
             for pd in answer.partitions:
                 target[pd.partition] = max(target.get(pd.partition, 0), pd.high_watermark)
+        if len(failures) == len(brokers) and not any(f.retriable for f in failures):
+            # Every broker refused outright (the topic was deleted, say): waiting cannot help.
+            raise failures[0]
         for p, hw in self._consumer.high_watermarks.items():
             target[p] = max(target.get(p, 0), hw)
         return target
@@ -307,6 +311,7 @@ class Table(Generic[K, V]):
         data = self._data
         keys, values = b.keys, b.values
         kd, vd, cb = self._key_decoder, self._value_decoder, self.on_change
+        keyless_before = self.keyless_records
         if kd is None and vd is None and cb is None:
             # The common case at bytes speed: no per-record calls.
             raw = cast(dict[bytes, bytes], data)
@@ -335,7 +340,7 @@ class Table(Generic[K, V]):
                         cb(key, old, new)
                     except Exception:
                         log.exception("%s: on_change failed for key %r", self.topic, key)
-        self.version += len(b)
+        self.version += len(b) - (self.keyless_records - keyless_before)
         self._applied[b.partition] = b.next_offset
 
 
