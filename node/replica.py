@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +53,14 @@ of a partition in flight, so any retry it can send is still recognised (Kafka us
 
 SEQUENCE_MODULUS = 2**31
 _RECENT_INDEXES = 65536
+
+UNSAFE_EARLY_ACK = os.environ.get("RILLET_TEST_UNSAFE_EARLY_ACK") == "1"
+"""A PLANTED BUG for the chaos checker (issue 6), test-only: answer acks=all produce requests
+once the leader has appended the batch to its own log, before a majority has it, so a kill -9
+of the leader can lose acknowledged writes. Read once from the environment at import; no flag
+or config file can set it. Never set it outside tests."""
+_warned_unsafe = False
+_unsafe_acks: set[asyncio.Task[None]] = set()
 
 
 def raft_id(broker_id: int) -> int:
@@ -122,6 +131,11 @@ class ReplicatedPartition:
         self._in_flight: dict[int, list[_InFlight]] = {}
         # raft index -> base offset of recently applied data entries (answers producers).
         self._recent: collections.OrderedDict[int, int] = collections.OrderedDict()
+        global _warned_unsafe
+        if UNSAFE_EARLY_ACK and not _warned_unsafe:
+            _warned_unsafe = True
+            log.warning("RILLET_TEST_UNSAFE_EARLY_ACK=1: THIS NODE ACKNOWLEDGES WRITES BEFORE "
+                        "A MAJORITY HAS THEM AND WILL LOSE ACKNOWLEDGED DATA; test use only")
 
     @property
     def name(self) -> str:
@@ -223,6 +237,11 @@ class ReplicatedPartition:
             raise UnavailableError(f"partition {self.name}: {exc}") from exc
         out: asyncio.Future[int] = loop.create_future()
         index_future.add_done_callback(lambda f: self._settle(f, out))
+        if UNSAFE_EARLY_ACK:
+            core = self.driver.core(self.group_id)
+            task = loop.create_task(self._ack_when_appended(core.log.last_index(), core.term, out))
+            _unsafe_acks.add(task)
+            task.add_done_callback(_unsafe_acks.discard)
         if pid >= 0:
             self._in_flight.setdefault(pid, []).append(
                 _InFlight(h.base_sequence, h.record_count, out))
@@ -281,6 +300,16 @@ class ReplicatedPartition:
         if base is None:
             base = self._base_offset_from_log(index)
         out.set_result(base)
+
+    async def _ack_when_appended(self, index: int, term: int, out: asyncio.Future[int]) -> None:
+        """The planted bug (UNSAFE_EARLY_ACK): resolve `out` as soon as entry `index` of `term`
+        is in this leader's log, without waiting for the commit. Polls: test-only code."""
+        while not out.done() and not self.closed:
+            if self.rlog.last_index() >= index:
+                if self.rlog.term(index) == term:
+                    out.set_result(self._base_offset_from_log(index))
+                return  # overwritten: the normal path answers
+            await asyncio.sleep(0.001)
 
     def _base_offset_from_log(self, index: int) -> int:
         batches = self.log.read_raft(index, index + 1, 0)
