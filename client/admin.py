@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
-from rillet.api.v1 import admin_pb2, admin_pb2_grpc
+from rillet.api.v1 import admin_pb2, admin_pb2_grpc, common_pb2, groups_pb2
 from rillet.client.connection import (
     METADATA_ROUNDS,
     ChannelPool,
@@ -185,6 +185,41 @@ class Admin:
         response: admin_pb2.DescribeTopicResponse = await self._call(
             lambda ch: self._stub(ch).DescribeTopic(request, timeout=self.timeout))
         return response.topic
+
+    # -- consumer groups
+
+    async def list_groups(self) -> list[groups_pb2.GroupSummary]:
+        """Every group the cluster knows: name, state (stable, rebalancing, empty), members."""
+        response: groups_pb2.ListGroupsResponse = await self._call(
+            lambda ch: self._stub(ch).ListGroups(groups_pb2.ListGroupsRequest(),
+                                                 timeout=self.timeout))
+        return sorted(response.groups, key=lambda g: g.group)
+
+    async def describe_group(self, group: str) -> groups_pb2.DescribeGroupResponse:
+        """Members, assignment, generation and, per partition, committed offset and lag
+        (offsets, and milliseconds: the age of the oldest unconsumed record)."""
+        request = groups_pb2.DescribeGroupRequest(group=group)
+        response: groups_pb2.DescribeGroupResponse = await self._call(
+            lambda ch: self._stub(ch).DescribeGroup(request, timeout=self.timeout))
+        return response
+
+    async def reset_group_offsets(
+        self, group: str, topic: str, to: common_pb2.Position,
+        partitions: Sequence[int] = (), *, dry_run: bool = False,
+    ) -> list[groups_pb2.CommittedPartitionOffset]:
+        """Move a group's committed offsets (to earliest, latest, an offset or a time; build
+        `to` with `rillet.client.consumer.to_position`). Only while the group has no members
+        (GroupNotEmptyError otherwise); `dry_run` returns the offsets without storing them."""
+        request = groups_pb2.ResetGroupOffsetsRequest(
+            group=group, topic=topic, partitions=list(partitions), to=to, dry_run=dry_run)
+        response: groups_pb2.ResetGroupOffsetsResponse = await self._call(
+            lambda ch: self._stub(ch).ResetGroupOffsets(request, timeout=self.timeout))
+        return sorted(response.offsets, key=lambda o: (o.topic, o.partition))
+
+    async def delete_group(self, group: str) -> None:
+        """Forget a group and its offsets; GroupNotEmptyError while it has members."""
+        request = groups_pb2.DeleteGroupRequest(group=group)
+        await self._call(lambda ch: self._stub(ch).DeleteGroup(request, timeout=self.timeout))
 
     async def describe_cluster(self, *, probe_timeout_s: float = 1.0) -> ClusterDescription:
         """Brokers, whether each answers, and every partition's leader and replicas.

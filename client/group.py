@@ -253,7 +253,7 @@ class GroupMember:
             beats = asyncio.get_running_loop().create_task(self._heartbeats())
             while True:
                 event = await call.read()
-                if event is grpc.aio.EOF:
+                if event is grpc.aio.EOF:  # type: ignore[attr-defined]
                     raise _Retry(f"stream from {address} ended")
                 if event.HasField("assignment"):
                     self._session_ok = True

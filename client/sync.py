@@ -16,9 +16,10 @@ from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from rillet.api.v1 import admin_pb2
+from rillet.api.v1 import admin_pb2, common_pb2, groups_pb2
 from rillet.client import admin as _admin
 from rillet.client import consumer as _consumer
+from rillet.client import group as _group
 from rillet.client import producer as _producer
 from rillet.client.accumulator import RecordMetadata
 from rillet.client.metadata import ClusterMetadata
@@ -129,13 +130,21 @@ class _SyncReader(_Wrapper):
 
 
 class Consumer(_SyncReader):
-    """Blocking tailing consumer: iterate it, or call `poll(timeout)`."""
+    """Blocking tailing consumer: iterate it, or call `poll(timeout)`.
 
-    def __init__(self, bootstrap: str | Sequence[str], topic: str, **options: Any) -> None:
+    With `group_id=...` it is a member of that consumer group (see GroupConsumer): `commit()`
+    and `assignment()` work, and a record counts as finished once the next poll or iteration
+    step asks for more. Callbacks (`on_assign`, `on_revoke`) run on the wrapper's loop thread.
+    """
+
+    _r: Any
+
+    def __init__(self, bootstrap: str | Sequence[str], topic: str | Sequence[str],
+                 **options: Any) -> None:
         self._lt = _LoopThread("rillet-sync-consumer")
 
-        async def make() -> _consumer.Consumer:
-            c = _consumer.Consumer(bootstrap, topic, **options)
+        async def make() -> Any:
+            c = _consumer.Consumer(bootstrap, topic, **options)  # type: ignore[arg-type]
             await c.start()
             return c
         try:
@@ -143,6 +152,19 @@ class Consumer(_SyncReader):
         except BaseException:
             self._lt.stop()
             raise
+
+    def _grouped(self) -> _group.GroupConsumer:
+        if not isinstance(self._r, _group.GroupConsumer):
+            raise TypeError("not a group consumer: pass group_id=...")
+        return self._r
+
+    def commit(self, offsets: Mapping[_group.TopicPartition, int] | None = None) -> None:
+        """Commit `offsets`, or everything handed out so far (group consumers only)."""
+        self._lt.run(self._grouped().commit(offsets))
+
+    def assignment(self) -> list[_group.TopicPartition]:
+        """Partitions this member owns now (group consumers only)."""
+        return self._grouped().assignment()
 
 
 class Replay(_SyncReader):
@@ -186,6 +208,21 @@ class Admin(_Wrapper):
 
     def metadata(self, topics: Sequence[str] = ()) -> ClusterMetadata:
         return self._lt.run(self._a.metadata(topics))
+
+    def list_groups(self) -> list[groups_pb2.GroupSummary]:
+        return self._lt.run(self._a.list_groups())
+
+    def describe_group(self, group: str) -> groups_pb2.DescribeGroupResponse:
+        return self._lt.run(self._a.describe_group(group))
+
+    def reset_group_offsets(self, group: str, topic: str, to: common_pb2.Position,
+                            partitions: Sequence[int] = (), *, dry_run: bool = False,
+                            ) -> list[groups_pb2.CommittedPartitionOffset]:
+        return self._lt.run(self._a.reset_group_offsets(group, topic, to, partitions,
+                                                        dry_run=dry_run))
+
+    def delete_group(self, group: str) -> None:
+        self._lt.run(self._a.delete_group(group))
 
     def describe_cluster(self, *, probe_timeout_s: float = 1.0) -> _admin.ClusterDescription:
         return self._lt.run(self._a.describe_cluster(probe_timeout_s=probe_timeout_s))
