@@ -123,6 +123,8 @@ class RejectCode(enum.Enum):
     INVALID_GROUP = "INVALID_GROUP"
     UNKNOWN_GROUP = "UNKNOWN_GROUP"
     PRODUCER_IDS_EXHAUSTED = "PRODUCER_IDS_EXHAUSTED"
+    # A group command from an older generation than the stored one (a deposed coordinator).
+    FENCED = "FENCED"
     INVALID_REQUEST = "INVALID_REQUEST"
     # The entry's bytes are not a command (corrupt, or a newer version than this node knows).
     UNDECODABLE = "UNDECODABLE"
@@ -310,14 +312,27 @@ class AllocateProducerIds(Command):
 
 @dataclass(frozen=True)
 class CommitGroupOffsets(Command):
-    """Store a group's committed offsets, all or none. ``generation`` is recorded; fencing by
-    generation comes with consumer groups (issue 5). ``commit_time_ms`` is the proposer's
-    clock, kept for offset retention (the state machine reads no clock)."""
+    """Store a group's committed offsets, all or none. Fenced by generation: refused when
+    ``generation`` is below the group's stored one (the coordinator that proposes it was
+    deposed, or the member is stale); -1 is an admin / outsider commit, which the coordinator
+    allows only while the group has no members, and which leaves the generation as it is.
+    ``commit_time_ms`` is the proposer's clock, kept for offset retention (the state machine
+    reads no clock)."""
 
     group: str = _f(_STR)
     generation: int = _f(_INT)
     offsets: Mapping[TopicPartition, OffsetAndMetadata] = _f(_OFFSETS)
     commit_time_ms: int = _f(_INT, default=0)
+
+
+@dataclass(frozen=True)
+class BumpGroupGeneration(Command):
+    """The coordinator hands out ``generation`` for ``group``: stored before any member hears
+    of it, so a later coordinator continues above it and never reuses one. Refused (FENCED)
+    unless it is above the stored generation."""
+
+    group: str = _f(_STR)
+    generation: int = _f(_INT)
 
 
 @dataclass(frozen=True)
@@ -331,7 +346,7 @@ COMMAND_TYPES: dict[str, type[Command]] = {
     cls.__name__: cls
     for cls in (RegisterBroker, UnregisterBroker, MarkBrokerDraining, CreateTopic, DeleteTopic,
                 AlterTopicConfig, ReassignPartition, AllocateProducerIds, CommitGroupOffsets,
-                DeleteGroup)
+                BumpGroupGeneration, DeleteGroup)
 }
 
 
@@ -909,15 +924,35 @@ class MetadataState:
                               f"offset metadata for {t}/{p} is {len(om.metadata)} characters; "
                               f"the limit is {MAX_OFFSET_METADATA_CHARS}")
         group = self._groups.get(cmd.group)
+        if group is not None and 0 <= cmd.generation < group.generation:
+            raise _Reject(RejectCode.FENCED,
+                          f"group {cmd.group!r}: generation {cmd.generation} is older than "
+                          f"the current generation {group.generation}")
         if group is None:
-            group = self._groups[cmd.group] = _Group(cmd.generation, {})
-        group.generation = cmd.generation
+            group = self._groups[cmd.group] = _Group(max(cmd.generation, 0), {})
+        group.generation = max(group.generation, cmd.generation)
         for key, om in cmd.offsets.items():
             group.offsets[key] = CommittedOffset(om.offset, om.metadata, cmd.commit_time_ms,
                                                  index)
         return Accepted(index, "CommitGroupOffsets",
                         f"group {cmd.group!r} generation {cmd.generation}: "
                         f"{len(cmd.offsets)} offsets committed")
+
+    def _bump_generation(self, index: int, cmd: BumpGroupGeneration) -> Result:
+        _check_group_name(cmd.group)
+        if not 1 <= cmd.generation <= 2**31 - 1:
+            raise _Reject(RejectCode.INVALID_REQUEST,
+                          f"generation must be in [1, {2**31 - 1}], got {cmd.generation}")
+        group = self._groups.get(cmd.group)
+        if group is not None and cmd.generation <= group.generation:
+            raise _Reject(RejectCode.FENCED,
+                          f"group {cmd.group!r}: generation {cmd.generation} is not above the "
+                          f"current generation {group.generation}")
+        if group is None:
+            group = self._groups[cmd.group] = _Group(0, {})
+        group.generation = cmd.generation
+        return Accepted(index, "BumpGroupGeneration",
+                        f"group {cmd.group!r} generation {cmd.generation}")
 
     def _delete_group(self, index: int, cmd: DeleteGroup) -> Result:
         _check_group_name(cmd.group)
@@ -937,6 +972,7 @@ class MetadataState:
         "ReassignPartition": _reassign,
         "AllocateProducerIds": _allocate_producer_ids,
         "CommitGroupOffsets": _commit_offsets,
+        "BumpGroupGeneration": _bump_generation,
         "DeleteGroup": _delete_group,
     }
 
@@ -1249,9 +1285,9 @@ class MetadataMachine:
 
 __all__ = [
     "COMMAND_TYPES", "Accepted", "AllocateProducerIds", "AlterTopicConfig", "BrokerInfo",
-    "Command", "CommitGroupOffsets", "CommittedOffset", "CreateTopic", "DecodeError",
-    "DeleteGroup", "DeleteTopic", "GroupInfo", "MarkBrokerDraining", "MetadataMachine",
-    "MetadataState", "OffsetAndMetadata", "PartitionInfo", "ProducerIdBlock",
+    "BumpGroupGeneration", "Command", "CommitGroupOffsets", "CommittedOffset", "CreateTopic",
+    "DecodeError", "DeleteGroup", "DeleteTopic", "GroupInfo", "MarkBrokerDraining",
+    "MetadataMachine", "MetadataState", "OffsetAndMetadata", "PartitionInfo", "ProducerIdBlock",
     "ReassignPartition", "RegisterBroker", "RejectCode", "Rejected", "Result", "SnapshotError",
     "TopicInfo", "UnregisterBroker", "decode_command", "encode_command", "place_partitions",
     "plan_rebalance",

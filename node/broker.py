@@ -23,7 +23,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from rillet.api.v1 import admin_pb2, admin_pb2_grpc, log_pb2, log_pb2_grpc
+from rillet.api.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    groups_pb2,
+    groups_pb2_grpc,
+    log_pb2,
+    log_pb2_grpc,
+)
 from rillet.internal.v1 import peer_pb2_grpc
 from rillet.node.cluster_node import ClusterNode
 from rillet.node.config import MIB, BrokerConfig
@@ -33,6 +40,7 @@ from rillet.node.partition import GroupCommitter
 from rillet.node.producer_ids import ProducerIdAllocator
 from rillet.node.services.admin import AdminService, MetadataService
 from rillet.node.services.common import NodeContext
+from rillet.node.services.groups import GroupsHost, GroupsService
 from rillet.node.services.peer import MAX_PEER_MESSAGE_BYTES, PeerService
 from rillet.node.services.produce import ProduceService
 from rillet.node.services.read import ConsumeService, ReplayService
@@ -49,6 +57,7 @@ SERVICE_NAMES = tuple(
         log_pb2.DESCRIPTOR.services_by_name["Replay"],
         admin_pb2.DESCRIPTOR.services_by_name["Admin"],
         admin_pb2.DESCRIPTOR.services_by_name["Metadata"],
+        groups_pb2.DESCRIPTOR.services_by_name["Groups"],
     ))
 
 
@@ -74,6 +83,7 @@ class Broker:
         self._lock_file: IO[bytes] | None = None
         self._peer_service: PeerService | None = None
         self._produce: ProduceService | None = None
+        self.groups = GroupsHost(self.node)
         self.port = 0
         self.metrics_port = 0
 
@@ -123,7 +133,10 @@ class Broker:
         log_pb2_grpc.add_ProduceServicer_to_server(self._produce, server)  # type: ignore[no-untyped-call]
         log_pb2_grpc.add_ConsumeServicer_to_server(ConsumeService(self.node), server)  # type: ignore[no-untyped-call]
         log_pb2_grpc.add_ReplayServicer_to_server(ReplayService(self.node), server)  # type: ignore[no-untyped-call]
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self.node), server)  # type: ignore[no-untyped-call]
+        admin_pb2_grpc.add_AdminServicer_to_server(  # type: ignore[no-untyped-call]
+            AdminService(self.node, self.groups), server)
+        groups_pb2_grpc.add_GroupsServicer_to_server(  # type: ignore[no-untyped-call]
+            GroupsService(self.node, self.groups), server)
         admin_pb2_grpc.add_MetadataServicer_to_server(MetadataService(self.node), server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -135,6 +148,7 @@ class Broker:
             raise OSError(f"cannot listen on {cfg.listen}: {exc}") from exc
         if self.port == 0:
             raise OSError(f"cannot listen on {cfg.listen} (address in use?)")
+        await self.groups.start()
         await server.start()
         self._server = server
         self._start_metrics()
@@ -170,6 +184,8 @@ class Broker:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.node.stopping.set()
+        # Members rejoin elsewhere (or after the restart) with what they own.
+        await self.groups.stop()
         if self.cluster is not None and self._server is not None:
             left = await self.cluster.hand_over_leadership(HAND_OVER_TIMEOUT_S)
             log.info("node %d: leaderships handed over (%d left)", self.config.node_id, left)

@@ -56,6 +56,7 @@ from rillet.node.errors import (
     UnavailableError,
     UnknownTopicError,
 )
+from rillet.node.groups.errors import FencedError, InvalidGroupError, UnknownGroupError
 from rillet.node.peer_client import RECONNECT_OPTIONS, PeerClient
 from rillet.node.replica import ReplicatedPartition, broker_id, raft_id
 from rillet.node.storage.hardstate import FILE_NAME as HARDSTATE_FILE
@@ -177,6 +178,9 @@ _REJECT_ERRORS: dict[md.RejectCode, type[Exception]] = {
     md.RejectCode.INVALID_CONFIG: InvalidConfigError,
     md.RejectCode.NOT_ENOUGH_BROKERS: InvalidConfigError,
     md.RejectCode.PARTITION_OUT_OF_RANGE: PartitionOutOfRangeError,
+    md.RejectCode.INVALID_GROUP: InvalidGroupError,
+    md.RejectCode.UNKNOWN_GROUP: UnknownGroupError,
+    md.RejectCode.FENCED: FencedError,
 }
 
 
@@ -513,6 +517,11 @@ class ClusterNode:
     def metadata_leader(self) -> int:
         """Broker id of the metadata leader as known here; -1 when unknown."""
         return broker_id(self.driver.core(METADATA_GROUP).leader)
+
+    @property
+    def metadata_state(self) -> md.MetadataState:
+        """The metadata state as applied on this node."""
+        return self.metadata.state
 
     def metadata_ready(self) -> bool:
         """This node leads the metadata group and has applied everything before its term."""

@@ -19,6 +19,12 @@ import grpc
 
 from rillet import batch as batch_codec
 from rillet.api.v1 import common_pb2
+from rillet.node.groups.errors import (
+    FencedError,
+    GroupNotEmptyError,
+    InvalidGroupError,
+    UnknownGroupError,
+)
 from rillet.node.storage import errors as storage_errors
 
 log = logging.getLogger(__name__)
@@ -129,7 +135,14 @@ TABLE: dict[type[BaseException], tuple[common_pb2.ErrorCode, grpc.StatusCode]] =
     DuplicateSequenceError: (
         common_pb2.ERROR_CODE_DUPLICATE_SEQUENCE, grpc.StatusCode.ALREADY_EXISTS),
     storage_errors.StorageError: (common_pb2.ERROR_CODE_STORAGE, grpc.StatusCode.INTERNAL),
+    # Consumer groups (defined in node/groups/errors.py, free of gRPC for the pure coordinator).
+    UnknownGroupError: (common_pb2.ERROR_CODE_UNKNOWN_GROUP, grpc.StatusCode.NOT_FOUND),
+    InvalidGroupError: (common_pb2.ERROR_CODE_INVALID_GROUP, grpc.StatusCode.INVALID_ARGUMENT),
+    FencedError: (common_pb2.ERROR_CODE_FENCED, grpc.StatusCode.FAILED_PRECONDITION),
+    GroupNotEmptyError: (
+        common_pb2.ERROR_CODE_GROUP_NOT_EMPTY, grpc.StatusCode.FAILED_PRECONDITION),
 }
+
 
 def lookup(exc: BaseException) -> tuple[common_pb2.ErrorCode, grpc.StatusCode] | None:
     """The table entry for `exc`, most specific class first; None for unexpected errors."""

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -97,6 +97,18 @@ class NodeMetrics:
             "rillet_fsync_seconds",
             "Duration of one group-commit round (every log flushed in it, one worker call)",
             buckets=_FSYNC_BUCKETS, registry=r)
+        self.group_lag_offsets = Gauge(
+            "rillet_group_lag_offsets",
+            "Consumer group lag: high watermark minus committed offset (coordinator only)",
+            ["group", "topic", "partition"], registry=r)
+        self.group_lag_seconds = Gauge(
+            "rillet_group_lag_seconds",
+            "Consumer group lag: age of the oldest unconsumed record (coordinator only)",
+            ["group", "topic", "partition"], registry=r)
+        self.group_members = Gauge(
+            "rillet_group_members", "Members of a consumer group (coordinator only)",
+            ["group"], registry=r)
+        self._group_series: dict[str, set[tuple[str, str]]] = {}
         self._server: Any = None
 
     def watch_state(self, states: Callable[[], list[PartitionState]],
@@ -111,6 +123,36 @@ class NodeMetrics:
     def record_consume(self, topic: str, records: int, nbytes: int) -> None:
         self.consume_records.labels(topic).inc(records)
         self.consume_bytes.labels(topic).inc(nbytes)
+
+    def record_group(self, describe: Any) -> None:
+        """Set a group's gauges from a DescribeGroupResponse (duck-typed: no proto import)."""
+        group = describe.group
+        self.group_members.labels(group).set(len(describe.members))
+        seen = set()
+        for p in describe.partitions:
+            key = (p.topic, str(p.partition))
+            seen.add(key)
+            self.group_lag_offsets.labels(group, *key).set(p.lag_offsets)
+            self.group_lag_seconds.labels(group, *key).set(p.lag_ms / 1000.0)
+        for key in self._group_series.get(group, set()) - seen:
+            self._remove_series(group, key)
+        self._group_series[group] = seen
+
+    def _remove_series(self, group: str, key: tuple[str, str]) -> None:
+        for gauge in (self.group_lag_offsets, self.group_lag_seconds):
+            try:
+                gauge.remove(group, *key)
+            except KeyError:
+                pass
+
+    def forget_group(self, group: str) -> None:
+        """A deleted group: drop its series."""
+        for key in self._group_series.pop(group, set()):
+            self._remove_series(group, key)
+        try:
+            self.group_members.remove(group)
+        except KeyError:
+            pass
 
     def start_server(self, listen: str) -> int:
         """Serve /metrics on ``listen`` (HOST:PORT) from a daemon thread; returns the port."""

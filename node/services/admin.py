@@ -1,23 +1,30 @@
-"""Admin (topic management) and Metadata (who leads what).
+"""Admin (topic and consumer-group management) and Metadata (who leads what).
 
 On a single node every partition's leader is this node and its only replica. In cluster mode
 changes (create, delete, producer ids) run on the metadata group's leader: any node accepts
 them and forwards them there, then waits (bounded) until its own view shows the change, so a
 client that asks the same node next sees what it just did. Failures end the call with the
 status from the errors table; the message says what was wrong.
+
+Group calls run on the group coordinator (see node/services/groups.py), where members and
+generations are known; other nodes forward them there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from typing import Any
 
 import grpc
 
-from rillet.api.v1 import admin_pb2, admin_pb2_grpc
+from rillet.api.v1 import admin_pb2, admin_pb2_grpc, common_pb2, groups_pb2
 from rillet.node import errors
 from rillet.node.cluster_node import ClusterNode, ClusterTopic, ForwardedError, wait_until
 from rillet.node.errors import Context, UnavailableError
+from rillet.node.forward import FORWARDED_METADATA
+from rillet.node.services import groups as gs
 from rillet.node.services.common import NodeContext
 from rillet.node.topics import Topic, TopicSettings
 
@@ -89,8 +96,9 @@ async def _abort_forwarded(context: Context, exc: ForwardedError) -> None:
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):
-    def __init__(self, node: NodeContext) -> None:
+    def __init__(self, node: NodeContext, groups: gs.GroupsHost | None = None) -> None:
         self.node = node
+        self.groups = groups
 
     async def CreateTopic(
         self, request: admin_pb2.CreateTopicRequest, context: Context
@@ -177,6 +185,123 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 topic=describe_topic(topic, self.node.config.node_id))
         except Exception as exc:
             await errors.abort(context, exc, where=f"describe topic {request.name!r}")
+
+
+    # -- consumer groups --------------------------------------------------------------------
+
+    def _host(self) -> gs.GroupsHost:
+        if self.groups is None:
+            raise UnavailableError("this node serves no consumer groups")
+        return self.groups
+
+    async def _on_coordinator(self, context: Context, local: Any, method: str,
+                              request: Any) -> Any:
+        async def forward(ch: grpc.aio.Channel) -> Any:
+            stub = admin_pb2_grpc.AdminStub(ch)  # type: ignore[no-untyped-call]
+            return await getattr(stub, method)(
+                request, timeout=FORWARD_TIMEOUT_S, metadata=FORWARDED_METADATA)
+        return await self._host().on_coordinator(context, local, forward)
+
+    async def ListGroups(
+        self, request: groups_pb2.ListGroupsRequest, context: Context
+    ) -> groups_pb2.ListGroupsResponse:
+        async def local(rt: gs.GroupRuntime) -> groups_pb2.ListGroupsResponse:
+            return gs.list_groups(rt)
+        try:
+            resp: groups_pb2.ListGroupsResponse = await self._on_coordinator(
+                context, local, "ListGroups", request)
+            return resp
+        except Exception as exc:
+            await gs.abort(context, exc, where="list groups")
+            raise AssertionError("unreachable") from None
+
+    async def DescribeGroup(
+        self, request: groups_pb2.DescribeGroupRequest, context: Context
+    ) -> groups_pb2.DescribeGroupResponse:
+        async def local(rt: gs.GroupRuntime) -> groups_pb2.DescribeGroupResponse:
+            gs.known_group(rt, request.group)
+            return self._host().describe(rt, request.group)
+        try:
+            resp: groups_pb2.DescribeGroupResponse = await self._on_coordinator(
+                context, local, "DescribeGroup", request)
+            return resp
+        except Exception as exc:
+            await gs.abort(context, exc, where=f"describe group {request.group!r}")
+            raise AssertionError("unreachable") from None
+
+    def _reset_target(self, topic: str, index: int, to: common_pb2.Position) -> int:
+        ends = self._host().ends(topic, index)
+        if ends is None:
+            raise UnavailableError(f"the coordinator holds no replica of {topic}-{index}; "
+                                   "it cannot resolve the position")
+        part: Any = (self.node.cluster.get_topic(topic).replicas[index]
+                     if self.node.cluster is not None
+                     else self.node.registry.get(topic).partitions[index])
+        kind = to.WhichOneof("kind")
+        if kind == "offset":
+            return min(max(to.offset, ends.log_start), ends.high_watermark)
+        if kind == "timestamp_ms":
+            found = part.log.offset_for_timestamp(to.timestamp_ms)
+            return ends.high_watermark if found is None else min(
+                max(found, ends.log_start), ends.high_watermark)
+        if kind == "boundary" and to.boundary == common_pb2.BOUNDARY_EARLIEST:
+            return ends.log_start
+        if kind == "boundary" and to.boundary == common_pb2.BOUNDARY_LATEST:
+            return ends.high_watermark
+        raise errors.InvalidRequestError(
+            "reset position must be earliest, latest, an offset or a timestamp")
+
+    async def ResetGroupOffsets(
+        self, request: groups_pb2.ResetGroupOffsetsRequest, context: Context
+    ) -> groups_pb2.ResetGroupOffsetsResponse:
+        async def local(rt: gs.GroupRuntime) -> groups_pb2.ResetGroupOffsetsResponse:
+            gs.validate_group(request.group)
+            gs.ensure_empty(rt, request.group)
+            count = self._host().partitions_of(request.topic)
+            if count is None:
+                self.node.get_topic(request.topic)  # raises the precise error
+                raise errors.UnknownTopicError(f"unknown topic {request.topic!r}")
+            indexes = sorted(set(request.partitions)) or list(range(count))
+            for p in indexes:
+                if p >= count:
+                    raise errors.PartitionOutOfRangeError(
+                        f"partition {p} of topic {request.topic!r} does not exist "
+                        f"(it has {count})")
+            new = {(request.topic, p): (self._reset_target(request.topic, p, request.to), "")
+                   for p in indexes}
+            now_ms = int(time.time() * 1000)
+            if not request.dry_run:
+                await gs.commit_checked(rt, request.group, "", -1, new)
+            return groups_pb2.ResetGroupOffsetsResponse(offsets=[
+                groups_pb2.CommittedPartitionOffset(
+                    topic=t, partition=p, offset=o,
+                    commit_time_ms=0 if request.dry_run else now_ms)
+                for (t, p), (o, _m) in sorted(new.items())])
+        try:
+            resp: groups_pb2.ResetGroupOffsetsResponse = await self._on_coordinator(
+                context, local, "ResetGroupOffsets", request)
+            return resp
+        except Exception as exc:
+            await gs.abort(context, exc, where=f"reset offsets of {request.group!r}")
+            raise AssertionError("unreachable") from None
+
+    async def DeleteGroup(
+        self, request: groups_pb2.DeleteGroupRequest, context: Context
+    ) -> groups_pb2.DeleteGroupResponse:
+        async def local(rt: gs.GroupRuntime) -> groups_pb2.DeleteGroupResponse:
+            gs.validate_group(request.group)
+            async with rt.lock:
+                gs.ensure_empty(rt, request.group)
+                await rt.store.delete(request.group)
+            self.node.metrics.forget_group(request.group)
+            return groups_pb2.DeleteGroupResponse()
+        try:
+            resp: groups_pb2.DeleteGroupResponse = await self._on_coordinator(
+                context, local, "DeleteGroup", request)
+            return resp
+        except Exception as exc:
+            await gs.abort(context, exc, where=f"delete group {request.group!r}")
+            raise AssertionError("unreachable") from None
 
 
 class MetadataService(admin_pb2_grpc.MetadataServicer):

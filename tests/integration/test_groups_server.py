@@ -1,0 +1,237 @@
+"""Consumer groups through real node processes and the generated stubs only (no client
+library): join -> assignment -> commit -> fetch -> describe on one node, fencing, bad joins,
+and offsets that survive a kill -9 of the metadata leader in a 3-node cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+
+from rillet import batch
+from rillet.api.v1 import admin_pb2, common_pb2, groups_pb2, groups_pb2_grpc, log_pb2
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+_END = object()
+
+
+class RawMember:
+    """One member's Join stream, driven by hand: send messages, collect assignments."""
+
+    def __init__(self, channel: grpc.aio.Channel, join: groups_pb2.JoinGroup) -> None:
+        self.join = join
+        self.requests: asyncio.Queue[Any] = asyncio.Queue()
+        self.requests.put_nowait(groups_pb2.GroupRequest(join=join))
+        self.assignments: list[groups_pb2.Assignment] = []
+        self.error: grpc.aio.AioRpcError | None = None
+        self.ended = False
+        self.call = groups_pb2_grpc.GroupsStub(channel).Join(self._gen())
+        self.task = asyncio.create_task(self._read())
+
+    async def _gen(self) -> AsyncIterator[groups_pb2.GroupRequest]:
+        while True:
+            item = await self.requests.get()
+            if item is _END:
+                return
+            yield item
+
+    async def _read(self) -> None:
+        try:
+            async for ev in self.call:
+                self.assignments.append(ev.assignment)
+        except grpc.aio.AioRpcError as exc:
+            self.error = exc
+        finally:
+            self.ended = True
+
+    @property
+    def last(self) -> groups_pb2.Assignment:
+        return self.assignments[-1]
+
+    def owned(self) -> set[tuple[str, int]]:
+        return {(tp.topic, p) for tp in self.last.partitions for p in tp.partitions}
+
+    def heartbeat(self) -> None:
+        """Report exactly what the last assignment gave (revoked partitions released)."""
+        by: dict[str, list[int]] = {}
+        for t, p in sorted(self.owned()):
+            by.setdefault(t, []).append(p)
+        self.requests.put_nowait(groups_pb2.GroupRequest(heartbeat=groups_pb2.Heartbeat(
+            owned=[groups_pb2.TopicPartitions(topic=t, partitions=ps) for t, ps in by.items()])))
+
+    async def close(self) -> None:
+        self.requests.put_nowait(_END)
+        self.call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+async def _create(stubs: Any, name: str, partitions: int) -> None:
+    await stubs.admin.CreateTopic(admin_pb2.CreateTopicRequest(name=name, partitions=partitions),
+                                  timeout=10)
+
+
+def _commit(group: str, member: str, generation: int, offsets: dict[tuple[str, int], int]
+            ) -> groups_pb2.CommitOffsetsRequest:
+    return groups_pb2.CommitOffsetsRequest(
+        group=group, member_id=member, generation=generation,
+        offsets=[groups_pb2.OffsetCommit(topic=t, partition=p, offset=o, metadata="m")
+                 for (t, p), o in offsets.items()])
+
+
+async def test_single_node_join_assign_commit_fetch_describe(stubs) -> None:
+    await _create(stubs, "orders", 4)
+    now = int(time.time() * 1000)
+    for p in range(4):
+        values = [f"{p}-{i}".encode() for i in range(10)]
+        async with asyncio.timeout(20):
+            _ = [r async for r in stubs.produce.Produce(iter([log_pb2.ProduceRequest(
+                topic="orders", partition=p,
+                batch=batch.encode(values, timestamps_ms=[now - 5000] * 10))]))]
+    groups = groups_pb2_grpc.GroupsStub(stubs.channel)
+    a = RawMember(stubs.channel, groups_pb2.JoinGroup(group="g1", topics=["orders"],
+                                                      client_id="a"))
+    try:
+        await wait_for(lambda: a.assignments and len(a.owned()) == 4, "a owns all 4")
+        assert a.last.member_id and a.last.heartbeat_interval_ms > 0
+        b = RawMember(stubs.channel, groups_pb2.JoinGroup(group="g1", topics=["orders"],
+                                                          client_id="b"))
+        # a is asked to give two up; it heartbeats without them; then b gets them.
+        await wait_for(lambda: a.assignments and len(a.owned()) == 2, "a revoked to 2")
+        assert not b.assignments or not b.owned()
+        a.heartbeat()
+        await wait_for(lambda: b.assignments and len(b.owned()) == 2, "b gets 2")
+        assert a.owned().isdisjoint(b.owned())
+        gen_a, gen_b = a.last.generation, b.last.generation
+        # Commits: own partitions accepted; another member's partition FENCED.
+        mine = dict.fromkeys(sorted(a.owned()), 7)
+        await groups.CommitOffsets(_commit("g1", a.last.member_id, gen_a, mine), timeout=10)
+        theirs = dict.fromkeys(sorted(b.owned()), 3)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await groups.CommitOffsets(_commit("g1", a.last.member_id, gen_a, theirs),
+                                       timeout=10)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "ERROR_CODE_FENCED" in (err.value.details() or "")
+        await groups.CommitOffsets(_commit("g1", b.last.member_id, gen_b, theirs), timeout=10)
+        # An outsider commit while members exist: GROUP_NOT_EMPTY.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await groups.CommitOffsets(_commit("g1", "", -1, theirs), timeout=10)
+        assert "ERROR_CODE_GROUP_NOT_EMPTY" in (err.value.details() or "")
+
+        fetched = await groups.FetchOffsets(groups_pb2.FetchOffsetsRequest(group="g1"),
+                                            timeout=10)
+        got = {(o.topic, o.partition): o.offset for o in fetched.offsets}
+        assert got == {**mine, **theirs}
+        assert all(o.metadata == "m" and o.commit_time_ms > 0 for o in fetched.offsets)
+
+        desc = await stubs.admin.DescribeGroup(groups_pb2.DescribeGroupRequest(group="g1"),
+                                               timeout=10)
+        assert desc.state == "stable" and len(desc.members) == 2
+        lag = {(p.topic, p.partition): p for p in desc.partitions}
+        assert len(lag) == 4
+        for tp, p in lag.items():
+            expected = 10 - got[tp]
+            assert p.high_watermark == 10 and p.lag_offsets == expected
+            assert 4000 <= p.lag_ms <= 60_000, p
+            assert p.owner in (a.last.member_id, b.last.member_id)
+        listed = await stubs.admin.ListGroups(groups_pb2.ListGroupsRequest(), timeout=10)
+        assert [(g.group, g.members) for g in listed.groups] == [("g1", 2)]
+
+        # Reset refused while members exist; after they leave, dry run then reset.
+        reset = groups_pb2.ResetGroupOffsetsRequest(
+            group="g1", topic="orders", to=common_pb2.Position(
+                boundary=common_pb2.BOUNDARY_EARLIEST))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stubs.admin.ResetGroupOffsets(reset, timeout=10)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        a.requests.put_nowait(groups_pb2.GroupRequest(leave=groups_pb2.LeaveGroup()))
+        await wait_for(lambda: a.ended, "a's stream ends after LeaveGroup")
+        assert a.error is None
+        await b.close()
+        await wait_for(lambda: b.ended, "b closed")
+
+        async def empty() -> bool:
+            d = await stubs.admin.DescribeGroup(groups_pb2.DescribeGroupRequest(group="g1"),
+                                                timeout=10)
+            return d.state == "empty"
+        for _ in range(200):
+            if await empty():
+                break
+            await asyncio.sleep(0.05)
+        assert await empty()
+        reset.dry_run = True
+        dry = await stubs.admin.ResetGroupOffsets(reset, timeout=10)
+        assert {o.offset for o in dry.offsets} == {0}
+        fetched = await groups.FetchOffsets(groups_pb2.FetchOffsetsRequest(group="g1"),
+                                            timeout=10)
+        assert {(o.topic, o.partition): o.offset for o in fetched.offsets} == got
+        reset.dry_run = False
+        reset.to.CopyFrom(common_pb2.Position(offset=99))  # clamped to the high watermark
+        done = await stubs.admin.ResetGroupOffsets(reset, timeout=10)
+        assert {o.offset for o in done.offsets} == {10}
+        await stubs.admin.DeleteGroup(groups_pb2.DeleteGroupRequest(group="g1"), timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stubs.admin.DescribeGroup(groups_pb2.DescribeGroupRequest(group="g1"),
+                                            timeout=10)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        await a.close()
+
+
+@pytest.mark.parametrize("first,code", [
+    (groups_pb2.GroupRequest(heartbeat=groups_pb2.Heartbeat()),
+     grpc.StatusCode.INVALID_ARGUMENT),
+    (groups_pb2.GroupRequest(join=groups_pb2.JoinGroup(group="", topics=["t"])),
+     grpc.StatusCode.INVALID_ARGUMENT),
+    (groups_pb2.GroupRequest(join=groups_pb2.JoinGroup(group="g", topics=[])),
+     grpc.StatusCode.INVALID_ARGUMENT),
+    (groups_pb2.GroupRequest(join=groups_pb2.JoinGroup(group="g", topics=["nope"])),
+     grpc.StatusCode.NOT_FOUND),
+    (groups_pb2.GroupRequest(join=groups_pb2.JoinGroup(group="g", topics=["t"],
+                                                       session_timeout_ms=5)),
+     grpc.StatusCode.INVALID_ARGUMENT),
+    (groups_pb2.GroupRequest(join=groups_pb2.JoinGroup(group="g", topics=["t"],
+                                                       rebalance_timeout_ms=10**7)),
+     grpc.StatusCode.INVALID_ARGUMENT),
+])
+async def test_bad_join_ends_stream_with_clear_status(stubs, first, code) -> None:
+    await _create(stubs, "t", 1)
+    call = groups_pb2_grpc.GroupsStub(stubs.channel).Join(iter([first]))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async with asyncio.timeout(10):
+            async for _ev in call:
+                pass
+    assert err.value.code() == code, err.value.details()
+    # The node is still fine.
+    await stubs.admin.ListTopics(admin_pb2.ListTopicsRequest(), timeout=5)
+
+
+async def test_offsets_and_generation_survive_restart(broker, connect) -> None:
+    async with connect(broker) as stubs:
+        await _create(stubs, "t", 2)
+        m = RawMember(stubs.channel, groups_pb2.JoinGroup(group="g", topics=["t"]))
+        await wait_for(lambda: m.assignments and len(m.owned()) == 2, "m owns both")
+        gen = m.last.generation
+        await groups_pb2_grpc.GroupsStub(stubs.channel).CommitOffsets(
+            _commit("g", m.last.member_id, gen, {("t", 0): 5, ("t", 1): 6}), timeout=10)
+        await m.close()
+    broker.kill()
+    broker.start()
+    async with connect(broker) as stubs:
+        fetched = await groups_pb2_grpc.GroupsStub(stubs.channel).FetchOffsets(
+            groups_pb2.FetchOffsetsRequest(group="g"), timeout=10)
+        assert {(o.topic, o.partition): o.offset for o in fetched.offsets} == {
+            ("t", 0): 5, ("t", 1): 6}
+        m = RawMember(stubs.channel, groups_pb2.JoinGroup(group="g", topics=["t"]))
+        try:
+            await wait_for(lambda: m.assignments and len(m.owned()) == 2, "m owns both again")
+            assert m.last.generation > gen
+        finally:
+            await m.close()
