@@ -471,8 +471,9 @@ class GroupConsumer:
             self._commit_task = asyncio.get_running_loop().create_task(
                 self._auto_commit(), name=f"rillet-autocommit-{self.group_id}")
 
-    async def close(self) -> None:
-        """Stop reading, commit everything handed to the caller, leave the group."""
+    async def close(self, *, commit: bool = True) -> None:
+        """Stop reading, commit everything handed to the caller (unless `commit` is False:
+        the caller committed exactly what it finished itself), leave the group."""
         if self._closed:
             return
         self._closed = True
@@ -483,7 +484,7 @@ class GroupConsumer:
         self._parts = {}
         await asyncio.gather(*(self._stop(p) for p in parts), return_exceptions=True)
         self._finish_handed()
-        if self._started and self._member.member_id:
+        if commit and self._started and self._member.member_id:
             try:
                 await self._commit(self._done, strict=False)
             except RilletError as exc:

@@ -1,5 +1,5 @@
 """The `rillet` command line: serve a node, manage topics, produce, consume, replay, inspect
-the cluster, bench.
+the cluster and consumer groups, bench.
 
 Every client command takes --bootstrap (env RILLET_BOOTSTRAP) and --timeout, the deadline for
 reaching the cluster. Any failure prints one line, `rillet: error: <reason>`, on stderr and exits
@@ -17,7 +17,7 @@ import re
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import IO, Any, NoReturn, TypeVar
+from typing import IO, Any, Literal, NoReturn, TypeVar
 
 import click
 import grpc
@@ -36,7 +36,7 @@ from rillet.client.connection import (
     make_stub,
     parse_bootstrap,
 )
-from rillet.client.consumer import PositionSpec
+from rillet.client.consumer import PositionSpec, to_position
 from rillet.client.errors import (
     ClusterUnreachableError,
     RilletError,
@@ -45,6 +45,7 @@ from rillet.client.errors import (
     UnknownTopicError,
     from_rpc_error,
 )
+from rillet.client.group import GroupConsumer, TopicPartition
 from rillet.client.metadata import ClusterMetadata
 from rillet.client.records import RecordBatch
 
@@ -137,6 +138,13 @@ except ImportError:  # pragma: no cover
     pass
 else:
     main.add_command(serve)
+
+try:  # the fault-injection harness (rillet.chaos) is optional too
+    from rillet.chaos.cli import chaos as chaos_cmd
+except ImportError:  # pragma: no cover
+    pass
+else:
+    main.add_command(chaos_cmd)
 
 
 # ------------------------------------------------------------------------------------ topics
@@ -476,19 +484,78 @@ async def _pump(reader: Consumer | Replay, out: IO[bytes], fmt: str, max_records
 @main.command()
 @click.argument("topic_name", metavar="TOPIC")
 @click.option("--from", "start", type=POSITION, default="latest", show_default=True,
-              help="earliest | latest | OFFSET | TIME (ISO-8601, or <ms>ms).")
+              help="earliest | latest | OFFSET | TIME (ISO-8601, or <ms>ms). With --group: "
+              "where to start partitions the group has no offset for (earliest | latest).")
+@click.option("--group", "group_id", default=None, metavar="GROUP",
+              help="Consume as a member of consumer group GROUP: read the partitions it "
+              "assigns from its committed offsets, and commit what was printed, so the next "
+              "run prints only what is new.")
 @_read_options
 @client_options
-def consume(topic_name: str, start: PositionSpec, partitions: Sequence[int],
-            max_records: int | None, idle_timeout: float | None, fmt: str, bootstrap: str,
-            timeout: float) -> None:
+def consume(topic_name: str, start: PositionSpec, group_id: str | None,
+            partitions: Sequence[int], max_records: int | None, idle_timeout: float | None,
+            fmt: str, bootstrap: str, timeout: float) -> None:
     """Print records of TOPIC from a position, tailing new ones until Ctrl-C."""
+    if group_id is not None:
+        if partitions:
+            raise click.UsageError("--partition cannot be used with --group (the group "
+                                   "assigns partitions)")
+        if start not in ("earliest", "latest"):
+            raise click.BadParameter("with --group, --from is earliest or latest",
+                                     param_hint="--from")
+        _run(_consume_group(_check_bootstrap(bootstrap), topic_name, group_id,
+                            "earliest" if start == "earliest" else "latest", fmt,
+                            max_records, idle_timeout, timeout))
+        return
+
     async def go() -> None:
         async with Consumer(_check_bootstrap(bootstrap), topic_name, start=start,
                             partitions=list(partitions) or None,
                             request_timeout_s=timeout) as consumer:
             await _pump(consumer, sys.stdout.buffer, fmt, max_records, idle_timeout)
     _run(go())
+
+
+async def _consume_group(bootstrap: str, topic_name: str, group_id: str,
+                         reset: Literal["earliest", "latest"], fmt: str,
+                         max_records: int | None, idle_timeout: float | None,
+                         timeout_s: float) -> None:
+    """`consume --group`: print as a member, then commit exactly what was printed.
+
+    Auto-commit runs meanwhile (it only counts batches printed in full), and partitions taken
+    away by a rebalance are committed as they go. At the end (max records, idle timeout,
+    Ctrl-C) the offsets after the last printed record of each partition are committed, and
+    not a record more: the next run with the same group starts right after them.
+    """
+    out = sys.stdout.buffer
+    write = _writer(out, fmt)
+    printed: dict[TopicPartition, int] = {}
+    consumer = GroupConsumer(bootstrap, topic_name, group_id=group_id, auto_offset_reset=reset,
+                             request_timeout_s=max(timeout_s, 10.0))
+    await consumer.start()
+    seen = 0
+    try:
+        while max_records is None or seen < max_records:
+            batches = await consumer.getmany(idle_timeout)
+            if not batches:
+                break  # idle timeout
+            for b in batches:
+                limit = len(b) if max_records is None else min(len(b), max_records - seen)
+                write(b, limit)
+                seen += limit
+                tp = TopicPartition(b.topic, b.partition)
+                printed[tp] = b.next_offset if limit == len(b) else list(b)[limit - 1].offset + 1
+                if max_records is not None and seen >= max_records:
+                    break
+            out.flush()
+    finally:
+        try:
+            mine = {tp: o for tp, o in printed.items() if tp in consumer.assignment()}
+            if mine:
+                await consumer.commit(mine)
+        finally:
+            await consumer.close(commit=False)
+    click.echo(f"consumed {seen} records as group {group_id}", err=True)
 
 
 @main.command()
@@ -616,6 +683,129 @@ def cluster_status(fmt: str, bootstrap: str, timeout: float) -> None:
             for p in parts:
                 click.echo(f"  {p['partition']}\t{_leader_text(p['leader_id'])}\t"
                            f"{_replicas_text(p['replicas'])}\t{p['high_watermark']}")
+    _run(go())
+
+
+# ------------------------------------------------------------------------------------ groups
+
+
+@main.group()
+def group() -> None:
+    """Consumer groups: list, describe (lag), reset offsets, delete."""
+
+
+def _fmt_option(f: F) -> F:
+    return click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+                        show_default=True)(f)
+
+
+@group.command("list")
+@_fmt_option
+@client_options
+def group_list(fmt: str, bootstrap: str, timeout: float) -> None:
+    """Groups with their state (stable, rebalancing, empty) and member count."""
+    async def go() -> None:
+        async with Admin(_check_bootstrap(bootstrap), timeout=timeout) as admin:
+            groups = await admin.list_groups()
+        if fmt == "json":
+            click.echo(json.dumps([{"group": g.group, "state": g.state, "members": g.members}
+                                   for g in groups]))
+            return
+        for g in groups:
+            click.echo(f"{g.group}\tstate={g.state}\tmembers={g.members}")
+    _run(go())
+
+
+def _tps_text(items: Sequence[Any]) -> str:
+    return ",".join(f"{t.topic}/{p}" for t in items for p in t.partitions) or "-"
+
+
+def group_doc(d: Any) -> dict[str, Any]:
+    """A DescribeGroupResponse as the JSON `group describe --format json` prints."""
+    return {
+        "group": d.group, "state": d.state, "generation": d.generation,
+        "members": [{"member_id": m.member_id, "instance_id": m.instance_id,
+                     "client_id": m.client_id, "disconnected": m.disconnected,
+                     "assigned": [{"topic": t.topic, "partitions": list(t.partitions)}
+                                  for t in m.assigned]} for m in d.members],
+        "partitions": [{"topic": p.topic, "partition": p.partition,
+                        "committed_offset": p.committed_offset,
+                        "high_watermark": p.high_watermark,
+                        "log_start_offset": p.log_start_offset, "lag": p.lag_offsets,
+                        "lag_seconds": p.lag_ms / 1000, "owner": p.owner}
+                       for p in d.partitions],
+    }
+
+
+@group.command("describe")
+@click.argument("group_id", metavar="GROUP")
+@_fmt_option
+@client_options
+def group_describe(group_id: str, fmt: str, bootstrap: str, timeout: float) -> None:
+    """Members, and per partition: committed offset, high watermark, lag in offsets and in
+    seconds (age of the oldest record not yet consumed), owner."""
+    async def go() -> None:
+        async with Admin(_check_bootstrap(bootstrap), timeout=timeout) as admin:
+            desc = await admin.describe_group(group_id)
+        doc = group_doc(desc)
+        if fmt == "json":
+            click.echo(json.dumps(doc))
+            return
+        click.echo(f"group {desc.group}: {desc.state}, generation {desc.generation}, "
+                   f"{len(desc.members)} members")
+        if desc.members:
+            click.echo("  member\tinstance\tclient\tpartitions")
+            for m in desc.members:
+                gone = " (disconnected)" if m.disconnected else ""
+                click.echo(f"  {m.member_id}{gone}\t{m.instance_id or '-'}\t"
+                           f"{m.client_id or '-'}\t{_tps_text(m.assigned)}")
+        click.echo("  topic\tpartition\tcommitted\thigh_watermark\tlag\tlag_seconds\towner")
+        for p in doc["partitions"]:
+            committed = "-" if p["committed_offset"] < 0 else p["committed_offset"]
+            click.echo(f"  {p['topic']}\t{p['partition']}\t{committed}\t"
+                       f"{p['high_watermark']}\t{p['lag']}\t{p['lag_seconds']:.3f}\t"
+                       f"{p['owner'] or '-'}")
+    _run(go())
+
+
+@group.command("reset-offsets")
+@click.argument("group_id", metavar="GROUP")
+@click.option("--topic", "topic_name", required=True)
+@click.option("--to", "to", type=POSITION, required=True,
+              help="earliest | latest | OFFSET | TIME (ISO-8601, or <ms>ms).")
+@click.option("--partition", "partitions", type=click.IntRange(min=0), multiple=True,
+              help="Only this partition; repeat for several [default: all].")
+@click.option("--dry-run", is_flag=True, help="Print the new offsets without storing them.")
+@_fmt_option
+@client_options
+def group_reset_offsets(group_id: str, topic_name: str, to: PositionSpec,
+                        partitions: Sequence[int], dry_run: bool, fmt: str, bootstrap: str,
+                        timeout: float) -> None:
+    """Move GROUP's committed offsets on a topic (only while the group has no members)."""
+    async def go() -> None:
+        async with Admin(_check_bootstrap(bootstrap), timeout=timeout) as admin:
+            offsets = await admin.reset_group_offsets(group_id, topic_name, to_position(to),
+                                                      list(partitions), dry_run=dry_run)
+        if fmt == "json":
+            click.echo(json.dumps([{"topic": o.topic, "partition": o.partition,
+                                    "offset": o.offset} for o in offsets]))
+        else:
+            for o in offsets:
+                click.echo(f"{o.topic}\t{o.partition}\t{o.offset}")
+        click.echo(f"{'would reset' if dry_run else 'reset'} {len(offsets)} partitions of "
+                   f"group {group_id}", err=True)
+    _run(go())
+
+
+@group.command("delete")
+@click.argument("group_id", metavar="GROUP")
+@client_options
+def group_delete(group_id: str, bootstrap: str, timeout: float) -> None:
+    """Forget GROUP and its committed offsets (only while it has no members)."""
+    async def go() -> None:
+        async with Admin(_check_bootstrap(bootstrap), timeout=timeout) as admin:
+            await admin.delete_group(group_id)
+        click.echo(f"deleted group {group_id}", err=True)
     _run(go())
 
 
