@@ -14,6 +14,7 @@ from rillet.cluster.metadata import (
     Accepted,
     AllocateProducerIds,
     AlterTopicConfig,
+    BumpGroupGeneration,
     Command,
     CommitGroupOffsets,
     CreateTopic,
@@ -308,6 +309,30 @@ def test_commit_group_offsets_stores_and_overwrites() -> None:
             for k, c in group.offsets.items()} == {("t", 0): (12, "", 222, 4),
                                                    ("t", 2): (3, "", 111, 3)}
     assert h.state.groups() == ["g"]
+
+
+def test_group_generation_fences_commits_and_only_moves_up() -> None:
+    h = Harness(1)
+    h.ok(CreateTopic("t", 2, 1))
+    h.ok(BumpGroupGeneration("g", 5))
+    h.rejected(BumpGroupGeneration("g", 5), RejectCode.FENCED, "not above")
+    h.rejected(BumpGroupGeneration("g", 0), RejectCode.INVALID_REQUEST, "generation")
+    # A deposed coordinator's commit (older generation) is refused, all of it.
+    h.rejected(CommitGroupOffsets("g", 4, {("t", 0): OffsetAndMetadata(1)}), RejectCode.FENCED,
+               "older")
+    assert h.state.committed_offset("g", "t", 0) is None
+    h.ok(CommitGroupOffsets("g", 5, {("t", 0): OffsetAndMetadata(2)}))
+    # An admin commit (-1) is allowed and leaves the generation alone.
+    h.ok(CommitGroupOffsets("g", -1, {("t", 1): OffsetAndMetadata(3)}))
+    group = h.state.group("g")
+    assert group is not None and group.generation == 5
+    h.ok(BumpGroupGeneration("g", 6))
+    h.rejected(CommitGroupOffsets("g", 5, {("t", 0): OffsetAndMetadata(9)}), RejectCode.FENCED)
+    # A new group starts at the generation it is first given.
+    h.ok(BumpGroupGeneration("h", 1))
+    assert h.state.groups() == ["g", "h"]
+    snap = h.state.snapshot()
+    assert MetadataState.restore(snap) == h.state
 
 
 @pytest.mark.parametrize(("cmd", "code", "words"), [

@@ -17,6 +17,7 @@ from rillet.cluster.metadata import (
     TOPIC_SETTINGS,
     AllocateProducerIds,
     AlterTopicConfig,
+    BumpGroupGeneration,
     Command,
     CommitGroupOffsets,
     CreateTopic,
@@ -73,6 +74,7 @@ commands: st.SearchStrategy[Command] = st.one_of(
     st.builds(CommitGroupOffsets, group_names, st.integers(-2, 5), offsets,
               st.integers(0, 10**12) | st.integers(-1, 5)),
     st.builds(DeleteGroup, group_names),
+    st.builds(BumpGroupGeneration, st.sampled_from(["g", "h"]) | group_names, st.integers(-1, 6)),
     # Likely-valid variants, so state builds up and later commands act on it.
     st.builds(CreateTopic, st.sampled_from(["t", "u", "v"]), st.integers(1, 4),
               st.sampled_from([1, 3])),
