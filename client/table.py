@@ -208,6 +208,14 @@ class Table(Generic[K, V]):
         return {p: max(0, hws.get(p, 0) - self._through(p)) for p in self._consumer.partitions}
 
     @property
+    def caught_up(self) -> bool:
+        """Every partition applied up to the last high watermark the consumer heard (which
+        may be a little old: `wait_caught_up` asks the brokers instead)."""
+        hws = self._consumer.high_watermarks
+        return bool(self._consumer.partitions) and all(
+            p in hws and self._through(p) >= hws[p] for p in self._consumer.partitions)
+
+    @property
     def error(self) -> BaseException | None:
         """Why tailing stopped, if it did (the view is then frozen)."""
         return self._error

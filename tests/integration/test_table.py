@@ -31,59 +31,65 @@ def key(i: int) -> bytes:
     return b"k%04d" % i
 
 
-async def produce_updates(bootstrap: str, topic: str, n: int, *, seed: int,
-                          tag: str) -> dict[bytes, bytes]:
-    """`n` keyed updates over KEYS keys in a seeded random order, ~2% tombstones; returns
-    the expected view (last write per key, deleted keys absent)."""
+def updates(n: int, *, seed: int, tag: str) -> list[tuple[bytes, bytes]]:
+    """`n` updates over KEYS keys in a seeded random order, about 2% of them tombstones."""
     rng = random.Random(seed)
+    return [(key(rng.randrange(KEYS)), b"" if rng.random() < 0.02 else f"{tag}-{i}".encode())
+            for i in range(n)]
+
+
+def view(*runs: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """What a table must hold after `runs`: the last write per key, deleted keys absent."""
     last: dict[bytes, bytes] = {}
-    async with Producer(bootstrap, linger_ms=5) as producer:
-        for i in range(n):
-            k = key(rng.randrange(KEYS))
-            v = b"" if rng.random() < 0.02 else f"{tag}-{i}".encode()
-            await producer.send(topic, v, key=k)
-            last[k] = v
-        await producer.flush()
+    for run in runs:
+        last.update(run)
     return {k: v for k, v in last.items() if v}
 
 
-async def check_table_follows(bootstrap: str, topic: str) -> None:
-    t0 = time.monotonic()
-    expected = await produce_updates(bootstrap, topic, UPDATES, seed=1, tag="a")
-    # Every key gets a final write, except 50 deleted last: those must be absent.
-    async with Producer(bootstrap) as producer:
-        for i in range(KEYS):
-            v = b"" if i % 20 == 0 else b"final-%d" % i
-            await producer.send(topic, v, key=key(i))
+async def produce(bootstrap: str, topic: str, run: list[tuple[bytes, bytes]]) -> None:
+    async with Producer(bootstrap, linger_ms=5) as producer:
+        for k, v in run:
+            await producer.send(topic, v, key=k)
         await producer.flush()
-    expected = {key(i): b"final-%d" % i for i in range(KEYS) if i % 20}
-    t1 = time.monotonic()
 
-    changes: list[tuple[bytes, bytes | None, bytes | None]] = []
+
+async def check_table_follows(bootstrap: str, topic: str) -> None:
+    # The issue's test: 100,000 updates over 1,000 keys, tombstones among them; the last
+    # 1,000 set every key (in random order), so 1,000 live values are expected.
+    final = [(key(i), b"final-%d" % i) for i in random.Random(2).sample(range(KEYS), KEYS)]
+    history = updates(UPDATES - KEYS, seed=1, tag="a") + final
+    t0 = time.monotonic()
+    await produce(bootstrap, topic, history)
+    t1 = time.monotonic()
     async with Table(bootstrap, topic) as table:
         offsets = await table.wait_caught_up(timeout_s=30)
         t2 = time.monotonic()
         log.info("produced %d updates in %.2f s; table caught up in %.2f s (%s)",
-                 UPDATES + KEYS, t1 - t0, t2 - t1, offsets)
-        assert len(table) == len(expected) == KEYS - KEYS // 20
-        assert table.snapshot() == expected
-        assert key(0) not in table and table.get(key(0)) is None
-        assert table.get(key(1)) == b"final-1"
+                 UPDATES, t1 - t0, t2 - t1, offsets)
+        assert len(table) == KEYS
+        assert table.snapshot() == view(history) == dict(final)
+        assert sum(offsets.values()) == UPDATES  # nothing compacted yet, no gaps
 
-        # Tailing: updates after the catch-up show up; a caught-up wait covers acked writes.
+        # Tailing: 10,000 more updates (deletes among them) made while the table is live.
+        more = updates(10_000, seed=3, tag="b")
+        await produce(bootstrap, topic, more)
+        await table.wait_caught_up(timeout_s=30)
+        expected = view(history, more)
+        assert len(expected) < KEYS, "some keys end deleted"
+        assert table.snapshot() == expected
+
+        # on_change sees each change in order; a wait covers writes acked before it.
+        changes: list[tuple[bytes, bytes | None, bytes | None]] = []
         table.on_change = lambda k, old, new: changes.append((k, old, new))
+        gone = next(k for k in map(key, range(KEYS)) if k not in expected)
+        there = next(k for k in map(key, range(KEYS)) if k in expected)
         async with Producer(bootstrap) as producer:
-            await producer.send_and_wait(topic, b"back", key=key(0))
-            await producer.send_and_wait(topic, b"", key=key(1))
-            await producer.send_and_wait(topic, b"again", key=key(2))
+            await producer.send_and_wait(topic, b"back", key=gone)
+            await producer.send_and_wait(topic, b"", key=there)
         await table.wait_caught_up(timeout_s=10)
-        assert table.get(key(0)) == b"back"
-        assert key(1) not in table
-        assert table.get(key(2)) == b"again"
-        assert changes == [(key(0), None, b"back"), (key(1), b"final-1", None),
-                           (key(2), b"final-2", b"again")]
-        lag = table.lag()
-        assert all(v == 0 for v in lag.values()), lag
+        assert table.get(gone) == b"back" and there not in table
+        assert changes == [(gone, None, b"back"), (there, expected[there], None)]
+        assert table.lag() == dict.fromkeys(table.partitions, 0)
 
 
 async def test_table_reads_last_write_per_key_on_one_node(broker_factory: Any) -> None:
@@ -108,7 +114,8 @@ async def test_table_reads_a_compacted_log(broker_factory: Any) -> None:
         await admin.create_topic("ctab", partitions=2, config={
             "cleanup.policy": "compact", "segment.bytes": SEGMENT_BYTES,
             "delete.retention.ms": 0})
-        expected = await produce_updates(broker.address, "ctab", UPDATES // 2, seed=3, tag="c")
+        run = updates(UPDATES // 2, seed=4, tag="c")
+        await produce(broker.address, "ctab", run)
         before = sum(p.size_bytes for p in (await admin.describe_topic("ctab")).partitions)
         # Poll (bounded) until the compactor has rewritten the closed segments.
         loop = asyncio.get_running_loop()
@@ -121,7 +128,7 @@ async def test_table_reads_a_compacted_log(broker_factory: Any) -> None:
             await asyncio.sleep(0.1)
     async with Table(broker.address, "ctab") as table:
         await table.wait_caught_up(timeout_s=30)
-        assert table.snapshot() == expected
+        assert table.snapshot() == view(run)
         assert table.version < UPDATES // 2, "the table read a compacted log"
     log.info("compacted %d -> %d bytes; table applied %d records", before, after,
              table.version)
@@ -136,7 +143,9 @@ async def test_table_restart_replays_to_the_same_view(broker_factory: Any) -> No
     async with Table(broker.address, "t2") as empty:
         assert await empty.wait_caught_up(timeout_s=10) == {0: 0, 1: 0}
         assert len(empty) == 0
-        expected = await produce_updates(broker.address, "t2", 5_000, seed=7, tag="r")
+        run = updates(5_000, seed=7, tag="r")
+        await produce(broker.address, "t2", run)
+        expected = view(run)
         await empty.wait_caught_up(timeout_s=10)
         assert empty.snapshot() == expected
         version = empty.version

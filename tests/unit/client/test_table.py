@@ -133,7 +133,7 @@ async def test_sets_and_tombstones_apply_in_offset_order(node: FakeNode) -> None
         assert table[b"a"] == b"2" and dict(table.items())[b"x"] == b"3"
         assert table.keyless_records == 1
         assert table.version == 8  # every keyed record, deletes included
-        assert table.lag() == {0: 0, 1: 0}
+        assert table.lag() == {0: 0, 1: 0} and table.caught_up
 
 
 async def test_caught_up_across_offsets_that_hold_no_records(node: FakeNode) -> None:
@@ -159,7 +159,7 @@ async def test_wait_covers_writes_acknowledged_before_the_call(node: FakeNode) -
         waiter = asyncio.ensure_future(table.wait_caught_up(timeout_s=5))
         await wait_for(lambda: table.lag() == {0: 0, 1: 2} or waiter.done(),
                        "the consumer to hear the new high watermark")
-        assert not waiter.done() and b"k" not in table
+        assert not waiter.done() and b"k" not in table and not table.caught_up
         node.logs[1].hold = None
         node.touch()
         assert await waiter == {0: 0, 1: 2}
