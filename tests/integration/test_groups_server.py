@@ -185,7 +185,7 @@ async def test_single_node_join_assign_commit_fetch_describe(stubs) -> None:
         await a.close()
 
 
-@pytest.mark.parametrize("first,code", [
+BAD_FIRST_MESSAGES = [
     (groups_pb2.GroupRequest(heartbeat=groups_pb2.Heartbeat()),
      grpc.StatusCode.INVALID_ARGUMENT),
     (groups_pb2.GroupRequest(join=groups_pb2.JoinGroup(group="", topics=["t"])),
@@ -200,19 +200,32 @@ async def test_single_node_join_assign_commit_fetch_describe(stubs) -> None:
     (groups_pb2.GroupRequest(join=groups_pb2.JoinGroup(group="g", topics=["t"],
                                                        rebalance_timeout_ms=10**7)),
      grpc.StatusCode.INVALID_ARGUMENT),
-])
-async def test_bad_join_ends_stream_with_clear_status(stubs, first, code) -> None:
+]
+
+
+async def test_bad_joins_end_the_stream_with_a_clear_status(stubs) -> None:
     await _create(stubs, "t", 1)
-    call = groups_pb2_grpc.GroupsStub(stubs.channel).Join(iter([first]))
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        async with asyncio.timeout(10):
-            async for _ev in call:
-                pass
-    assert err.value.code() == code, err.value.details()
+    for first, code in [*BAD_FIRST_MESSAGES, (None, grpc.StatusCode.INVALID_ARGUMENT)]:
+        call = groups_pb2_grpc.GroupsStub(stubs.channel).Join(
+            iter([first] if first is not None else []))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async with asyncio.timeout(10):
+                async for _ev in call:
+                    pass
+        assert err.value.code() == code, (first, err.value.details())
+        assert err.value.details()
+    # A heartbeat after the join is fine, anything else after it ends the stream.
+    m = RawMember(stubs.channel, groups_pb2.JoinGroup(group="g", topics=["t"]))
+    await wait_for(lambda: m.assignments, "assignment")
+    m.requests.put_nowait(groups_pb2.GroupRequest(join=groups_pb2.JoinGroup(group="g")))
+    await wait_for(lambda: m.ended, "stream ends")
+    assert m.error is not None and m.error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    await m.close()
     # The node is still fine.
     await stubs.admin.ListTopics(admin_pb2.ListTopicsRequest(), timeout=5)
 
 
+@pytest.mark.slow
 async def test_offsets_and_generation_survive_restart(broker, connect) -> None:
     async with connect(broker) as stubs:
         await _create(stubs, "t", 2)
@@ -235,3 +248,77 @@ async def test_offsets_and_generation_survive_restart(broker, connect) -> None:
             assert m.last.generation > gen
         finally:
             await m.close()
+
+
+def _coordinator(cluster: Any) -> int | None:
+    """The running node whose log says it coordinates groups now (None: none yet)."""
+    for n in cluster.running():
+        lines = [ln for ln in n.log_text().splitlines() if "coordinating consumer groups" in ln]
+        if lines and "no longer" not in lines[-1]:
+            return int(n.node_id)
+    return None
+
+
+async def test_cluster_commits_survive_kill_of_metadata_leader_and_stale_commit_is_fenced(
+        cluster_factory) -> None:
+    cluster = await cluster_factory(3)
+    await cluster.create_topic("t", 4)
+    coord = await cluster.poll(lambda: _async(_coordinator(cluster)), "a group coordinator",
+                               20.0)
+    other = next(n.node_id for n in cluster.running() if n.node_id != coord)
+    async with cluster.stubs(other) as stubs:
+        groups = groups_pb2_grpc.GroupsStub(stubs.channel)
+        # Through a node that does not coordinate: the Join stream is proxied.
+        m = RawMember(stubs.channel, groups_pb2.JoinGroup(group="g", topics=["t"],
+                                                          client_id="m"))
+        try:
+            await wait_for(lambda: m.assignments and len(m.owned()) == 4, "m owns all 4",
+                           timeout_s=20)
+            member_id, gen = m.last.member_id, m.last.generation
+            committed = {("t", p): 10 + p for p in range(4)}
+            await groups.CommitOffsets(_commit("g", member_id, gen, committed), timeout=20)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await groups.CommitOffsets(_commit("g", member_id, gen - 1, committed),
+                                           timeout=20)
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "ERROR_CODE_FENCED" in (err.value.details() or "")
+            cluster.node(coord).kill()
+            # The member's stream ends: the coordinator is gone.
+            await wait_for(lambda: m.ended, "member stream ends after the kill", timeout_s=20)
+            assert m.error is not None and m.error.code() == grpc.StatusCode.UNAVAILABLE
+        finally:
+            await m.close()
+
+    async def fetched() -> dict[tuple[str, int], int] | None:
+        async with cluster.stubs(other) as s:
+            resp = await groups_pb2_grpc.GroupsStub(s.channel).FetchOffsets(
+                groups_pb2.FetchOffsetsRequest(group="g"), timeout=5)
+        return {(o.topic, o.partition): o.offset for o in resp.offsets}
+    assert await cluster.poll(fetched, "offsets from the new coordinator", 30.0) == committed
+
+    async with cluster.stubs(other) as stubs:
+        groups = groups_pb2_grpc.GroupsStub(stubs.channel)
+        # The member comes back with what it owned: it keeps it, in a newer generation.
+        m = RawMember(stubs.channel, groups_pb2.JoinGroup(
+            group="g", topics=["t"], member_id=member_id,
+            owned=[groups_pb2.TopicPartitions(topic="t", partitions=[0, 1, 2, 3])]))
+        try:
+            await wait_for(lambda: m.assignments and len(m.owned()) == 4, "m owns all 4 again",
+                           timeout_s=20)
+            assert m.last.member_id == member_id and m.last.generation > gen
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await groups.CommitOffsets(_commit("g", member_id, gen, committed), timeout=20)
+            assert "ERROR_CODE_FENCED" in (err.value.details() or "")
+            await groups.CommitOffsets(
+                _commit("g", member_id, m.last.generation, {("t", 0): 50}), timeout=20)
+            desc = await stubs.admin.DescribeGroup(
+                groups_pb2.DescribeGroupRequest(group="g"), timeout=20)
+            assert desc.generation == m.last.generation and len(desc.members) == 1
+            assert {p.partition: p.committed_offset for p in desc.partitions} == {
+                0: 50, 1: 11, 2: 12, 3: 13}
+        finally:
+            await m.close()
+
+
+async def _async(value: Any) -> Any:
+    return value
