@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.rillet-installed
 
-.PHONY: setup run test lint typecheck unit proto proto-check bench bench-cluster bench-failover bench-idle chaos slow clean
+.PHONY: setup run test lint typecheck unit proto proto-check bench bench-cluster bench-failover bench-idle chaos chaos-sweep slow clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ slow: setup
 # The fault-injection runs on real 3-node clusters alone (they are also part of `make test`).
 chaos: setup
 	$(BIN)/python -m pytest -m chaos -q
+
+# The long fault-injection sweep: 100 random schedules (RILLET_CHAOS_SEEDS=N for another count).
+chaos-sweep: setup
+	RILLET_CHAOS_SEEDS=$${RILLET_CHAOS_SEEDS:-100} $(BIN)/python -m pytest -m "chaos and slow" -q tests/chaos
 
 lint: setup
 	$(BIN)/ruff check .

@@ -1,15 +1,18 @@
-"""The Python client: producer, consumer, replay, admin (asyncio; blocking wrappers in .sync)."""
+"""The Python client: producer, consumer (alone or in a group), replay, admin, table (asyncio;
+blocking wrappers in .sync)."""
 
 from rillet.client.accumulator import ChunkAck, RecordFuture, RecordMetadata
 from rillet.client.admin import Admin, BrokerInfo, ClusterDescription
 from rillet.client.consumer import Consumer, Replay, Timestamp
 from rillet.client.errors import RilletError
+from rillet.client.group import GroupConsumer, TopicPartition
 from rillet.client.metadata import ClusterMetadata
 from rillet.client.producer import Producer
 from rillet.client.records import ConsumerRecord, RecordBatch
+from rillet.client.table import SyncTable, Table
 
 __all__ = [
     "Admin", "BrokerInfo", "ChunkAck", "ClusterDescription", "ClusterMetadata", "Consumer",
-    "ConsumerRecord", "Producer", "RecordBatch", "RecordFuture", "RecordMetadata", "Replay",
-    "RilletError", "Timestamp",
+    "ConsumerRecord", "GroupConsumer", "Producer", "RecordBatch", "RecordFuture", "RecordMetadata",
+    "Replay", "RilletError", "SyncTable", "Table", "Timestamp", "TopicPartition",
 ]
