@@ -154,6 +154,11 @@ class NodeMetrics:
         except KeyError:
             pass
 
+    def forget_groups(self) -> None:
+        """This node stopped coordinating: its group series would only go stale."""
+        for group in list(self._group_series):
+            self.forget_group(group)
+
     def start_server(self, listen: str) -> int:
         """Serve /metrics on ``listen`` (HOST:PORT) from a daemon thread; returns the port."""
         host, _, port = listen.rpartition(":")

@@ -269,6 +269,7 @@ class GroupsHost:
                 log.info("node %d: no longer coordinating consumer groups", cluster.broker_id)
                 rt, self.runtime = self.runtime, None
                 await rt.stop("the group coordinator moved (metadata leader changed); rejoin")
+                self.node.metrics.forget_groups()
 
     async def stop(self) -> None:
         for task in (self._watch, self._metrics_task):
