@@ -157,10 +157,31 @@ async def test_table_restart_replays_to_the_same_view(broker_factory: Any) -> No
         assert again.offsets() == empty.offsets()
 
 
-async def test_table_on_a_three_node_cluster(cluster_factory: Any) -> None:
+@pytest.mark.chaos
+async def test_table_on_three_nodes_and_through_a_leader_kill_9(cluster_factory: Any) -> None:
+    """The issue's test on a cluster; then, on a second topic, the table's reads move to the
+    new leaders after a kill -9, and a wait still covers every acked write although one
+    broker no longer answers for high watermarks."""
     cluster = await cluster_factory(3)
     async with Admin(cluster.bootstrap) as admin:
         await admin.create_topic("ctable", partitions=3, replication_factor=3, config={
             "cleanup.policy": "compact", "segment.bytes": SEGMENT_BYTES})
+        await admin.create_topic("ktable", partitions=2, replication_factor=3,
+                                 config={"cleanup.policy": "compact"})
     await cluster.wait_leaders("ctable")
     await check_table_follows(cluster.bootstrap, "ctable")
+
+    leaders = await cluster.wait_leaders("ktable")
+    before = updates(20_000, seed=5, tag="k")
+    await produce(cluster.bootstrap, "ktable", before)
+    async with Table(cluster.bootstrap, "ktable") as table:
+        await table.wait_caught_up(timeout_s=30)
+        assert table.snapshot() == view(before)
+        victim = leaders[0]
+        cluster.node(victim).kill()
+        await cluster.wait_leaders("ktable", exclude=[victim])
+        after = updates(5_000, seed=6, tag="l")
+        await produce(",".join(n.address for n in cluster.running()), "ktable", after)
+        await table.wait_caught_up(timeout_s=30)
+        assert table.snapshot() == view(before, after)
+        assert table.error is None
