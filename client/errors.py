@@ -9,6 +9,8 @@ the rest of the client sees only `RilletError` subclasses.
 
 from __future__ import annotations
 
+import re
+
 import grpc
 
 from rillet.api.v1 import common_pb2
@@ -199,18 +201,24 @@ def from_rpc_error(exc: grpc.RpcError) -> RilletError:
 
 
 def _refine(code: object, details: str) -> type[RilletError] | None:
-    """Statuses shared by several ErrorCodes: the group errors are told apart by the code's
-    name in the details (groups.proto promises it), else by the words the broker uses."""
+    """Statuses shared by several ErrorCodes: told apart by the code's name in the details
+    when the broker puts it there, else by the words its messages use (node/groups)."""
     text = details.lower()
     if code == grpc.StatusCode.FAILED_PRECONDITION:
-        if "error_code_fenced" in text or "fenced" in text or "generation" in text:
-            return GroupFencedError
-        if "group_not_empty" in text or "not empty" in text or "has members" in text \
-                or "live members" in text:
+        if "error_code_group_not_empty" in text:
             return GroupNotEmptyError
+        if "error_code_fenced" in text:
+            return GroupFencedError
+        if "sequence" in text:
+            return None
+        if re.search(r"has \d+ members|not empty|stop them first", text):
+            return GroupNotEmptyError
+        if "group" in text or "generation" in text or "member" in text:
+            return GroupFencedError
     if code == grpc.StatusCode.NOT_FOUND and (
             "unknown_group" in text or ("group" in text and "topic" not in text)):
         return UnknownGroupError
-    if code == grpc.StatusCode.INVALID_ARGUMENT and "invalid_group" in text:
+    if code == grpc.StatusCode.INVALID_ARGUMENT and (
+            "invalid_group" in text or "group id" in text):
         return InvalidGroupError
     return None
