@@ -49,8 +49,9 @@ ChangeCallback = Callable[[Any, Any, Any], None]
 class _TableConsumer(Consumer):
     """A Consumer that tells its Table whenever a fetch answer arrived.
 
-    Heartbeats and control-only answers move the fetch position without queueing anything
-    the Table would see, so the Table needs this hook to notice that it is caught up.
+    Heartbeats, control-only answers and offsets emptied by compaction move the fetch position
+    without queueing anything the Table would see, so the Table needs this hook to notice that
+    it is caught up. These three hooks are candidates for public Consumer API.
     """
 
     def __init__(self, on_progress: Callable[[], None], *args: Any, **kwargs: Any) -> None:
@@ -100,7 +101,6 @@ class Table(Generic[K, V]):
         **consumer_options: Any,
     ) -> None:
         self.topic = topic
-        self._bootstrap = bootstrap
         self._key_decoder = key_decoder
         self._value_decoder = value_decoder
         self.on_change = on_change
