@@ -149,7 +149,7 @@ class LinkProxy:
     async def _accept(self, client_r: asyncio.StreamReader,
                       client_w: asyncio.StreamWriter) -> None:
         self.accepted += 1
-        if self._state.mode == "cut":
+        if self._is_cut():
             client_w.transport.abort()
             return
         try:
@@ -158,7 +158,7 @@ class LinkProxy:
         except (TimeoutError, OSError):
             client_w.transport.abort()
             return
-        if self._state.mode == "cut":  # cut while we were connecting
+        if self._is_cut():  # cut while we were connecting
             client_w.transport.abort()
             server_w.transport.abort()
             return
@@ -176,6 +176,9 @@ class LinkProxy:
         finally:
             conn.close()
             self._conns.discard(conn)
+
+    def _is_cut(self) -> bool:
+        return self._state.mode == "cut"
 
     async def _held(self, conn: _Conn) -> None:
         """Wait while the link is black-holed (bytes stay in the kernel buffers)."""
