@@ -220,7 +220,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     ) -> groups_pb2.DescribeGroupResponse:
         async def local(rt: gs.GroupRuntime) -> groups_pb2.DescribeGroupResponse:
             gs.known_group(rt, request.group)
-            return self._host().describe(rt, request.group)
+            return await self._host().describe(rt, request.group)
         try:
             resp: groups_pb2.DescribeGroupResponse = await self._on_coordinator(
                 context, local, "DescribeGroup", request)

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import grpc
 
 from rillet import batch as batch_codec
-from rillet.api.v1 import common_pb2, groups_pb2, groups_pb2_grpc
+from rillet.api.v1 import common_pb2, groups_pb2, groups_pb2_grpc, log_pb2, log_pb2_grpc
 from rillet.node import errors
 from rillet.node.cluster_node import ClusterNode, ForwardedError
 from rillet.node.errors import (
@@ -71,6 +71,7 @@ RUNTIME_WAIT_S = 5.0
 FORWARD_TIMEOUT_S = 30.0
 MAX_METADATA_CHARS = 4096
 LAG_READ_BYTES = 64 * 1024
+REMOTE_READ_TIMEOUT_S = 5.0
 _T = TypeVar("_T")
 
 
@@ -298,10 +299,53 @@ class GroupsHost:
         return PartitionEnds(plog.log_start_offset, hw,
                              lambda off: timestamp_at(plog, off, hw))
 
-    def describe(self, rt: GroupRuntime, group: str) -> groups_pb2.DescribeGroupResponse:
+    async def remote_ends(self, topic: str, index: int, committed: int
+                          ) -> PartitionEnds | None:
+        """Ends and the timestamp at ``committed`` of a partition this node holds no replica
+        of, through its own read path (Consume, which passes the read to the leader)."""
+        cluster = self.node.cluster
+        if cluster is None:
+            return None
+        stub = log_pb2_grpc.ConsumeStub(cluster.channel(cluster.broker_id))  # type: ignore[no-untyped-call]
+        for pos in ([common_pb2.Position(offset=committed)] if committed >= 0 else []) + [
+                common_pb2.Position(boundary=common_pb2.BOUNDARY_EARLIEST)]:
+            call = stub.Consume(log_pb2.ConsumeRequest(
+                topic=topic, partitions=[log_pb2.PartitionPosition(partition=index,
+                                                                   position=pos)],
+                max_bytes=LAG_READ_BYTES, max_wait_ms=1), timeout=REMOTE_READ_TIMEOUT_S)
+            try:
+                async for resp in call:
+                    for pd in resp.partitions:
+                        if pd.partition != index:
+                            continue
+                        ts = _first_timestamp(pd.batches, pd.first_offset)
+
+                        def at(_offset: int, ts: int | None = ts) -> int | None:
+                            return ts
+                        return PartitionEnds(pd.log_start_offset, pd.high_watermark, at)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.OUT_OF_RANGE:
+                    log.info("lag of %s-%d: read failed: %s", topic, index, exc.details())
+                    return None
+            finally:
+                call.cancel()
+        return None
+
+    async def describe(self, rt: GroupRuntime, group: str) -> groups_pb2.DescribeGroupResponse:
         """DescribeGroup on the coordinator; refreshes the group's metrics too."""
-        resp = describe_group(group, rt.coordinator.describe(group), rt.store.offsets(group),
-                              rt.coordinator.generation(group), self.ends, self.partitions_of,
+        view = rt.coordinator.describe(group)
+        stored = rt.store.offsets(group)
+        topics = set(view.topics if view else ()) | {t for t, _ in stored}
+        table: dict[TP, PartitionEnds | None] = {}
+        for topic in sorted(topics):
+            for p in range(self.partitions_of(topic) or 0):
+                e = self.ends(topic, p)
+                if e is None:
+                    c = stored.get((topic, p))
+                    e = await self.remote_ends(topic, p, c.offset if c else -1)
+                table[(topic, p)] = e
+        resp = describe_group(group, view, stored, rt.coordinator.generation(group),
+                              lambda t, p: table.get((t, p)), self.partitions_of,
                               int(time.time() * 1000))
         self.node.metrics.record_group(resp)
         return resp
@@ -315,7 +359,7 @@ class GroupsHost:
                 continue
             try:
                 for group in sorted(set(rt.store.groups()) | set(rt.coordinator.groups)):
-                    self.describe(rt, group)
+                    await self.describe(rt, group)
             except Exception:
                 log.exception("group metrics update failed")
 
@@ -624,6 +668,13 @@ def timestamp_at(plog: Any, offset: int, high_watermark: int) -> int | None:
         if header.is_control or header.next_offset <= offset:
             continue
         return int(header.first_timestamp_ms)
+    return None
+
+
+def _first_timestamp(batches: bytes, offset: int) -> int | None:
+    for header, _view in batch_codec.iter_batches(batches):
+        if not header.is_control and header.next_offset > offset:
+            return int(header.first_timestamp_ms)
     return None
 
 

@@ -266,6 +266,22 @@ async def test_cluster_commits_survive_kill_of_metadata_leader_and_stale_commit_
     coord = await cluster.poll(lambda: _async(_coordinator(cluster)), "a group coordinator",
                                20.0)
     other = next(n.node_id for n in cluster.running() if n.node_id != coord)
+    # Lag of partitions the coordinator holds no replica of (replication factor 1): read
+    # through its read path.
+    await cluster.create_topic("r", 3, replication_factor=1)
+    old = int(time.time() * 1000) - 8000
+    async with cluster.stubs(other) as stubs:
+        async with asyncio.timeout(30):
+            _ = [r async for r in stubs.produce.Produce(iter([
+                log_pb2.ProduceRequest(topic="r", partition=p, batch=batch.encode(
+                    [b"x"] * 5, timestamps_ms=[old] * 5)) for p in range(3)]))]
+        await groups_pb2_grpc.GroupsStub(stubs.channel).CommitOffsets(
+            _commit("lagger", "", -1, {("r", p): 2 for p in range(3)}), timeout=20)
+        desc = await stubs.admin.DescribeGroup(groups_pb2.DescribeGroupRequest(group="lagger"),
+                                               timeout=20)
+        assert [(p.partition, p.high_watermark, p.lag_offsets) for p in desc.partitions] == [
+            (0, 5, 3), (1, 5, 3), (2, 5, 3)]
+        assert all(7000 <= p.lag_ms <= 60_000 for p in desc.partitions), desc.partitions
     async with cluster.stubs(other) as stubs:
         groups = groups_pb2_grpc.GroupsStub(stubs.channel)
         # Through a node that does not coordinate: the Join stream is proxied.
