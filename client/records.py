@@ -8,6 +8,7 @@ cost (PERFORMANCE.md: reading columns is about half the cost of rows).
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Iterator
 from itertools import count, repeat
 from typing import NamedTuple
@@ -33,32 +34,49 @@ class ConsumerRecord(NamedTuple):
 class RecordBatch:
     """The records of one stored batch that fall inside the requested range, as columns."""
 
-    __slots__ = ("_records", "base_offset", "first_timestamp_ms", "partition", "start", "stop",
-                 "topic")
+    __slots__ = ("_next", "_offsets", "_records", "base_offset", "first_timestamp_ms",
+                 "partition", "start", "stop", "topic")
 
     def __init__(self, topic: str, partition: int, header: codec.BatchHeader,
-                 records: records_pb2.Records, start: int, stop: int) -> None:
+                 records: records_pb2.Records, start: int, stop: int,
+                 offsets: list[int] | None = None, next_offset: int | None = None) -> None:
         self.topic = topic
         self.partition = partition
-        #: Offset of record index 0 of the stored batch.
+        #: Offset of the stored batch's first offset (of record index 0 unless compacted).
         self.base_offset = header.base_offset
         self.first_timestamp_ms = header.first_timestamp_ms
         self._records = records
         #: Index range [start, stop) of the records delivered from this batch.
         self.start = start
         self.stop = stop
+        # A compacted batch (records.proto): each record's offset, and where reading resumes
+        # (past the removed offsets after the last survivor). None: dense offsets.
+        self._offsets = offsets
+        self._next = next_offset
 
     def __len__(self) -> int:
         return self.stop - self.start
 
     @property
     def first_offset(self) -> int:
+        if self._offsets is not None:
+            return self._offsets[self.start]
         return self.base_offset + self.start
 
     @property
     def next_offset(self) -> int:
-        """The offset after the last record delivered from this batch."""
+        """Where reading resumes: the offset after the last record delivered from this batch
+        (in a compacted batch, after the removed offsets that follow it, if delivered too)."""
+        if self._next is not None:
+            return self._next
         return self.base_offset + self.stop
+
+    @property
+    def offsets(self) -> list[int]:
+        """The offset of each record delivered (not always consecutive on compacted topics)."""
+        if self._offsets is not None:
+            return self._offsets[self.start:self.stop]
+        return list(range(self.base_offset + self.start, self.base_offset + self.stop))
 
     @property
     def values(self) -> list[bytes]:
@@ -89,8 +107,9 @@ class RecordBatch:
         headers: Iterable[tuple[tuple[str, bytes], ...]] = (
             self.headers if r.headers else repeat(()))
         # map() over columns: no per-record Python frame beyond the tuple itself.
-        return map(ConsumerRecord, repeat(self.topic), repeat(self.partition),
-                   count(self.base_offset + start),
+        offsets: Iterable[int] = (count(self.base_offset + start) if self._offsets is None
+                                  else self._offsets[start:stop])
+        return map(ConsumerRecord, repeat(self.topic), repeat(self.partition), offsets,
                    map(self.first_timestamp_ms.__add__, r.timestamp_deltas_ms[start:stop]),
                    keys, r.values[start:stop], headers)
 
@@ -102,7 +121,10 @@ def decode_batches(
     """Split concatenated stored batches (CRC checked) and keep records in [first, end).
 
     Batches entirely below `first_offset` are skipped without parsing their records, and so
-    are control batches (the partition's Raft no-ops and membership changes: no records).
+    are control batches (the partition's Raft no-ops and membership changes: no records). A
+    compacted batch (records.proto) delivers its surviving records with their true offsets;
+    one with no survivors in range delivers nothing (the caller resumes after it from the
+    response's next offset).
     """
     out: list[RecordBatch] = []
     for header, view in codec.iter_batches(buf):
@@ -115,6 +137,18 @@ def decode_batches(
         # upb parses a memoryview without copying; the stubs only declare bytes.
         records.ParseFromString(view[codec.HEADER_SIZE:])  # type: ignore[arg-type]
         n = len(records.values)
+        if header.is_compacted:
+            offsets = list(codec.record_offsets(header, records))
+            start = bisect.bisect_left(offsets, first_offset)
+            if end_offset is None or end_offset >= nxt:
+                stop, resume = n, nxt
+            else:
+                stop = bisect.bisect_left(offsets, end_offset)
+                resume = offsets[stop] if stop < n else end_offset
+            if stop > start:
+                out.append(RecordBatch(topic, partition, header, records, start, stop,
+                                       offsets, resume))
+            continue
         if n != header.record_count:
             raise codec.InvalidBatchError(
                 f"batch at offset {header.base_offset} holds {n} records, header says "

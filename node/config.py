@@ -72,6 +72,8 @@ class BrokerConfig:
     # more batches share one fsync; 0 flushes as soon as the previous fsync finished.
     flush_linger_ms: float = 0.0
     retention_check_interval_ms: int = 5 * 60 * 1000
+    # How often the compactor visits the partitions of cleanup.policy=compact topics.
+    compaction_interval_ms: int = 15_000
     # Seconds that in-flight calls get to finish on SIGTERM/SIGINT before they are cancelled.
     shutdown_grace_s: float = 5.0
     log_level: str = "INFO"
@@ -127,6 +129,7 @@ class BrokerConfig:
             raise ConfigError(f"flush_linger_ms must be in [0, 1000], got {self.flush_linger_ms}")
         _check_range("retention_check_interval_ms", self.retention_check_interval_ms, 100,
                      2**62)
+        _check_range("compaction_interval_ms", self.compaction_interval_ms, 10, 2**62)
         if not 0 <= self.shutdown_grace_s <= 600:
             raise ConfigError(f"shutdown_grace_s must be in [0, 600], got {self.shutdown_grace_s}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

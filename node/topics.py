@@ -29,7 +29,13 @@ from rillet.node.errors import (
 )
 from rillet.node.partition import GroupCommitter, Partition
 from rillet.node.storage.atomic import write_atomic
-from rillet.node.storage.log import LogConfig, PartitionLog
+from rillet.node.storage.log import (
+    CLEANUP_COMPACT,
+    CLEANUP_COMPACT_DELETE,
+    CLEANUP_DELETE,
+    LogConfig,
+    PartitionLog,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +43,6 @@ _NAME_RE = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 REGISTRY_FILE = "topics.json"
 REGISTRY_VERSION = 1
 
-# cleanup.policy values, as in admin.proto's CleanupPolicy.
-CLEANUP_DELETE = 1
-CLEANUP_COMPACT = 2
-CLEANUP_COMPACT_DELETE = 3
 
 
 def validate_name(name: str) -> None:
@@ -102,7 +104,9 @@ class TopicSettings:
     def log_config(self, index_interval_bytes: int) -> LogConfig:
         return LogConfig(segment_bytes=self.segment_bytes, segment_ms=self.segment_ms,
                          retention_ms=self.retention_ms, retention_bytes=self.retention_bytes,
-                         index_interval_bytes=index_interval_bytes)
+                         index_interval_bytes=index_interval_bytes,
+                         cleanup_policy=self.cleanup_policy,
+                         delete_retention_ms=self.delete_retention_ms)
 
 
 class TopicSignal:

@@ -37,7 +37,10 @@ CONTROL_FLAG = 0x10
 no-op entry, membership changes). It holds no records and occupies no offsets."""
 CONF_CHANGE_FLAG = 0x20
 """Attributes bit 5, only with CONTROL_FLAG: the entry is a Raft membership change."""
-_KNOWN_ATTRIBUTES = COMPRESSION_MASK | CONTROL_FLAG | CONF_CHANGE_FLAG
+COMPACTED_FLAG = 0x40
+"""Attributes bit 6: the broker's compactor rewrote the batch; record_count is the offset span
+and `Records.offset_deltas` gives the surviving records' offsets (see records.proto)."""
+_KNOWN_ATTRIBUTES = COMPRESSION_MASK | CONTROL_FLAG | CONF_CHANGE_FLAG | COMPACTED_FLAG
 NO_PRODUCER = -1
 
 _STAMP = struct.Struct("<q")
@@ -45,6 +48,8 @@ _LENGTH = struct.Struct("<i")
 _TERM_OFFSET = 12
 _RAFT_INDEX_OFFSET = 20
 _CRC = struct.Struct("<I")
+_ATTRIBUTES = struct.Struct("<h")
+_ATTRIBUTES_FIELD = 33
 
 
 class BatchError(ValueError):
@@ -86,6 +91,11 @@ class BatchHeader:
     def is_control(self) -> bool:
         """A control batch (Raft no-op or membership change): no records, skipped by readers."""
         return bool(self.attributes & CONTROL_FLAG)
+
+    @property
+    def is_compacted(self) -> bool:
+        """Rewritten by compaction: fewer records than offsets (see records.proto)."""
+        return bool(self.attributes & COMPACTED_FLAG)
 
     @property
     def last_offset(self) -> int:
@@ -175,6 +185,10 @@ def validate(batch: bytes | bytearray | memoryview) -> BatchHeader:
         raise InvalidBatchError(
             "control batches (attributes bit 4) are written by the broker's Raft log; "
             "producers may not send them")
+    if header.attributes & COMPACTED_FLAG:
+        raise InvalidBatchError(
+            "compacted batches (attributes bit 6) are written by the broker's compactor; "
+            "producers may not send them")
     if header.attributes & ~COMPRESSION_MASK:
         raise InvalidBatchError(f"unknown attribute bits {header.attributes:#06x}")
     if header.attributes & COMPRESSION_MASK:
@@ -195,7 +209,72 @@ def validate(batch: bytes | bytearray | memoryview) -> BatchHeader:
         raise InvalidBatchError("keys and timestamp columns must have one entry per record")
     if len(records.headers) not in (0, n):
         raise InvalidBatchError("headers column must be empty or have one entry per record")
+    if records.offset_deltas:
+        raise InvalidBatchError(
+            "offset_deltas is only for compacted batches; producers may not send it")
     return header
+
+
+def record_offsets(header: BatchHeader, records: records_pb2.Records) -> list[int] | range:
+    """The offset of each record in `records` (the parsed body of the batch with `header`).
+
+    Dense (base_offset + i) for an ordinary batch; from `offset_deltas` for a compacted one,
+    whose columns are checked against it (InvalidBatchError when they do not fit).
+    """
+    base, n = header.base_offset, len(records.values)
+    if not header.is_compacted:
+        if n != header.record_count:
+            raise InvalidBatchError(
+                f"batch at offset {base} holds {n} records, header says {header.record_count}")
+        return range(base, base + n)
+    deltas = records.offset_deltas
+    if (len(deltas) != n or len(records.timestamp_deltas_ms) != n
+            or len(records.keys) not in (0, n) or len(records.headers) not in (0, n)):
+        raise InvalidBatchError(
+            f"compacted batch at offset {base}: columns do not match its {len(deltas)} offsets")
+    prev = -1
+    for d in deltas:
+        if not prev < d < header.record_count:
+            raise InvalidBatchError(
+                f"compacted batch at offset {base}: offset delta {d} out of order or beyond "
+                f"its span {header.record_count}")
+        prev = d
+    return [base + d for d in deltas]
+
+
+def compact_records(batch: bytes | bytearray | memoryview, keep: Sequence[int]) -> bytes:
+    """Rewrite a verified, stored (non-control) batch keeping only the records at indexes
+    `keep` (ascending positions among the records it holds now), as a compacted batch.
+
+    The stamped prefix, timestamps, producer fields and record_count (the offset span) stay;
+    attributes bit 6 is set, `offset_deltas` records where each survivor was, the CRC is
+    resealed. Keeping every record of an ordinary batch returns it unchanged.
+    """
+    header = parse_header(batch)
+    if header.is_control:
+        raise InvalidBatchError("control batches hold no records to compact")
+    old = records_pb2.Records()
+    old.ParseFromString(bytes(memoryview(batch)[HEADER_SIZE:header.size]))
+    offsets = record_offsets(header, old)
+    if not header.is_compacted and len(keep) == len(offsets):
+        return bytes(batch)
+    new = records_pb2.Records()
+    base = header.base_offset
+    new.values.extend([old.values[i] for i in keep])
+    if old.keys:
+        new.keys.extend([old.keys[i] for i in keep])
+    new.timestamp_deltas_ms.extend([old.timestamp_deltas_ms[i] for i in keep])
+    if old.headers and any(old.headers[i].items for i in keep):
+        for i in keep:
+            new.headers.add().CopyFrom(old.headers[i])
+    new.offset_deltas.extend([offsets[i] - base for i in keep])
+    body = new.SerializeToString()
+    out = bytearray(memoryview(batch)[:HEADER_SIZE])
+    _LENGTH.pack_into(out, 8, HEADER_SIZE + len(body) - LENGTH_PREFIX_SIZE)
+    _ATTRIBUTES.pack_into(out, _ATTRIBUTES_FIELD, header.attributes | COMPACTED_FLAG)
+    crc = google_crc32c.extend(google_crc32c.value(bytes(out[CRC_START:])), body)
+    _CRC.pack_into(out, CRC_FIELD, crc)
+    return bytes(out) + body
 
 
 def stamp(batch: bytearray, base_offset: int, leader_term: int, raft_index: int = 0,
@@ -301,7 +380,8 @@ def iter_batches(buf: bytes | bytearray | memoryview) -> Iterator[tuple[BatchHea
 
 
 def decode(batch: bytes | bytearray | memoryview) -> list[Record]:
-    """Decode the records of one verified batch; a control batch has none."""
+    """Decode the records of one verified batch; a control batch has none. A compacted batch
+    yields its surviving records with their true offsets (not dense)."""
     header = parse_header(batch)
     if header.is_control:
         return []
@@ -313,11 +393,11 @@ def decode(batch: bytes | bytearray | memoryview) -> list[Record]:
         hdrs = [tuple((h.key, h.value) for h in rh.items) for rh in records.headers]
     else:
         hdrs = [()] * len(records.values)
-    base, first = header.base_offset, header.first_timestamp_ms
+    first = header.first_timestamp_ms
     return [
-        Record(base + i, first + d, k, v, h)
-        for i, (k, v, d, h) in enumerate(
-            zip(keys, records.values, records.timestamp_deltas_ms, hdrs, strict=True))
+        Record(o, first + d, k, v, h)
+        for o, k, v, d, h in zip(record_offsets(header, records), keys, records.values,
+                                 records.timestamp_deltas_ms, hdrs, strict=True)
     ]
 
 

@@ -61,6 +61,12 @@ from rillet.batch import (
     parse_header,
 )
 from rillet.node.storage.atomic import fsync_dir, write_atomic
+from rillet.node.storage.compactor import (
+    CLEANED_SUFFIX,
+    CompactionStats,
+    _Progress,
+    compact_log,
+)
 from rillet.node.storage.errors import OffsetOutOfRangeError, StorageError
 from rillet.node.storage.segment import (
     DELETED_SUFFIX,
@@ -84,6 +90,11 @@ _RAFT_READ_CHUNK = 4 * 1024 * 1024
 _MIB = 1024 * 1024
 _DAY_MS = 24 * 3600 * 1000
 
+# cleanup.policy values, as in admin.proto's CleanupPolicy (node/topics.py re-exports them).
+CLEANUP_DELETE = 1
+CLEANUP_COMPACT = 2
+CLEANUP_COMPACT_DELETE = 3
+
 
 def _wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -98,6 +109,19 @@ class LogConfig:
     retention_ms: int = 7 * _DAY_MS  # -1: keep forever
     retention_bytes: int = -1  # -1: no size limit
     index_interval_bytes: int = 4096
+    cleanup_policy: int = CLEANUP_DELETE
+    # How long a tombstone (an empty value) outlives its timestamp on a compacted topic.
+    delete_retention_ms: int = _DAY_MS
+
+    @property
+    def compacts(self) -> bool:
+        """cleanup.policy compact or compact,delete: the compactor cleans this log."""
+        return self.cleanup_policy in (CLEANUP_COMPACT, CLEANUP_COMPACT_DELETE)
+
+    @property
+    def deletes(self) -> bool:
+        """cleanup.policy delete or compact,delete: retention by time and size applies."""
+        return self.cleanup_policy in (CLEANUP_DELETE, CLEANUP_COMPACT_DELETE)
 
     def __post_init__(self) -> None:
         if not 1 <= self.segment_bytes <= MAX_SEGMENT_BYTES:
@@ -108,6 +132,10 @@ class LogConfig:
             raise ValueError("retention_ms and retention_bytes must be -1 (no limit) or >= 0")
         if self.index_interval_bytes < 0:
             raise ValueError("index_interval_bytes must not be negative")
+        if self.cleanup_policy not in (CLEANUP_DELETE, CLEANUP_COMPACT, CLEANUP_COMPACT_DELETE):
+            raise ValueError(f"unknown cleanup_policy {self.cleanup_policy}")
+        if self.delete_retention_ms < 0:
+            raise ValueError("delete_retention_ms must not be negative")
 
 
 class AppendInfo(NamedTuple):
@@ -147,6 +175,7 @@ class PartitionLog:
         self._start_raft_index = 1
         self._start_prev_term = 0
         self._start_meta = ""  # the owner's opaque notes about the log start (Raft: membership)
+        self._compaction = _Progress()  # the compactor's memory between passes
 
     # ================================================================ opening and recovery
     @classmethod
@@ -188,7 +217,7 @@ class PartitionLog:
         bases: set[int] = set()
         others: list[tuple[int, Path]] = []
         for path in d.iterdir():
-            if path.name.endswith((DELETED_SUFFIX, ".tmp")):
+            if path.name.endswith((DELETED_SUFFIX, ".tmp", CLEANED_SUFFIX)):
                 log.info("%s: removing leftover %s", d, path.name)
                 path.unlink(missing_ok=True)
                 continue
@@ -700,6 +729,8 @@ class PartitionLog:
     def _doomed_locked(self, now: int, max_raft_index: int | None) -> list[Segment]:
         cfg = self.config
         doomed: list[Segment] = []
+        if not cfg.deletes:
+            return doomed  # cleanup.policy compact: only the compactor removes anything
         size = self._size
         for seg in self._segments[:-1]:
             expired = cfg.retention_ms >= 0 and (
@@ -755,6 +786,27 @@ class PartitionLog:
         log.info("%s: retention deleted %d segment(s); log now starts at %d",
                  self.directory, n, self.log_start_offset)
         return n
+
+    # ================================================================ compaction
+    @property
+    def compaction_enabled(self) -> bool:
+        """The topic's cleanup.policy includes compact."""
+        return self.config.compacts
+
+    def compact(self, now_ms: int | None = None, *, max_raft_index: int | None = None,
+                delete_retention_ms: int | None = None,
+                should_stop: Callable[[], bool] | None = None,
+                hook: Callable[[str, int], None] | None = None) -> CompactionStats:
+        """One compaction pass (node/storage/compactor.py): keep the latest record per key in
+        the closed, flushed segments, never any segment holding an entry above
+        `max_raft_index`. Blocking (it reads and rewrites segment files): run it in a worker
+        thread; appends and reads only wait for the swap's short critical sections.
+        Runs whatever the cleanup policy says (the Compactor checks `compaction_enabled`)."""
+        now = self._clock_ms() if now_ms is None else now_ms
+        keep_ms = (self.config.delete_retention_ms if delete_retention_ms is None
+                   else delete_retention_ms)
+        return compact_log(self, now, delete_retention_ms=keep_ms,
+                           max_raft_index=max_raft_index, hook=hook, should_stop=should_stop)
 
     # ================================================================ shutdown
     def close(self) -> None:

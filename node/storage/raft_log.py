@@ -56,6 +56,7 @@ from rillet.cluster.raft.errors import SnapshotOutOfDateError
 from rillet.cluster.raft.storage import limit_size
 from rillet.cluster.raft.types import EntryKind
 from rillet.node.storage.atomic import write_atomic
+from rillet.node.storage.compactor import CompactionStats
 from rillet.node.storage.errors import LogCorruptionError, StorageError
 from rillet.node.storage.hardstate import HardStateJournal
 from rillet.node.storage.log import LogConfig, PartitionLog, _wall_clock_ms
@@ -309,6 +310,20 @@ class PartitionRaftLog:
                 lo = e.index + 1
         return self.plog.enforce_retention(now, max_raft_index=new_first - 1,
                                            start_meta=json.dumps(_conf_to_json(conf)))
+
+    @property
+    def compaction_enabled(self) -> bool:
+        """The topic's cleanup.policy includes compact."""
+        return self.plog.compaction_enabled
+
+    def compact(self, now_ms: int | None = None, *,
+                should_stop: Callable[[], bool] | None = None,
+                hook: Callable[[str, int], None] | None = None) -> CompactionStats:
+        """One compaction pass over the committed part of the log: nothing above the commit
+        index (which a new leader could still truncate) is rewritten. Every batch keeps its
+        Raft index and term; only records go. Blocking: run it in a worker thread."""
+        return self.plog.compact(now_ms, max_raft_index=self._hard_state.commit,
+                                 should_stop=should_stop, hook=hook)
 
     # -- durability -----------------------------------------------------------------------------
 

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brillet/api/v1/records.proto\x12\rrillet.api.v1\"s\n\x07Records\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\x12\x0e\n\x06values\x18\x02 \x03(\x0c\x12\x1b\n\x13timestamp_deltas_ms\x18\x03 \x03(\x12\x12-\n\x07headers\x18\x04 \x03(\x0b\x32\x1c.rillet.api.v1.RecordHeaders\"5\n\rRecordHeaders\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.rillet.api.v1.Header\"$\n\x06Header\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brillet/api/v1/records.proto\x12\rrillet.api.v1\"\x8a\x01\n\x07Records\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\x12\x0e\n\x06values\x18\x02 \x03(\x0c\x12\x1b\n\x13timestamp_deltas_ms\x18\x03 \x03(\x12\x12-\n\x07headers\x18\x04 \x03(\x0b\x32\x1c.rillet.api.v1.RecordHeaders\x12\x15\n\roffset_deltas\x18\x05 \x03(\r\"5\n\rRecordHeaders\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.rillet.api.v1.Header\"$\n\x06Header\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rillet.api.v1.records_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RECORDS']._serialized_start=46
-  _globals['_RECORDS']._serialized_end=161
-  _globals['_RECORDHEADERS']._serialized_start=163
-  _globals['_RECORDHEADERS']._serialized_end=216
-  _globals['_HEADER']._serialized_start=218
-  _globals['_HEADER']._serialized_end=254
+  _globals['_RECORDS']._serialized_start=47
+  _globals['_RECORDS']._serialized_end=185
+  _globals['_RECORDHEADERS']._serialized_start=187
+  _globals['_RECORDHEADERS']._serialized_end=240
+  _globals['_HEADER']._serialized_start=242
+  _globals['_HEADER']._serialized_end=278
 # @@protoc_insertion_point(module_scope)

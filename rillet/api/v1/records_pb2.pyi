@@ -7,16 +7,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Records(_message.Message):
-    __slots__ = ("keys", "values", "timestamp_deltas_ms", "headers")
+    __slots__ = ("keys", "values", "timestamp_deltas_ms", "headers", "offset_deltas")
     KEYS_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_DELTAS_MS_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_DELTAS_FIELD_NUMBER: _ClassVar[int]
     keys: _containers.RepeatedScalarFieldContainer[bytes]
     values: _containers.RepeatedScalarFieldContainer[bytes]
     timestamp_deltas_ms: _containers.RepeatedScalarFieldContainer[int]
     headers: _containers.RepeatedCompositeFieldContainer[RecordHeaders]
-    def __init__(self, keys: _Optional[_Iterable[bytes]] = ..., values: _Optional[_Iterable[bytes]] = ..., timestamp_deltas_ms: _Optional[_Iterable[int]] = ..., headers: _Optional[_Iterable[_Union[RecordHeaders, _Mapping]]] = ...) -> None: ...
+    offset_deltas: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, keys: _Optional[_Iterable[bytes]] = ..., values: _Optional[_Iterable[bytes]] = ..., timestamp_deltas_ms: _Optional[_Iterable[int]] = ..., headers: _Optional[_Iterable[_Union[RecordHeaders, _Mapping]]] = ..., offset_deltas: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RecordHeaders(_message.Message):
     __slots__ = ("items",)
