@@ -21,6 +21,7 @@ from rillet import batch as batch_codec
 from rillet.api.v1 import common_pb2
 from rillet.node.groups.errors import (
     FencedError,
+    GroupError,
     GroupNotEmptyError,
     InvalidGroupError,
     UnknownGroupError,
@@ -183,11 +184,20 @@ def to_error(exc: BaseException, *, where: str = "") -> common_pb2.Error:
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The gRPC status and details that end a call failed by `exc`."""
+    """The gRPC status and details that end a call failed by `exc`.
+
+    Group errors start their details with the ErrorCode name ("ERROR_CODE_FENCED: ..."):
+    FENCED and GROUP_NOT_EMPTY share FAILED_PRECONDITION, and groups.proto promises the name.
+    """
     entry = lookup(exc)
     if entry is None:
         return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
-    return entry[1], describe(exc)
+    text = describe(exc)
+    if isinstance(exc, GroupError):
+        name = common_pb2.ErrorCode.Name(entry[0])
+        if not text.startswith(name):
+            text = f"{name}: {text}"
+    return entry[1], text
 
 
 async def abort(context: Context, exc: BaseException, *, where: str = "") -> NoReturn:

@@ -103,25 +103,11 @@ def _tps(items: Any) -> set[TP]:
     return {(tp.topic, int(p)) for tp in items for p in tp.partitions}
 
 
-def _with_code(exc: BaseException) -> str:
-    """Group error details start with the ErrorCode name, so a client tells FENCED from
-    GROUP_NOT_EMPTY (both FAILED_PRECONDITION) without parsing prose."""
-    entry = errors.lookup(exc)
-    text = errors.describe(exc)
-    if entry is None:
-        return text
-    name = common_pb2.ErrorCode.Name(entry[0])
-    return text if text.startswith(name) else f"{name}: {text}"
-
-
 async def abort(context: Context, exc: BaseException, *, where: str = "") -> None:
-    """End the call with the mapped status; group errors carry their code name."""
+    """End the call with the mapped status (a forwarded error as the coordinator said it)."""
     if isinstance(exc, ForwardedError):
         await context.abort(exc.rpc_error.code(), exc.rpc_error.details() or "")
-    if errors.lookup(exc) is None:
-        log.error("unexpected error %s", where, exc_info=exc)
-    code, _details = errors.status_for(exc)
-    await context.abort(code, _with_code(exc) if errors.lookup(exc) else _details)
+    await errors.abort(context, exc, where=where)
 
 
 class GroupRuntime:
@@ -549,8 +535,11 @@ class GroupsService(groups_pb2_grpc.GroupsServicer):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            code, _ = errors.status_for(exc)
-            stream.queue.put_nowait(_End(code, _with_code(exc)))
+            if errors.lookup(exc) is None:
+                log.error("unexpected error in group %s, member %s", group, member_id,
+                          exc_info=exc)
+            code, details = errors.status_for(exc)
+            stream.queue.put_nowait(_End(code, details))
 
     async def _proxy(self, first: groups_pb2.GroupRequest,
                      requests: AsyncIterator[groups_pb2.GroupRequest],
