@@ -268,3 +268,63 @@ def seeds_from_env(default: Sequence[int], var: str = "RILLET_CHAOS_SEEDS") -> l
         lo, hi = raw.split("-", 1)
         return list(range(int(lo), int(hi) + 1))
     return list(range(int(raw)))
+
+
+def aggregate(root: Path) -> dict[str, Any]:
+    """Add up every RUN/summary.json under `root` (a sweep's output folder).
+
+    Totals of operations, acknowledged writes, faults by kind and anomalies by kind; the
+    runs that were not ok (with their errors); the longest unavailability window of all runs
+    and the seed it came from.
+    """
+    runs = sorted(root.rglob("summary.json"))
+    out: dict[str, Any] = {"runs": 0, "ok_runs": 0, "operations": 0, "acknowledged": 0,
+                           "failed": 0, "unknown": 0, "faults_by_kind": Counter(),
+                           "anomalies": Counter(), "not_ok": [],
+                           "longest_unavailability_s": 0.0, "longest_unavailability_seed": None,
+                           "unavailability_p50_s": 0.0, "unavailability_p95_s": 0.0}
+    windows: list[float] = []
+    for path in runs:
+        s = json.loads(path.read_text())
+        totals = s["report"]["totals"]
+        out["runs"] += 1
+        out["ok_runs"] += 1 if s["ok"] else 0
+        for k in ("operations", "acknowledged", "failed", "unknown"):
+            out[k] += totals[k]
+        out["faults_by_kind"].update(s["faults_by_kind"])
+        out["anomalies"].update(s["report"]["anomalies"])
+        if not s["ok"]:
+            out["not_ok"].append({"seed": s["seed"], "violations": s["report"]["violations"],
+                                  "errors": s["errors"], "run_dir": s["run_dir"]})
+        w = float(s["longest_unavailability_s"])
+        windows.append(w)
+        if w > out["longest_unavailability_s"]:
+            out["longest_unavailability_s"], out["longest_unavailability_seed"] = w, s["seed"]
+    if windows:
+        windows.sort()
+        out["unavailability_p50_s"] = windows[len(windows) // 2]
+        out["unavailability_p95_s"] = windows[min(len(windows) - 1,
+                                                  int(0.95 * len(windows)))]
+    out["faults_total"] = sum(out["faults_by_kind"].values())
+    out["faults_by_kind"] = dict(sorted(out["faults_by_kind"].items()))
+    out["anomalies"] = dict(out["anomalies"])
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m rillet.chaos.runner summarize DIR`: the sweep's totals as JSON."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m rillet.chaos.runner")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    summ = sub.add_parser("summarize", help="add up the summary.json files under DIR")
+    summ.add_argument("dir", type=Path)
+    args = parser.parse_args(argv)
+    result = aggregate(args.dir)
+    sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    return 0 if result["runs"] and not result["not_ok"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -6,8 +6,8 @@
   is logged. RILLET_CHAOS_DISK=1 adds disk damage to the kinds drawn.
 - test_planted_early_ack_loses_writes: with the planted bug on, a leader that appended alone
   (its followers frozen) acknowledges; kill -9 it, and the checker must report lost writes.
-- test_corrupt_follower_refetches: a follower's segment damaged while it is down is found by
-  CRC on restart, cut, fetched again, and never served.
+- test_corrupt_follower_refetches: a follower's segment damaged while it is down is found on
+  restart, cut, fetched again, and never served (an expected failure today: docs/chaos.md).
 
 Every process is started by rillet.chaos.cluster and stopped there by PID (the runner's
 `finally`, atexit as a last resort). Every wait has a deadline.
@@ -41,7 +41,7 @@ pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 log = logging.getLogger(__name__)
 
 SHORT_SEEDS = [11, 12]
-SHORT_DURATION_S = 14.0
+SHORT_DURATION_S = 12.0
 SWEEP_DURATION_S = float(os.environ.get("RILLET_CHAOS_DURATION", "20"))
 
 
@@ -97,11 +97,18 @@ async def test_freeze_followers_kill_leader_is_safe_without_the_bug(tmp_path: Pa
     assert result.report.total("lost") == 0
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.xfail(strict=True, reason="a follower whose committed entries were cut does not "
                    "run the group again (RaftCore.load_state: hard state commit past the last "
                    "index); see docs/chaos.md, Known findings")
 async def test_corrupt_follower_refetches(tmp_path: Path) -> None:
+    """Truncate the follower's segment in its second half (committed entries go), restart.
+
+    Slow-marked while it is an expected failure (it waits out the catch-up deadline). A flip
+    in the last batch only is racy today: the follower may come back before the leader's
+    next heartbeat names a commit past its cut log (then its group stops on an assertion),
+    or not; so the deterministic truncation is what this test pins down."""
     topic, values = "damaged", [f"v{i}".encode() for i in range(300)]
     cluster = ChaosCluster(tmp_path / "run", 3)
     try:
@@ -114,11 +121,11 @@ async def test_corrupt_follower_refetches(tmp_path: Path) -> None:
                 for h in handles:
                     await h
         ctx = FaultContext(cluster, History(), topic, 1)
-        fault = await corrupt_follower_segment(ctx, random.Random(3), mode="flip",
-                                               crc_covered=True, partition=0)
+        fault = await corrupt_follower_segment(ctx, random.Random(3), mode="truncate",
+                                               partition=0)
         assert fault is not None
         node = int(fault.event.target.split()[-1])
-        assert "flipped byte" in fault.event.detail, fault.event.detail
+        assert "truncated" in fault.event.detail, fault.event.detail
         await cluster.restart(node)
         assert recovery_lines(cluster, node), cluster.node(node).log_tail(40)
         note = await wait_caught_up(cluster, node, topic, 0, timeout_s=15.0)
