@@ -24,6 +24,7 @@ import itertools
 import logging
 import os
 import socket
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -449,6 +450,8 @@ class GroupConsumer:
         #: What the group has stored, as far as this member knows.
         self._committed: dict[TopicPartition, int] = {}
         self._records: list[ConsumerRecord] = []
+        #: Items taken off the queue but not yet handed out (see _next_item).
+        self._stash: deque[tuple[_Partition, RecordBatch | BaseException]] = deque()
         self._commit_task: asyncio.Task[None] | None = None
         self._started = False
         self._closed = False
@@ -526,38 +529,65 @@ class GroupConsumer:
         deadline = None if timeout_s is None else loop.time() + timeout_s
         while not out:
             remaining = None if deadline is None else max(deadline - loop.time(), 0)
-            try:
-                part, item = await asyncio.wait_for(self._next_item(), remaining)
-            except TimeoutError:
+            got = await self._next_item(remaining)
+            if got is None:
                 return out
+            part, item = got
             while True:
                 if self._parts.get(part.tp) is part:  # else revoked meanwhile: drop
                     if isinstance(item, BaseException):
                         if out:
-                            self._queue.put_nowait((part, item))
+                            self._stash.appendleft((part, item))
                             break
                         raise item
                     self._handed[part.tp] = item.next_offset
                     out.append(item)
-                if self._queue.empty():
+                nxt = self._take_nowait()
+                if nxt is None:
                     break
-                part, item = self._queue.get_nowait()
+                part, item = nxt
         return out
 
-    async def _next_item(self) -> tuple[_Partition, RecordBatch | BaseException]:
-        """The next queued item; a membership failure no rejoin fixes is raised here."""
-        member_task = self._member._task
+    def _take_nowait(self) -> tuple[_Partition, RecordBatch | BaseException] | None:
+        if self._stash:
+            return self._stash.popleft()
+        if self._queue.empty():
+            return None
+        return self._queue.get_nowait()
+
+    async def _next_item(self, timeout_s: float | None,
+                         ) -> tuple[_Partition, RecordBatch | BaseException] | None:
+        """The next queued item, or None after `timeout_s`; a membership failure no rejoin
+        fixes is raised here.
+
+        Never loses an item: one taken off the queue just as the wait ends (a timeout, or the
+        caller cancelled) is kept in `_stash` for the next call, so no batch is skipped.
+        """
+        now = self._take_nowait()
+        if now is not None:
+            return now
+        waits: set[asyncio.Future[Any]] = set()
         getter = asyncio.ensure_future(self._queue.get())
-        if member_task is None:
-            return await getter
+        waits.add(getter)
+        member_task = self._member._task
+        if member_task is not None:
+            waits.add(member_task)
         try:
-            await asyncio.wait({getter, member_task}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not getter.done():
                 getter.cancel()
-        if getter.done() and not getter.cancelled():
-            return getter.result()
-        raise self._member.error or ClientClosedError("group member stopped")
+                await asyncio.gather(getter, return_exceptions=True)
+            if getter.done() and not getter.cancelled() and getter.exception() is None:
+                item = getter.result()
+                if asyncio.current_task() is not None and \
+                        asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    self._stash.appendleft(item)
+        if getter.cancelled():
+            if member_task is not None and member_task.done():
+                raise self._member.error or ClientClosedError("group member stopped")
+            return None
+        return getter.result()
 
     def __aiter__(self) -> Self:
         return self

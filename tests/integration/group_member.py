@@ -59,6 +59,7 @@ async def main() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    _emit(out, "joining")
     await consumer.start()
     _emit(out, "ready", member=consumer.member_id)
     try:
