@@ -46,7 +46,7 @@ async def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    out = open(args.out, "a", buffering=1)
+    out = open(args.out, "a", buffering=1)  # noqa: ASYNC230 - once, before any task runs
 
     def tps(items: list[TopicPartition]) -> list[list[Any]]:
         return [[tp.topic, tp.partition] for tp in items]

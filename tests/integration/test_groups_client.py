@@ -177,8 +177,10 @@ def _check_no_two_owners(ms: list[Member], end: float) -> None:
     by_member = {m.name: _intervals(m, end) for m in ms}
     for p in range(PARTITIONS):
         spans = sorted((a, b, name) for name, iv in by_member.items() for a, b in iv.get(p, []))
-        for (a1, b1, n1), (a2, _b2, n2) in zip(spans, spans[1:], strict=False):
-            assert b1 <= a2, f"partition {p}: {n1} owned it until {b1}, {n2} from {a2}"
+        until, holder = 0.0, ""
+        for a, b, name in spans:
+            assert until <= a, f"partition {p}: {holder} owned it until {until}, {name} from {a}"
+            until, holder = max(until, b), name
     # Every batch a member processed falls inside one of its ownership intervals.
     for m in ms:
         iv = by_member[m.name]
