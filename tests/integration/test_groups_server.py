@@ -15,6 +15,8 @@ import pytest
 
 from rillet import batch
 from rillet.api.v1 import admin_pb2, common_pb2, groups_pb2, groups_pb2_grpc, log_pb2
+from tests.integration.conftest import free_port
+from tests.integration.test_metrics import scrape
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -86,7 +88,14 @@ def _commit(group: str, member: str, generation: int, offsets: dict[tuple[str, i
                  for (t, p), o in offsets.items()])
 
 
-async def test_single_node_join_assign_commit_fetch_describe(stubs) -> None:
+async def test_single_node_join_assign_commit_fetch_describe(broker_factory, connect) -> None:
+    port = free_port()
+    node = broker_factory(env={"RILLET_METRICS_LISTEN": f"127.0.0.1:{port}"})
+    async with connect(node) as stubs:
+        await _single_node_flow(stubs, port)
+
+
+async def _single_node_flow(stubs: Any, metrics_port: int) -> None:
     await _create(stubs, "orders", 4)
     now = int(time.time() * 1000)
     for p in range(4):
@@ -141,6 +150,13 @@ async def test_single_node_join_assign_commit_fetch_describe(stubs) -> None:
             assert p.high_watermark == 10 and p.lag_offsets == expected
             assert 4000 <= p.lag_ms <= 60_000, p
             assert p.owner in (a.last.member_id, b.last.member_id)
+        # DescribeGroup refreshed the group's metrics.
+        m = scrape(metrics_port)
+        assert m[("rillet_group_members", (("group", "g1"),))] == 2
+        for (t, p), expected in got.items():
+            labels = (("group", "g1"), ("partition", str(p)), ("topic", t))
+            assert m[("rillet_group_lag_offsets", labels)] == 10 - expected
+            assert 4.0 <= m[("rillet_group_lag_seconds", labels)] <= 60.0
         listed = await stubs.admin.ListGroups(groups_pb2.ListGroupsRequest(), timeout=10)
         assert [(g.group, g.members) for g in listed.groups] == [("g1", 2)]
 
