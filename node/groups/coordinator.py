@@ -141,6 +141,9 @@ class GroupState:
     target: dict[TP, str] = field(default_factory=dict)
     # Until then only partitions that members claim back are assigned (coordinator moved).
     grace_until: float = 0.0
+    # (topic, partition count) of the subscribed topics at the last reconcile: a tick
+    # reconciles again when a topic appears, grows or goes away.
+    shape: tuple[tuple[str, int | None], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -282,12 +285,17 @@ class Coordinator:
                 if m.connected:
                     out.expired.append((group.name, m.member_id,
                                         f"no heartbeat for {m.session_s * 1000:.0f} ms"))
+            forced = False
             for m in group.members.values():
                 for tp in [tp for tp, (deadline, _g) in m.revoking.items() if now >= deadline]:
                     del m.revoking[tp]
+                    forced = True
+            grace_ended = bool(group.grace_until) and now >= group.grace_until
+            if grace_ended:
+                group.grace_until = 0.0
             if expired:
                 out.merge(self._after_removal(group, now))
-            else:
+            elif forced or grace_ended or self._shape(group) != group.shape:
                 out.merge(self._reconcile(group, now))
         return out
 
@@ -425,6 +433,10 @@ class Coordinator:
         return AssignmentOut(group.name, m.member_id, group.generation, parts,
                              heartbeat_interval_ms(int(m.session_s * 1000)))
 
+    def _shape(self, group: GroupState) -> tuple[tuple[str, int | None], ...]:
+        topics = sorted({t for m in group.members.values() for t in m.topics})
+        return tuple((t, self.partitions_of(t)) for t in topics)
+
     def _partitions(self, group: GroupState) -> dict[TP, list[str]]:
         """Every partition of the topics the members subscribe to -> eligible members
         (connected ones, by id)."""
@@ -466,13 +478,17 @@ class Coordinator:
             target[tp] = best
             count[best] += 1
         # Balance: move one partition at a time from the fullest member to an emptier
-        # eligible one, until no such move narrows the spread.
+        # eligible one, until no such move narrows the spread (none can once counts differ by
+        # at most one).
+        held = {mid: members[mid].holds() for mid in count}
         for _ in range(len(parts) + 1):
+            if not count or max(count.values()) - min(count.values()) <= 1:
+                break
             moved = False
             for donor in sorted(count, key=lambda mid: (-count[mid], mid)):
-                mine = sorted(tp for tp, o in target.items() if o == donor)
                 # Prefer moving a partition the donor does not actually hold yet.
-                mine.sort(key=lambda tp: tp in members[donor].holds())
+                mine = sorted((tp for tp, o in target.items() if o == donor),
+                              key=lambda tp: (tp in held[donor], tp))
                 for tp in mine:
                     takers = [mid for mid in parts.get(tp, ()) if count[mid] + 1 < count[donor]]
                     if takers:
@@ -493,6 +509,7 @@ class Coordinator:
         """Bring the members' partitions towards the target: revoke what must move, assign
         what nobody holds. Claimed partitions and removed members count as changes (the
         generation moves, so nothing committed under the old one is taken for new)."""
+        group.shape = self._shape(group)
         parts = self._partitions(group)
         claimed = list(claimed)
         new: list[tuple[Member, TP]] = []

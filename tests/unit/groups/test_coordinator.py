@@ -357,8 +357,11 @@ def test_deleted_topic_partitions_disappear() -> None:
     sim.settle()
     assert len(x.assigned) == 4
     del sim.topics["b"]
-    sim.heartbeat("x")
+    sim.tick(0.1)  # noticed without any member event
     assert x.assigned == {("a", 0), ("a", 1)}
+    sim.topics["a"] = 3
+    sim.tick(0.1)
+    assert x.assigned == {("a", 0), ("a", 1), ("a", 2)}
 
 
 _NAMES = ("m0", "m1", "m2", "m3")
