@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from rillet.cluster import metadata as md
+from rillet.node.errors import UnavailableError
 from rillet.node.groups.errors import UnknownGroupError
 from rillet.node.storage.atomic import write_atomic
 
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 TP = tuple[str, int]
 FILE_NAME = "offsets.json"
+PROPOSE_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -145,10 +147,22 @@ class MetadataProposer(Protocol):
 
 class MetadataOffsetStore:
     """Cluster store: every change is a metadata Raft command, proposed on the metadata
-    leader (the coordinator) and answered once a majority has it."""
+    leader (the coordinator) and answered once a majority has it. A proposal that a cut-off
+    leader cannot commit fails after ``timeout_s`` (the coordinator's lock is held meanwhile,
+    so it must not wait forever)."""
 
-    def __init__(self, cluster: MetadataProposer) -> None:
+    def __init__(self, cluster: MetadataProposer, *, timeout_s: float = PROPOSE_TIMEOUT_S
+                 ) -> None:
         self.cluster = cluster
+        self.timeout_s = timeout_s
+
+    async def _propose(self, command: md.Command) -> None:
+        try:
+            await asyncio.wait_for(self.cluster.propose_metadata(command), self.timeout_s)
+        except TimeoutError:
+            raise UnavailableError(
+                f"the metadata group did not commit {type(command).__name__} within "
+                f"{self.timeout_s:.0f} s; retry") from None
 
     def generation(self, group: str) -> int:
         info = self.cluster.metadata_state.group(group)
@@ -166,14 +180,14 @@ class MetadataOffsetStore:
 
     async def store_generation(self, group: str, generation: int) -> None:
         if generation > self.generation(group):
-            await self.cluster.propose_metadata(md.BumpGroupGeneration(group, generation))
+            await self._propose(md.BumpGroupGeneration(group, generation))
 
     async def commit(self, group: str, generation: int, offsets: Mapping[TP, tuple[int, str]],
                      commit_time_ms: int) -> None:
-        await self.cluster.propose_metadata(md.CommitGroupOffsets(
+        await self._propose(md.CommitGroupOffsets(
             group, generation,
             {tp: md.OffsetAndMetadata(o, m) for tp, (o, m) in offsets.items()},
             commit_time_ms))
 
     async def delete(self, group: str) -> None:
-        await self.cluster.propose_metadata(md.DeleteGroup(group))
+        await self._propose(md.DeleteGroup(group))
