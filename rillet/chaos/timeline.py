@@ -21,7 +21,7 @@ from rillet.chaos.checker import ANOMALIES, SAFETY, Report
 from rillet.chaos.history import History
 
 WIDTH = 1000
-LEFT, RIGHT = 70, 20
+LEFT, RIGHT = 84, 20
 PLOT_W = WIDTH - LEFT - RIGHT
 PANEL_H = 170
 #: Target number of time bins; the bin width is rounded to a readable value.
@@ -85,14 +85,17 @@ class _Svg:
         self.add(f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" '
                  f'stroke="{colour}" stroke-width="{width}"{d}/>')
 
-    def polyline(self, points: list[tuple[float, float]], colour: str, width: float = 1.5,
-                 cls: str = "") -> None:
-        if not points:
-            return
-        pts = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
-        klass = f" class={quoteattr(cls)}" if cls else ""
-        self.add(f'<polyline points="{pts}" fill="none" stroke="{colour}" '
-                 f'stroke-width="{width}"{klass}/>')
+    def series(self, points: list[tuple[int, float, float]], colour: str, cls: str,
+               width: float = 1.5) -> None:
+        """One line through (bin, x, y) points, broken where bins are missing (no data
+        there: a line across the gap would invent values)."""
+        commands = []
+        prev: int | None = None
+        for b, x, y in points:
+            commands.append(f"{'L' if prev is not None and b == prev + 1 else 'M'}{x:.1f},{y:.1f}")
+            prev = b
+        self.add(f'<path class={quoteattr(cls)} d="{" ".join(commands)}" fill="none" '
+                 f'stroke="{colour}" stroke-width="{width}"/>')
 
 
 def render_svg(history: History, path: Path, report: Report | None = None) -> None:
@@ -119,7 +122,7 @@ def render_svg(history: History, path: Path, report: Report | None = None) -> No
     def x_of(t: float) -> float:
         return LEFT + PLOT_W * min(max(t, 0.0), span) / span
 
-    top_a = 50.0
+    top_a = 72.0
     top_b = top_a + PANEL_H + 40
     strip_y = top_b + PANEL_H + 30
     strip_h = 36.0
@@ -185,22 +188,27 @@ def render_svg(history: History, path: Path, report: Report | None = None) -> No
 
     _panel(svg, top_a, "acknowledged writes / s", max(rate, default=0.0))
     top_rate = _axis_top(max(rate, default=0.0))
-    svg.polyline([(x_of((b + 0.5) * width_s), top_a + PANEL_H * (1 - r / top_rate))
-                  for b, r in enumerate(rate)], "#1f77b4", cls="throughput")
+    svg.series([(b, x_of((b + 0.5) * width_s), top_a + PANEL_H * (1 - r / top_rate))
+                for b, r in enumerate(rate)], "#1f77b4", "throughput")
 
     top_lat_raw = max(p99.values(), default=0.0)
     _panel(svg, top_b, "ack latency (ms): p50 green, p99 red", top_lat_raw)
     top_lat = _axis_top(top_lat_raw)
     for series, colour, cls in ((p50, "#2ca02c", "latency-p50"), (p99, "#d62728", "latency-p99")):
-        svg.polyline([(x_of((b + 0.5) * width_s), top_b + PANEL_H * (1 - min(v, top_lat) / top_lat))
-                      for b, v in sorted(series.items())], colour, cls=cls)
+        svg.series([(b, x_of((b + 0.5) * width_s),
+                     top_b + PANEL_H * (1 - min(v, top_lat) / top_lat))
+                    for b, v in sorted(series.items())], colour, cls)
 
     # Strip: failed / unknown / lost writes.
     svg.add(f'<rect x="{LEFT}" y="{strip_y:.1f}" width="{PLOT_W}" height="{strip_h}" '
             f'fill="none" stroke="#ccc"/>')
-    svg.text(LEFT - 6, strip_y + 14, "failed", size=9, anchor="end", colour="#d62728")
-    svg.text(LEFT - 6, strip_y + 25, "unknown", size=9, anchor="end", colour="#ff7f0e")
-    svg.text(LEFT - 6, strip_y + 35, "lost", size=9, anchor="end", colour="#6a3d9a")
+    n_lost = sum(1 for o in ops if o.value in lost_values)
+    svg.text(LEFT - 6, strip_y + 14, f"failed {n_failed}", size=9, anchor="end",
+             colour="#d62728")
+    svg.text(LEFT - 6, strip_y + 25, f"unknown {n_unknown}", size=9, anchor="end",
+             colour="#ff7f0e")
+    svg.text(LEFT - 6, strip_y + 35, f"lost {n_lost}" if report is not None else "lost",
+             size=9, anchor="end", colour="#6a3d9a")
     for o in ops:
         x = x_of(o.end_s)
         if o.outcome == "failed":

@@ -17,7 +17,9 @@ after a failure it can resume exactly after the last offset it saw (a Consumer t
 position for all its partitions). Every record becomes a `Read`.
 
 Stopping: when `stop` is set writers stop sending, wait up to `DRAIN_S` for what is in flight,
-then close; whatever is still unanswered is recorded as unknown. Nothing blocks past that.
+then close; whatever is still unanswered is recorded as unknown. Nothing blocks past that. A
+writer whose producer has had no answer for `STALL_S` replaces it the same way (without the
+wait), so one stuck producer does not hold a partition for the whole delivery timeout.
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ DRAIN_S = 10.0
 #: A record not acknowledged within this long fails as unknown (the Producer's delivery
 #: timeout); shorter than the default so a run's end is not held up by a dead partition.
 DELIVERY_TIMEOUT_S = 30.0
+#: A writer whose oldest unanswered record waited this long closes its producer (those records
+#: become unknown) and starts a new one. An idempotent producer whose acknowledged batch was
+#: lost (the planted bug) otherwise retries the next sequence number until the delivery
+#: timeout, and the partition looks unavailable for that long.
+STALL_S = 10.0
 #: Pause before a reader or writer that failed outright starts over.
 RESTART_BACKOFF_S = 0.5
 
@@ -122,33 +129,49 @@ class _Writer:
                 await producer.close(flush=False)
                 await _wait_or_stop(stop, RESTART_BACKOFF_S)
                 continue
+            stalled = False
             try:
-                await self._send_loop(producer, stop)
+                stalled = await self._send_loop(producer, stop)
             finally:
-                await self._drain(producer)
+                await self._drain(producer, 0.0 if stalled else DRAIN_S)
 
-    async def _send_loop(self, producer: Producer, stop: asyncio.Event) -> None:
+    def _stalled(self) -> bool:
+        """The oldest unanswered record has waited STALL_S: start over with a new producer."""
+        oldest = next(iter(self.pending.values()), None)
+        return oldest is not None and self.history.clock() - oldest[1] > STALL_S
+
+    async def _send_loop(self, producer: Producer, stop: asyncio.Event) -> bool:
+        """Send until `stop` (returns False) or until the producer stalls (returns True)."""
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         stopped = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
+                if self._stalled():
+                    log.warning("writer %d: no answer for %.0f s; starting a new producer",
+                                self.worker, STALL_S)
+                    return True
                 value = f"{self.worker}-{self.seq}"
                 partition = self.seq % self.partitions
                 self.seq += 1
                 start_s = self.history.clock()
                 send = asyncio.ensure_future(
                     producer.send(self.topic, value.encode(), partition=partition))
-                # send() waits when the producer's buffer is full: never past `stop`.
-                await asyncio.wait([send, stopped], return_when=asyncio.FIRST_COMPLETED)
+                # send() waits while the producer's buffer is full: never past `stop`, and
+                # not forever when the producer is stuck.
+                while not send.done() and not stop.is_set() and not self._stalled():
+                    await asyncio.wait([send, stopped], timeout=1.0,
+                                       return_when=asyncio.FIRST_COMPLETED)
                 if not send.done():
                     send.cancel()
                     with contextlib.suppress(BaseException):
                         await send
+                    # Most likely never queued, but a cancel can land after the record
+                    # joined a batch: only "unknown" is safe.
                     self.history.add_op(Op(self.worker, "write", partition, value, start_s,
-                                           self.history.clock(), "failed", None,
-                                           "not sent: stopped while waiting for buffer room"))
-                    return
+                                           self.history.clock(), "unknown", None,
+                                           "send cancelled while waiting for buffer room"))
+                    continue
                 try:
                     handle = send.result()
                 except RilletError as exc:
@@ -164,21 +187,24 @@ class _Writer:
                 delay = next_at - loop.time()
                 if delay > 0:
                     await _wait_or_stop(stop, delay)
+            return False
         finally:
             stopped.cancel()
 
-    async def _drain(self, producer: Producer) -> None:
-        """Bounded: wait for in-flight records, close, and record what is left as unknown."""
-        try:
-            await producer.flush(DRAIN_S)
-        except RilletError as exc:
-            log.info("writer %d: %s", self.worker, exc)
+    async def _drain(self, producer: Producer, wait_s: float) -> None:
+        """Bounded: wait up to `wait_s` for in-flight records, close, and record what is
+        left as unknown."""
+        if wait_s > 0:
+            try:
+                await producer.flush(wait_s)
+            except RilletError as exc:
+                log.info("writer %d: %s", self.worker, exc)
         await producer.close(flush=False)
         for value, (_, _, handle) in list(self.pending.items()):
             if handle.done():
                 self._record(value, handle)
             else:
-                self._record(value, handle, "unknown", "unanswered when the run stopped")
+                self._record(value, handle, "unknown", "unanswered when the producer closed")
 
 
 async def _read_partition(bootstrap: str, topic: str, partition: int, reader: int,
