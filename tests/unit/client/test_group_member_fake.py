@@ -4,6 +4,7 @@ commits what it handed out, rejoins after the stream breaks, and is fenced like 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -145,3 +146,24 @@ async def test_explicit_commit_by_a_fenced_member_raises(
         groups.generation += 5  # the group moved on without this member
         with pytest.raises(GroupFencedError):
             await c.commit({TopicPartition(T, 0): 1})
+
+
+async def test_blocking_wrapper_polls_commits_and_reports_its_assignment(
+        fake: tuple[FakeCluster, FakeGroups]) -> None:
+    from rillet.client import sync
+
+    cluster, groups = fake
+
+    def use() -> tuple[int, list[TopicPartition]]:
+        with sync.Consumer(cluster.nodes[0].address, T, group_id="g",
+                           auto_offset_reset="earliest", enable_auto_commit=False) as c:
+            got = 0
+            while got < 20:
+                got += len(c.poll(5.0))
+            c.commit()
+            return got, c.assignment()
+
+    got, assigned = await asyncio.to_thread(use)
+    assert got == 20 and assigned == _tps(0, 1, 2, 3)
+    assert groups.offsets == {(T, p): 5 for p in range(4)}
+    assert not groups.members
