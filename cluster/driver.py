@@ -284,8 +284,10 @@ class RaftDriver:
         self.transport = transport
         self.syncer = syncer
         self.quiesce = quiesce
+        # Real disks can lose an acknowledged tail (a damaged segment cut on recovery): the
+        # node's groups repair it by fetching again instead of refusing to start.
         self.raft_config = dataclasses.replace(raft_config or Config(id=node_id), id=node_id,
-                                               quiesce=quiesce)
+                                               quiesce=quiesce, repair_lost_tail=True)
         self.raft_config.validate()
         election_ticks = self.raft_config.election_ticks
         self._liveness = PeerLiveness(timeout_ticks=election_ticks,

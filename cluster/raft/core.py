@@ -132,6 +132,14 @@ class Config:
     """Let an idle group stop ticking and heartbeating (module docstring, decision 0404).
     Only for callers that track their peers' liveness and call ``report_unreachable``: a
     quiesced follower does not notice on its own that its leader died."""
+    repair_lost_tail: bool = False
+    """Survive a disk that lost the end of the log after it was acknowledged (the node's
+    storage cut a damaged tail on recovery): start with the commit index clamped to the last
+    entry that survived, and when a leader's heartbeat names a commit index past it, commit
+    only what we hold and tell the leader our last index (``HEARTBEAT_RESP.index``), which
+    lowers its idea of our match so it sends the lost entries again. Off, such a start raises
+    and such a heartbeat asserts (the simulator keeps it off: there, only a bug loses
+    acknowledged entries)."""
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""
@@ -1144,6 +1152,13 @@ class RaftCore:
         """A heartbeat answer proves the member is alive: unpause it and resend if behind."""
         pr.recent_active = True
         pr.probe_sent = False
+        if m.index and m.index - 1 < pr.match:
+            # The member lost entries from its disk (``Config.repair_lost_tail``): what we
+            # counted as matching is gone. Start again from what it still holds.
+            self.logger.warning("raft %d: member %d lost entries %d-%d from disk: probing from "
+                                "%d", self._id, m.frm, m.index, pr.match, m.index)
+            pr.match = m.index - 1
+            pr.become_probe()
         if pr.state == ProgressState.REPLICATE and pr.inflights.full():
             pr.inflights.free_first_one()
         if pr.state == ProgressState.SNAPSHOT:
@@ -1187,6 +1202,17 @@ class RaftCore:
         leader's last entry, which is committed. Otherwise (our log differs or lags, or
         quiescence is off here) the answer is rejected, which wakes the leader: a member that keeps
         ticking must keep hearing heartbeats."""
+        last = self.log.last_index()
+        if m.commit > last and self.config.repair_lost_tail:
+            # Our disk lost entries the leader saw us acknowledge: tell it where we end.
+            self.logger.warning("raft %d: heartbeat commit %d from %d is past our last index "
+                                "%d (entries lost from disk): asking for them again",
+                                self._id, m.commit, m.frm, last)
+            self.log.commit_to(last)
+            self.send(Message(MessageType.HEARTBEAT_RESP, to=m.frm, frm=self._id,
+                              term=self._term, context=m.context, reject=m.quiesce,
+                              index=last + 1))
+            return
         self.log.commit_to(m.commit)
         if m.quiesce:
             log = self.log
@@ -1286,9 +1312,15 @@ class RaftCore:
         committed by definition, so a hard state whose commit lags it (a crash between
         writing a snapshot and the hard state after it) starts at the log start instead; a
         commit past the last entry means acknowledged entries are gone, and raises."""
-        if hs.commit > self.log.last_index():
-            raise ValueError(f"hard state commit {hs.commit} is past the last index "
-                             f"{self.log.last_index()}")
+        last = self.log.last_index()
+        if hs.commit > last:
+            if not self.config.repair_lost_tail:
+                raise ValueError(f"hard state commit {hs.commit} is past the last index {last}")
+            self.logger.warning("raft %d: hard state commit %d is past the last index %d: "
+                                "entries %d-%d were lost from disk; committing only what "
+                                "survived, the leader sends the rest again",
+                                self._id, hs.commit, last, last + 1, hs.commit)
+            hs = HardState(term=hs.term, vote=hs.vote, commit=last)
         if hs.commit < self.log.committed:
             self.logger.info("raft %d: hard state commit %d is behind the log start %d: "
                              "starting from the log start", self._id, hs.commit,

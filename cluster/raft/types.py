@@ -218,9 +218,11 @@ class Message:
     - HEARTBEAT: ``commit`` = min(follower's match, leader's commit). With ``quiesce`` (the
       leader's last heartbeat before it goes quiet, see ``RaftCore.quiesced``) also
       ``index``/``log_term`` = the leader's last entry, which is committed.
-    - HEARTBEAT_RESP: nothing; ``reject`` = the answer to a ``quiesce`` heartbeat from a member
+    - HEARTBEAT_RESP: ``reject`` = the answer to a ``quiesce`` heartbeat from a member
       that did not quiesce (its log does not match, or it does not quiesce at all), which
-      wakes the leader.
+      wakes the leader. ``index`` = 0, or (``Config.repair_lost_tail``) the member's last index
+      + 1 when the heartbeat's commit was past it: its disk lost entries, and the leader lowers
+      its match to that last index.
     - SNAPSHOT: ``snapshot``. The follower answers with an APPEND_RESP.
     - TIMEOUT_NOW: the leader tells a caught-up transfer target to campaign at once.
     """
