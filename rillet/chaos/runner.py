@@ -275,7 +275,8 @@ def aggregate(root: Path) -> dict[str, Any]:
 
     Totals of operations, acknowledged writes, faults by kind and anomalies by kind; the
     runs that were not ok (with their errors); the longest unavailability window of all runs
-    and the seed it came from.
+    and the seed it came from: on any partition (no write acknowledged anywhere) and on one
+    partition (the longest single-partition gap of a run, its failover time).
     """
     runs = sorted(root.rglob("summary.json"))
     out: dict[str, Any] = {"runs": 0, "ok_runs": 0, "operations": 0, "acknowledged": 0,
@@ -283,7 +284,10 @@ def aggregate(root: Path) -> dict[str, Any]:
                            "anomalies": Counter(), "not_ok": [],
                            "longest_unavailability_s": 0.0, "longest_unavailability_seed": None,
                            "unavailability_p50_s": 0.0, "unavailability_p95_s": 0.0}
+    out["longest_partition_unavailability_s"] = 0.0
+    out["longest_partition_unavailability_seed"] = None
     windows: list[float] = []
+    part_windows: list[float] = []
     for path in runs:
         s = json.loads(path.read_text())
         totals = s["report"]["totals"]
@@ -296,6 +300,13 @@ def aggregate(root: Path) -> dict[str, Any]:
         if not s["ok"]:
             out["not_ok"].append({"seed": s["seed"], "violations": s["report"]["violations"],
                                   "errors": s["errors"], "run_dir": s["run_dir"]})
+        per_part = s.get("longest_unavailability_by_partition_s") or {}
+        if per_part:
+            pw = max(float(v) for v in per_part.values())
+            part_windows.append(pw)
+            if pw > out["longest_partition_unavailability_s"]:
+                out["longest_partition_unavailability_s"] = pw
+                out["longest_partition_unavailability_seed"] = s["seed"]
         w = float(s["longest_unavailability_s"])
         windows.append(w)
         if w > out["longest_unavailability_s"]:
@@ -305,6 +316,9 @@ def aggregate(root: Path) -> dict[str, Any]:
         out["unavailability_p50_s"] = windows[len(windows) // 2]
         out["unavailability_p95_s"] = windows[min(len(windows) - 1,
                                                   int(0.95 * len(windows)))]
+    if part_windows:
+        part_windows.sort()
+        out["partition_unavailability_p50_s"] = part_windows[len(part_windows) // 2]
     out["faults_total"] = sum(out["faults_by_kind"].values())
     out["faults_by_kind"] = dict(sorted(out["faults_by_kind"].items()))
     out["anomalies"] = dict(out["anomalies"])
