@@ -105,6 +105,8 @@ class Report:
     reads: int
     faults: int
     final_read: bool
+    #: Consumer sessions of the workload's readers ("read" Ops) that broke off with an error.
+    read_errors: int = 0
 
     def total(self, anomaly: str) -> int:
         return sum(p.counts[anomaly] for p in self.partitions.values())
@@ -129,6 +131,7 @@ class Report:
                 "operations": self.operations, "writes": self.writes,
                 "acknowledged": self.acknowledged, "failed": self.failed,
                 "unknown": self.unknown, "reads": self.reads, "faults": self.faults,
+                "read_errors": self.read_errors,
             },
             "final_read": self.final_read,
             "anomalies": self.totals,
@@ -235,6 +238,7 @@ def check(history: History) -> Report:
         reads=len(reads),
         faults=len(history.faults),
         final_read=has_final,
+        read_errors=sum(1 for o in ops if o.kind == "read" and o.outcome != "ok"),
     )
 
 

@@ -209,12 +209,20 @@ class _Writer:
 
 async def _read_partition(bootstrap: str, topic: str, partition: int, reader: int,
                           history: History, stop: asyncio.Event) -> None:
-    """Tail one partition from earliest until `stop`, resuming after failures."""
+    """Tail one partition from earliest until `stop`, resuming after failures.
+
+    Each consumer session is one "read" Op: "ok" when it ran until `stop`, "failed" with the
+    error when it broke off (the next session resumes after the last offset seen); its
+    `offset` is the last offset the session read, None if it read nothing."""
     next_offset: int | None = None
     while not stop.is_set():
         start: PositionSpec = "earliest" if next_offset is None else next_offset
         consumer = Consumer(bootstrap, topic, start=start,
                             partitions=[partition], max_wait_ms=200, request_timeout_s=5.0)
+        began = history.clock()
+        last: int | None = None
+        outcome: Outcome = "ok"
+        error = ""
         try:
             await consumer.start()
             while not stop.is_set():
@@ -227,13 +235,18 @@ async def _read_partition(bootstrap: str, topic: str, partition: int, reader: in
                                           value.decode(errors="replace"), at_s, reader))
                 if reads:
                     history.add_reads(reads)
-                    next_offset = reads[-1].offset + 1
+                    last = reads[-1].offset
+                    next_offset = last + 1
         except Exception as exc:  # any failure: the reader must outlive the faults
+            outcome, error = "failed", _describe(exc)
             log.info("reader %d partition %d: %r; resuming from %s", reader, partition,
                      exc, next_offset)
-            await _wait_or_stop(stop, RESTART_BACKOFF_S)
         finally:
+            history.add_op(Op(reader, "read", partition, None, began, history.clock(),
+                              outcome, last, error))
             await consumer.close()
+        if outcome == "failed":
+            await _wait_or_stop(stop, RESTART_BACKOFF_S)
 
 
 async def run_workload(bootstrap: str, topic: str, partitions: int, history: History,

@@ -47,9 +47,14 @@ async def test_workload_on_one_broker_is_clean(broker: BrokerProcess, tmp_path: 
     assert report.unknown == 0 and report.failed == 0, report.to_json()
     assert report.acknowledged == report.writes >= 200
     assert sum(p.final_log_records for p in report.partitions.values()) == report.acknowledged
-    writers = {o.process for o in history.ops}
-    assert writers == {0, 1}
-    assert all(o.offset is not None and o.end_s >= o.start_s for o in history.ops)
+    writes = [o for o in history.ops if o.kind == "write"]
+    assert {o.process for o in writes} == {0, 1}
+    assert all(o.offset is not None and o.end_s >= o.start_s for o in writes)
+    # One consumer session per partition, each ended by the stop, none broken off.
+    sessions = [o for o in history.ops if o.kind == "read"]
+    assert sorted(o.partition for o in sessions) == [0, 1, 2]
+    assert all(o.outcome == "ok" for o in sessions)
+    assert report.read_errors == 0 and report.operations == report.writes + 3
 
     history.to_json(tmp_path / "history.json")
     again = check(History.from_json(tmp_path / "history.json"))

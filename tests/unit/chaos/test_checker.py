@@ -204,3 +204,14 @@ def test_json_round_trip_and_main_exit_codes(tmp_path: Path,
 
     (tmp_path / "broken.json").write_text("{")
     assert checker.main([str(tmp_path / "broken.json")]) == 2
+
+
+def test_read_sessions_are_counted_apart_from_writes() -> None:
+    run = clean_run()
+    run.h.add_op(Op(0, "read", 0, None, 0.0, 1.0, "ok", 1))
+    run.h.add_op(Op(0, "read", 1, None, 0.0, 0.5, "failed", None, "UnavailableError: gone"))
+    report = check(run.h)
+    assert report.ok
+    assert report.writes == report.acknowledged == 4
+    assert report.operations == 6 and report.read_errors == 1
+    assert report.to_dict()["totals"]["read_errors"] == 1
