@@ -33,12 +33,16 @@ class FakeLog:
         #: Consume serves nothing at or above this offset while set (a slow replica).
         self.hold: int | None = None
 
-    def append(self, records: list[tuple[bytes, bytes]], *, base: int | None = None) -> None:
+    def append(self, records: list[tuple[bytes, bytes]], *, base: int | None = None,
+               keep: list[int] | None = None) -> None:
+        """Store one batch; with `keep`, as the compactor leaves it: only the records at
+        those indexes survive, the batch still spans all of their offsets."""
         base = self.hw if base is None else base
         raw = bytearray(codec.encode([v for _, v in records], keys=[k for k, _ in records],
                                      timestamps_ms=[1] * len(records)))
         codec.stamp(raw, base, 1)
-        self.batches.append((base, base + len(records), bytes(raw)))
+        stored = bytes(raw) if keep is None else codec.compact_records(raw, keep)
+        self.batches.append((base, base + len(records), stored))
         self.hw = base + len(records)
 
 
@@ -145,6 +149,23 @@ async def test_caught_up_across_offsets_that_hold_no_records(node: FakeNode) -> 
     async with Table(node.address, TOPIC) as table:
         assert await table.wait_caught_up(timeout_s=5) == {0: 20, 1: 0}
         assert table.snapshot() == {b"a": b"2", b"b": b"1"}
+
+
+async def test_reads_compacted_batches(node: FakeNode) -> None:
+    """Batches as the compactor rewrites them (records.proto: survivors keep their offsets);
+    the last one lost every record, so nothing is delivered for offsets 7 and 8."""
+    node.logs[0].append([(b"a", b"1"), (b"b", b"1"), (b"a", b"2"), (b"c", b"1")], keep=[1, 2])
+    node.logs[0].append([(b"b", b""), (b"d", b"1"), (b"d", b"2")], keep=[0, 2])
+    node.logs[0].append([(b"e", b"1"), (b"e", b"")], keep=[])
+    node.logs[0].append([(b"c", b"")])  # the active segment: as written
+    changes: list[tuple[bytes, Any, Any]] = []
+    async with Table(node.address, TOPIC,
+                     on_change=lambda k, old, new: changes.append((k, old, new))) as table:
+        assert await table.wait_caught_up(timeout_s=5) == {0: 10, 1: 0}
+        assert table.snapshot() == {b"a": b"2", b"d": b"2"}
+        assert table.version == 5
+    assert changes == [(b"b", None, b"1"), (b"a", None, b"2"), (b"b", b"1", None),
+                       (b"d", None, b"2"), (b"c", None, None)]
 
 
 async def test_wait_covers_writes_acknowledged_before_the_call(node: FakeNode) -> None:
