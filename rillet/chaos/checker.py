@@ -170,12 +170,22 @@ def check(history: History) -> Report:
         else:
             rep.unknown += 1
 
-    # Every (partition, offset) -> values seen there, and every value -> where it was seen.
-    seen_at: dict[tuple[int, int], set[str]] = defaultdict(set)
-    places: dict[str, set[tuple[int, int]]] = defaultdict(set)
+    # Where each value was seen and what each (partition, offset) held: the first sighting
+    # in plain dicts, and sets only for the rare second place or second value (a history
+    # holds hundreds of thousands of reads).
+    first_at: dict[tuple[int, int], str] = {}
+    conflicts: dict[tuple[int, int], set[str]] = {}
+    first_place: dict[str, tuple[int, int]] = {}
+    more_places: dict[str, set[tuple[int, int]]] = {}
     for r in reads:
-        seen_at[(r.partition, r.offset)].add(r.value)
-        places[r.value].add((r.partition, r.offset))
+        key = (r.partition, r.offset)
+        value = r.value
+        held = first_at.setdefault(key, value)
+        if held != value:
+            conflicts.setdefault(key, {held}).add(value)
+        place = first_place.setdefault(value, key)
+        if place != key:
+            more_places.setdefault(value, {place}).add(key)
     final_log: dict[int, dict[int, str]] = defaultdict(dict)
     in_final: dict[str, int] = {}  # value -> its offset in the final log
     for r in final:
@@ -184,17 +194,17 @@ def check(history: History) -> Report:
     for p, entries in final_log.items():
         reports[p].final_log_records = len(entries)
 
-    for (p, offset), values in sorted(seen_at.items()):
-        if len(values) > 1:
-            reports[p].add("two_values_at_offset", f"offset {offset}: {sorted(values)}")
-    for value, where in sorted(places.items()):
+    for (p, offset), values in sorted(conflicts.items()):
+        reports[p].add("two_values_at_offset", f"offset {offset}: {sorted(values)}")
+    for value, where in sorted(more_places.items()):
         offsets = sorted(where)
-        if len(offsets) > 1:
-            p = offsets[0][0]
-            reports[p].add("duplicate", f"{value} at " + ", ".join(
-                f"{q}@{off}" for q, off in offsets))
+        reports[offsets[0][0]].add("duplicate", f"{value} at " + ", ".join(
+            f"{q}@{off}" for q, off in offsets))
+    for value, place in first_place.items():
         source = by_value.get(value)
-        for q, off in offsets:
+        if source is not None and source.partition == place[0] and value not in more_places:
+            continue  # the common case: a known value, seen in its own partition only
+        for q, off in sorted(more_places.get(value, {place})):
             if source is None or source.partition != q:
                 where_to = "" if source is None else f" (written to partition {source.partition})"
                 reports[q].add("unexpected_value", f"{value!r} at offset {off}{where_to}")
@@ -202,8 +212,10 @@ def check(history: History) -> Report:
     def log_offset(value: str) -> int | None:
         if value in in_final:
             return in_final[value]
-        where = places.get(value)
-        return min(off for _, off in where) if where else None
+        if value in more_places:
+            return min(off for _, off in more_places[value])
+        place = first_place.get(value)
+        return None if place is None else place[1]
 
     for op in writes:
         if op.value is None:
@@ -218,7 +230,7 @@ def check(history: History) -> Report:
             if op.offset is not None and at is not None and at != op.offset:
                 rep.add("offset_mismatch", _fmt(op) + f": acked {op.offset}, in log at {at}")
         elif op.outcome == "failed":
-            if op.value in places:
+            if op.value in first_place:
                 rep.add("failed_landed", _fmt(op) + f": {op.error}")
         elif landed:
             rep.add("unknown_landed", _fmt(op))
