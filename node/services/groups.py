@@ -162,6 +162,7 @@ class GroupRuntime:
                               f"group coordinator lost its store ({exc}); rejoin")
                 raise UnavailableError(f"generation not stored: {exc}") from exc
         for group, member_id, why in out.expired:
+            log.info("group %s: member %s removed: %s", group, member_id, why)
             entry = self.streams.pop((group, member_id), None)
             if entry is not None:
                 entry[1].queue.put_nowait(_End(
@@ -438,6 +439,7 @@ class GroupsService(groups_pb2_grpc.GroupsServicer):
     def __init__(self, node: NodeContext, host: GroupsHost) -> None:
         self.node = node
         self.host = host
+        self._cleanups: set[asyncio.Task[Any]] = set()
 
     async def Join(self, request_iterator: AsyncIterator[groups_pb2.GroupRequest],
                    context: Context) -> AsyncIterator[groups_pb2.GroupEvent]:
@@ -489,6 +491,23 @@ class GroupsService(groups_pb2_grpc.GroupsServicer):
         log.info("group %s: member %s joined (instance %r, client %r)", req.group, member_id,
                  req.instance_id, req.client_id)
         reader = asyncio.create_task(self._read(rt, req.group, member_id, requests, stream))
+        done = False
+
+        def closed(_ctx: object = None) -> None:
+            """The member's stream is over (however it ended): tell the coordinator. No await
+            here: this runs from a cancelled handler or from gRPC's done callback."""
+            nonlocal done
+            if done:
+                return
+            done = True
+            log.info("group %s: member %s stream ended", req.group, member_id)
+            reader.cancel()
+            rt.unregister(req.group, member_id, token)
+            if not rt.stopped:
+                self._spawn(rt.apply(lambda c: c.stream_closed(req.group, member_id, token,
+                                                               rt.clock())))
+
+        context.add_done_callback(closed)  # type: ignore[arg-type]
         try:
             while True:
                 item = await stream.queue.get()
@@ -498,14 +517,18 @@ class GroupsService(groups_pb2_grpc.GroupsServicer):
                     await context.abort(item.code, item.details)
                 yield item
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
-            rt.unregister(req.group, member_id, token)
-            if not rt.stopped:
-                with contextlib.suppress(Exception):
-                    await rt.apply(lambda c: c.stream_closed(req.group, member_id, token,
-                                                             rt.clock()))
+            closed()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._cleanups.add(task)
+
+        def finished(t: asyncio.Task[Any]) -> None:
+            self._cleanups.discard(t)
+            if not t.cancelled() and t.exception() is not None and not isinstance(
+                    t.exception(), (UnavailableError, UnknownGroupError)):
+                log.warning("group stream cleanup failed: %s", t.exception())
+        task.add_done_callback(finished)
 
     async def _read(self, rt: GroupRuntime, group: str, member_id: str,
                     requests: AsyncIterator[groups_pb2.GroupRequest], stream: _Stream) -> None:
@@ -551,17 +574,31 @@ class GroupsService(groups_pb2_grpc.GroupsServicer):
                                 "the group coordinator moved; join again")
         leader = cluster.metadata_leader()
 
+        call: Any = None
+
         async def upstream_requests() -> AsyncIterator[groups_pb2.GroupRequest]:
             yield first
-            async for msg in requests:
-                yield msg
+            try:
+                async for msg in requests:
+                    yield msg
+            except Exception as exc:
+                # The member went away (killed, connection reset): gRPC's request pump would
+                # swallow this, and the coordinator would only notice at session timeout.
+                log.info("proxied group stream: member side failed (%s); ending upstream",
+                         type(exc).__name__)
+                if call is not None:
+                    call.cancel()
 
         call = groups_pb2_grpc.GroupsStub(cluster.channel(leader)).Join(  # type: ignore[no-untyped-call]
             upstream_requests(), metadata=FORWARDED_METADATA)
+        # However the member's call ends (cancelled, deadline, connection lost), end ours.
+        context.add_done_callback(lambda _ctx: call.cancel())  # type: ignore[arg-type]
         try:
             async for ev in call:
                 yield ev
         except grpc.aio.AioRpcError as exc:
+            if context.cancelled():
+                return
             code = exc.code()
             if code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED):
                 code = grpc.StatusCode.UNAVAILABLE

@@ -27,7 +27,9 @@ _END = object()
 class RawMember:
     """One member's Join stream, driven by hand: send messages, collect assignments."""
 
-    def __init__(self, channel: grpc.aio.Channel, join: groups_pb2.JoinGroup) -> None:
+    def __init__(self, channel: grpc.aio.Channel, join: groups_pb2.JoinGroup, *,
+                 beat_s: float = 0.0) -> None:
+        """``beat_s``: heartbeat (with the last assignment) that often; 0: only by hand."""
         self.join = join
         self.requests: asyncio.Queue[Any] = asyncio.Queue()
         self.requests.put_nowait(groups_pb2.GroupRequest(join=join))
@@ -36,6 +38,13 @@ class RawMember:
         self.ended = False
         self.call = groups_pb2_grpc.GroupsStub(channel).Join(self._gen())
         self.task = asyncio.create_task(self._read())
+        self.beater = asyncio.create_task(self._beat(beat_s)) if beat_s else None
+
+    async def _beat(self, every_s: float) -> None:
+        while not self.ended:
+            await asyncio.sleep(every_s)
+            if self.assignments:
+                self.heartbeat()
 
     async def _gen(self) -> AsyncIterator[groups_pb2.GroupRequest]:
         while True:
@@ -69,6 +78,8 @@ class RawMember:
             owned=[groups_pb2.TopicPartitions(topic=t, partitions=ps) for t, ps in by.items()])))
 
     async def close(self) -> None:
+        if self.beater is not None:
+            self.beater.cancel()
         self.requests.put_nowait(_END)
         self.call.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -293,19 +304,34 @@ async def test_cluster_commits_survive_kill_of_metadata_leader_and_stale_commit_
                     [b"x"] * 5, timestamps_ms=[old] * 5)) for p in range(3)]))]
         await groups_pb2_grpc.GroupsStub(stubs.channel).CommitOffsets(
             _commit("lagger", "", -1, {("r", p): 2 for p in range(3)}), timeout=20)
-        desc = await stubs.admin.DescribeGroup(groups_pb2.DescribeGroupRequest(group="lagger"),
-                                               timeout=20)
-        assert [(p.partition, p.high_watermark, p.lag_offsets) for p in desc.partitions] == [
-            (0, 5, 3), (1, 5, 3), (2, 5, 3)]
+
+        async def lagging() -> Any:
+            desc = await stubs.admin.DescribeGroup(
+                groups_pb2.DescribeGroupRequest(group="lagger"), timeout=20)
+            got = [(p.partition, p.high_watermark, p.lag_offsets) for p in desc.partitions]
+            assert got == [(0, 5, 3), (1, 5, 3), (2, 5, 3)], desc.partitions
+            return desc
+        desc = await cluster.poll(lagging, "lag of every partition of r", 15.0)
         assert all(7000 <= p.lag_ms <= 60_000 for p in desc.partitions), desc.partitions
     async with cluster.stubs(other) as stubs:
         groups = groups_pb2_grpc.GroupsStub(stubs.channel)
         # Through a node that does not coordinate: the Join stream is proxied.
         m = RawMember(stubs.channel, groups_pb2.JoinGroup(group="g", topics=["t"],
-                                                          client_id="m"))
+                                                          client_id="m"), beat_s=1.0)
         try:
             await wait_for(lambda: m.assignments and len(m.owned()) == 4, "m owns all 4",
                            timeout_s=20)
+            # A second member through the same proxy takes half; when its process goes away
+            # (its channel drops), the proxy ends the upstream stream at once: its partitions
+            # come back well within the 10 s session timeout.
+            async with grpc.aio.insecure_channel(cluster.node(other).address) as ch2:
+                m2 = RawMember(ch2, groups_pb2.JoinGroup(group="g", topics=["t"]), beat_s=1.0)
+                await wait_for(lambda: m2.assignments and len(m2.owned()) == 2, "m2 gets 2",
+                               timeout_s=20)
+            started = time.monotonic()
+            await wait_for(lambda: len(m.owned()) == 4, "m owns all 4 again", timeout_s=20)
+            assert time.monotonic() - started < 5.0
+            await m2.close()
             member_id, gen = m.last.member_id, m.last.generation
             committed = {("t", p): 10 + p for p in range(4)}
             await groups.CommitOffsets(_commit("g", member_id, gen, committed), timeout=20)
@@ -333,7 +359,7 @@ async def test_cluster_commits_survive_kill_of_metadata_leader_and_stale_commit_
         # The member comes back with what it owned: it keeps it, in a newer generation.
         m = RawMember(stubs.channel, groups_pb2.JoinGroup(
             group="g", topics=["t"], member_id=member_id,
-            owned=[groups_pb2.TopicPartitions(topic="t", partitions=[0, 1, 2, 3])]))
+            owned=[groups_pb2.TopicPartitions(topic="t", partitions=[0, 1, 2, 3])]), beat_s=1.0)
         try:
             await wait_for(lambda: m.assignments and len(m.owned()) == 4, "m owns all 4 again",
                            timeout_s=20)
