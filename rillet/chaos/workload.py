@@ -230,9 +230,10 @@ async def _read_partition(bootstrap: str, topic: str, partition: int, reader: in
                 at_s = history.clock()
                 reads = []
                 for b in batches:
-                    for i, value in enumerate(b.values):
-                        reads.append(Read(partition, b.first_offset + i,
-                                          value.decode(errors="replace"), at_s, reader))
+                    # b.offsets, not first_offset + i: a compacted batch has gaps.
+                    for offset, value in zip(b.offsets, b.values, strict=True):
+                        reads.append(Read(partition, offset, value.decode(errors="replace"),
+                                          at_s, reader))
                 if reads:
                     history.add_reads(reads)
                     last = reads[-1].offset
@@ -282,8 +283,8 @@ async def _replay_rest(bootstrap: str, topic: str, partition: int, start: Positi
                       request_timeout_s=min(timeout_s, 5.0),
                       reconnect_timeout_s=timeout_s) as replay:
         async for b in replay.batches():
-            out.extend((b.first_offset + i, v.decode(errors="replace"))
-                       for i, v in enumerate(b.values))
+            out.extend((offset, v.decode(errors="replace"))
+                       for offset, v in zip(b.offsets, b.values, strict=True))
     return out
 
 
