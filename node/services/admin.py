@@ -321,6 +321,7 @@ class MetadataService(admin_pb2_grpc.MetadataServicer):
                 await errors.abort(context, exc, where="metadata")
             return admin_pb2.MetadataResponse(
                 cluster_id=self.node.config.cluster_id,
+                metadata_leader_id=cluster.metadata_leader(),
                 brokers=[admin_pb2.Broker(node_id=b, address=a) for b, a in cluster.brokers()],
                 topics=[
                     admin_pb2.TopicMetadata(name=t.name, partitions=[
@@ -336,7 +337,7 @@ class MetadataService(admin_pb2_grpc.MetadataServicer):
         except Exception as exc:
             await errors.abort(context, exc, where="metadata")
         return admin_pb2.MetadataResponse(
-            cluster_id=self.node.config.cluster_id,
+            cluster_id=self.node.config.cluster_id, metadata_leader_id=node_id,
             brokers=[admin_pb2.Broker(node_id=node_id, address=self.node.config.address)],
             topics=[
                 admin_pb2.TopicMetadata(name=t.name, partitions=[

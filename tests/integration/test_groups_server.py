@@ -108,6 +108,8 @@ async def test_single_node_join_assign_commit_fetch_describe(broker_factory, con
 
 async def _single_node_flow(stubs: Any, metrics_port: int) -> None:
     await _create(stubs, "orders", 4)
+    md = await stubs.metadata.GetMetadata(admin_pb2.MetadataRequest(), timeout=10)
+    assert md.metadata_leader_id == 0
     now = int(time.time() * 1000)
     for p in range(4):
         values = [f"{p}-{i}".encode() for i in range(10)]
@@ -277,21 +279,20 @@ async def test_offsets_and_generation_survive_restart(broker, connect) -> None:
             await m.close()
 
 
-def _coordinator(cluster: Any) -> int | None:
-    """The running node whose log says it coordinates groups now (None: none yet)."""
+async def _coordinator(cluster: Any) -> int | None:
+    """The metadata leader (the group coordinator) as every running node reports it."""
+    leaders = set()
     for n in cluster.running():
-        lines = [ln for ln in n.log_text().splitlines() if "coordinating consumer groups" in ln]
-        if lines and "no longer" not in lines[-1]:
-            return int(n.node_id)
-    return None
+        resp = await cluster.metadata(node=n.node_id)
+        leaders.add(resp.metadata_leader_id)
+    return leaders.pop() if len(leaders) == 1 and -1 not in leaders else None
 
 
 async def test_cluster_commits_survive_kill_of_metadata_leader_and_stale_commit_is_fenced(
         cluster_factory) -> None:
     cluster = await cluster_factory(3)
     await cluster.create_topic("t", 4)
-    coord = await cluster.poll(lambda: _async(_coordinator(cluster)), "a group coordinator",
-                               20.0)
+    coord = await cluster.poll(lambda: _coordinator(cluster), "one metadata leader", 20.0)
     other = next(n.node_id for n in cluster.running() if n.node_id != coord)
     # Lag of partitions the coordinator holds no replica of (replication factor 1): read
     # through its read path.
@@ -377,6 +378,3 @@ async def test_cluster_commits_survive_kill_of_metadata_leader_and_stale_commit_
         finally:
             await m.close()
 
-
-async def _async(value: Any) -> Any:
-    return value
