@@ -205,6 +205,18 @@ async def _single_node_flow(stubs: Any, metrics_port: int) -> None:
         reset.to.CopyFrom(common_pb2.Position(offset=99))  # clamped to the high watermark
         done = await stubs.admin.ResetGroupOffsets(reset, timeout=10)
         assert {o.offset for o in done.offsets} == {10}
+        # By time: the first record at or after it (all records carry now - 5000).
+        reset.to.CopyFrom(common_pb2.Position(timestamp_ms=now - 6000))
+        reset.partitions[:] = [1]
+        done = await stubs.admin.ResetGroupOffsets(reset, timeout=10)
+        assert [(o.partition, o.offset) for o in done.offsets] == [(1, 0)]
+        reset.to.CopyFrom(common_pb2.Position(timestamp_ms=now + 60_000))
+        done = await stubs.admin.ResetGroupOffsets(reset, timeout=10)
+        assert [(o.partition, o.offset) for o in done.offsets] == [(1, 10)]
+        fetched = await groups.FetchOffsets(groups_pb2.FetchOffsetsRequest(
+            group="g1", partitions=[groups_pb2.TopicPartitions(topic="orders",
+                                                               partitions=[0, 1])]), timeout=10)
+        assert [(o.partition, o.offset) for o in fetched.offsets] == [(0, 10), (1, 10)]
         await stubs.admin.DeleteGroup(groups_pb2.DeleteGroupRequest(group="g1"), timeout=10)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stubs.admin.DescribeGroup(groups_pb2.DescribeGroupRequest(group="g1"),
