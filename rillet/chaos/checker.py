@@ -14,6 +14,9 @@ names one write.
 Safety anomalies, per partition (any one makes `Report.ok` False):
 
 - lost: an acknowledged write whose value is absent from the partition's final log.
+- read_then_lost: a value a workload reader saw (readers see only committed records) that is
+  absent from the final log of its partition, whatever its write's outcome: committed data
+  went away. An acknowledged one counts as lost too. Needs a final read.
 - duplicate: a value that appears at two or more different offsets (in any reads, this
   partition or another), i.e. stored twice.
 - two_values_at_offset: an offset at which two reads (any readers, continuous or final) saw
@@ -51,12 +54,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rillet.chaos.history import FINAL_READER, History, Op
+from rillet.chaos.history import FINAL_READER, History, Op, Read
 
 log = logging.getLogger(__name__)
 
-SAFETY = ("lost", "duplicate", "two_values_at_offset", "reordered", "non_monotonic_reads",
-          "offset_mismatch", "failed_landed", "unexpected_value")
+SAFETY = ("lost", "read_then_lost", "duplicate", "two_values_at_offset", "reordered",
+          "non_monotonic_reads", "offset_mismatch", "failed_landed", "unexpected_value")
 INFO = ("unknown_landed", "unknown_not_landed")
 ANOMALIES = SAFETY + INFO
 #: Examples kept per anomaly and partition: enough to start debugging, short enough to print.
@@ -236,6 +239,15 @@ def check(history: History) -> Report:
             rep.add("unknown_landed", _fmt(op))
         else:
             rep.add("unknown_not_landed", _fmt(op))
+
+    if has_final:
+        gone: dict[str, Read] = {}  # value -> the first read of it
+        for r in reads:
+            if r.value not in in_final:
+                gone.setdefault(r.value, r)
+        for value, r in gone.items():
+            reports[r.partition].add("read_then_lost", (
+                f"{value} read at offset {r.offset} by reader {r.reader} at {r.at_s:.3f}s"))
 
     _check_order(writes, log_offset, reports)
     _check_monotonic(history, reports)

@@ -83,7 +83,8 @@ def test_value_read_but_gone_from_final_log_is_lost() -> None:
     run.read(0, 0, "0-0")
     run.read(0, 1, "0-1")
     run.final(0, ["0-0"])
-    only(check(run.h), "lost")
+    report = check(run.h)
+    assert report.violations == ["lost", "read_then_lost"], report.to_json()
 
 
 def test_duplicate_value_at_two_offsets() -> None:
@@ -215,3 +216,15 @@ def test_read_sessions_are_counted_apart_from_writes() -> None:
     assert report.writes == report.acknowledged == 4
     assert report.operations == 6 and report.read_errors == 1
     assert report.to_dict()["totals"]["read_errors"] == 1
+
+
+def test_value_a_reader_saw_must_stay_even_if_its_write_was_unknown() -> None:
+    run = Run()
+    run.write("0-0", offset=0)
+    run.write("0-1", outcome="unknown")
+    run.read(0, 0, "0-0")
+    run.read(0, 1, "0-1")  # committed (a reader saw it)...
+    run.final(0, ["0-0"])  # ...and gone
+    report = check(run.h)
+    only(report, "read_then_lost")
+    assert report.partitions[0].counts["unknown_not_landed"] == 1
