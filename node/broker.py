@@ -44,6 +44,7 @@ from rillet.node.services.groups import GroupsHost, GroupsService
 from rillet.node.services.peer import MAX_PEER_MESSAGE_BYTES, PeerService
 from rillet.node.services.produce import ProduceService
 from rillet.node.services.read import ConsumeService, ReplayService
+from rillet.node.storage.compactor import Compactable, Compactor
 from rillet.node.topics import TopicRegistry
 
 HAND_OVER_TIMEOUT_S = 5.0
@@ -80,6 +81,8 @@ class Broker:
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._server: grpc.aio.Server | None = None
         self._retention_task: asyncio.Task[None] | None = None
+        self.compactor = Compactor(self._compactable_logs,
+                                   config.compaction_interval_ms / 1000.0)
         self._lock_file: IO[bytes] | None = None
         self._peer_service: PeerService | None = None
         self._produce: ProduceService | None = None
@@ -155,6 +158,7 @@ class Broker:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._retention_task = asyncio.create_task(self._retention_loop(), name="retention")
+        self.compactor.start()
         log.info("node %d listening on %s:%d (data in %s, pid %d)", cfg.node_id, cfg.host,
                  self.port, cfg.data_dir, os.getpid())
 
@@ -199,6 +203,7 @@ class Broker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._retention_task
             self._retention_task = None
+        await self.compactor.stop()
         if self._produce is not None:
             await self._produce.forwarder.close()
         if self.cluster is not None:
@@ -230,6 +235,14 @@ class Broker:
         while True:
             await asyncio.sleep(interval_s)
             self.enforce_retention()
+
+    def _compactable_logs(self) -> list[tuple[str, Compactable]]:
+        """(name, log) of every open partition this node holds, for the compactor (it skips
+        logs whose topic is not cleanup.policy compact)."""
+        if self.cluster is not None:
+            return [(r.name, r.rlog) for r in list(self.cluster.replicas.values())
+                    if not r.closed]
+        return [(p.name, p.log) for p in self.registry.partitions() if not p.closed]
 
     def enforce_retention(self) -> int:
         """One retention pass over every partition; returns segments deleted."""
