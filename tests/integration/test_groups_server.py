@@ -217,6 +217,7 @@ async def _single_node_flow(stubs: Any, metrics_port: int) -> None:
             group="g1", partitions=[groups_pb2.TopicPartitions(topic="orders",
                                                                partitions=[0, 1])]), timeout=10)
         assert [(o.partition, o.offset) for o in fetched.offsets] == [(0, 10), (1, 10)]
+        await _static_member_comes_back(stubs)
         await stubs.admin.DeleteGroup(groups_pb2.DeleteGroupRequest(group="g1"), timeout=10)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stubs.admin.DescribeGroup(groups_pb2.DescribeGroupRequest(group="g1"),
@@ -264,6 +265,36 @@ async def test_bad_joins_end_the_stream_with_a_clear_status(stubs) -> None:
     await m.close()
     # The node is still fine.
     await stubs.admin.ListTopics(admin_pb2.ListTopicsRequest(), timeout=5)
+
+
+async def _static_member_comes_back(stubs: Any) -> None:
+    """A static member's stream ends; within its session it is listed disconnected with its
+    partitions; the same instance id joining again gets the same member id, partitions and
+    generation."""
+    join = groups_pb2.JoinGroup(group="static", topics=["orders"], instance_id="pod-0",
+                                session_timeout_ms=20_000)
+    m = RawMember(stubs.channel, join)
+    await wait_for(lambda: m.assignments and len(m.owned()) == 4, "static member owns 4")
+    first = m.last
+    await m.close()
+
+    async def disconnected() -> bool:
+        d = await stubs.admin.DescribeGroup(groups_pb2.DescribeGroupRequest(group="static"),
+                                            timeout=10)
+        return len(d.members) == 1 and d.members[0].disconnected
+    for _ in range(200):
+        if await disconnected():
+            break
+        await asyncio.sleep(0.02)
+    assert await disconnected()
+    again = RawMember(stubs.channel, join)
+    try:
+        await wait_for(lambda: again.assignments, "static member's assignment")
+        assert again.last.member_id == first.member_id
+        assert again.last.generation == first.generation
+        assert again.owned() == {("orders", p) for p in range(4)}
+    finally:
+        await again.close()
 
 
 @pytest.mark.slow
