@@ -194,42 +194,19 @@ def compact_log(plog: PartitionLog, now_ms: int, *, delete_retention_ms: int,
                 stats.skipped = "stopped"
                 break
             stats.segments_checked += 1
-            out: list[bytes] = []
-            changed = False
-            for _pos, view in _iter_batches(fd, seg.size):
-                header = verify(view)
-                stats.bytes_read += header.size
-                if header.is_control:
-                    out.append(bytes(view))
-                    continue
-                records = _records_of(header, view)
-                offsets = record_offsets(header, records)
-                keys = records.keys
-                keep: list[int] = []
-                for i, off in enumerate(offsets):
-                    if not keys or not keys[i]:
-                        keep.append(i)  # no key: nothing can supersede it
-                        continue
-                    if latest[keys[i]] != off:
-                        continue
-                    if not records.values[i]:
-                        ts = header.first_timestamp_ms + records.timestamp_deltas_ms[i]
-                        if ts <= cutoff:
-                            stats.tombstones_removed += 1
-                            continue
-                        expiry = ts + delete_retention_ms
-                        next_expiry = expiry if next_expiry is None else min(next_expiry,
-                                                                              expiry)
-                    keep.append(i)
-                stats.records_read += len(offsets)
-                stats.records_removed += len(offsets) - len(keep)
-                if len(keep) == len(offsets):
-                    out.append(bytes(view))
-                else:
-                    out.append(compact_records(view, keep))
-                    changed = True
-            if changed:
-                _swap(plog, seg, out, epoch, stats, hook)
+            out = _CleanedFile(_cleaned_path(seg), fd)
+            try:
+                for pos, view in _iter_batches(fd, seg.size):
+                    next_expiry = _clean_batch(pos, view, latest, out, cutoff,
+                                               delete_retention_ms, next_expiry, stats)
+                if out.fd >= 0:
+                    _swap(plog, seg, out, epoch, stats, hook)
+            except Exception:
+                out.discard()
+                raise
+            except BaseException:
+                out.close()  # the process is going down: leave the file as a crash would
+                raise
         else:
             progress.compacted_to = end
             progress.next_expiry_ms = next_expiry
@@ -251,76 +228,152 @@ def compact_log(plog: PartitionLog, now_ms: int, *, delete_retention_ms: int,
     return stats
 
 
-def _swap(plog: PartitionLog, old: Segment, batches: list[bytes], epoch: int,
+def _clean_batch(pos: int, view: memoryview, latest: dict[bytes, int], out: _CleanedFile,
+                 cutoff: int, delete_retention_ms: int, next_expiry: int | None,
+                 stats: CompactionStats) -> int | None:
+    """Decide which records of the batch at file position `pos` stay and pass the batch on
+    to `out` (unchanged, or rewritten); returns the updated earliest tombstone expiry."""
+    header = verify(view)
+    stats.bytes_read += header.size
+    if header.is_control:
+        out.add(view)
+        return next_expiry
+    records = _records_of(header, view)
+    offsets = record_offsets(header, records)
+    keys = records.keys
+    keep: list[int] = []
+    for i, off in enumerate(offsets):
+        if not keys or not keys[i]:
+            keep.append(i)  # no key: nothing can supersede it
+            continue
+        if latest[keys[i]] != off:
+            continue
+        if not records.values[i]:
+            ts = header.first_timestamp_ms + records.timestamp_deltas_ms[i]
+            if ts <= cutoff:
+                stats.tombstones_removed += 1
+                continue
+            expiry = ts + delete_retention_ms
+            next_expiry = expiry if next_expiry is None else min(next_expiry,
+                                                                  expiry)
+        keep.append(i)
+    stats.records_read += len(offsets)
+    stats.records_removed += len(offsets) - len(keep)
+    if len(keep) == len(offsets):
+        out.add(view)
+    else:
+        out.start(pos)
+        out.add(compact_records(view, keep))
+    return next_expiry
+
+
+class _CleanedFile:
+    """The rewrite of one segment into `<base>.log.cleaned`, created at the first batch that
+    changes: the unchanged batches before it are copied from the old file then, so a segment
+    with nothing to remove costs no write and memory stays at about one write chunk."""
+
+    def __init__(self, path: Path, src_fd: int) -> None:
+        self.path = path
+        self.src_fd = src_fd
+        self.fd = -1
+        self.size = 0
+        self._pending: list[bytes | memoryview] = []
+        self._pending_size = 0
+
+    def start(self, upto: int) -> None:
+        """Open the file (once), holding a copy of the old file's bytes [0, upto)."""
+        if self.fd >= 0:
+            return
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        pos = 0
+        while pos < upto:
+            chunk = os.pread(self.src_fd, min(_READ_CHUNK, upto - pos), pos)
+            if not chunk:
+                raise LogCorruptionError(f"{self.path}: short read of the old segment at {pos}")
+            self.add(chunk)
+            pos += len(chunk)
+
+    def add(self, data: bytes | memoryview) -> None:
+        """Append one batch (ignored until `start`: the old file still holds it)."""
+        if self.fd < 0:
+            return
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size >= _WRITE_CHUNK:
+            self._write()
+
+    def _write(self) -> None:
+        self.size += _write_all(self.fd, self._pending, self.size)
+        self._pending, self._pending_size = [], 0
+
+    def finish(self) -> None:
+        """Write what is pending and fsync."""
+        self._write()
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def discard(self) -> None:
+        """Drop the file (the swap did not happen); idempotent."""
+        if self.fd >= 0:
+            self.close()
+            self.path.unlink(missing_ok=True)
+
+
+def _swap(plog: PartitionLog, old: Segment, out: _CleanedFile, epoch: int,
           stats: CompactionStats, hook: Callable[[str, int], None] | None) -> None:
-    """Replace segment `old` by one holding `batches` (see the module doc, step 4)."""
+    """Replace segment `old` by the rewrite in `out` (see the module doc, steps 3 and 4).
+    On an exception before the rename, the caller discards `out`."""
     directory = plog.directory
-    cleaned = _cleaned_path(old)
-    fd = os.open(cleaned, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-    new: Segment | None = None
-    swapped = False
-    try:
-        size = 0
-        pending: list[bytes] = []
-        pending_size = 0
-        for b in batches:
-            pending.append(b)
-            pending_size += len(b)
-            if pending_size >= _WRITE_CHUNK:
-                size += _write_all(fd, pending, size)
-                pending, pending_size = [], 0
-        size += _write_all(fd, pending, size)
-        os.fsync(fd)
-        new = Segment(directory, old.base_offset, fd, size, plog.config.index_interval_bytes,
-                      old.first_raft_index)
-        cut = new.recover()  # CRC and continuity of what we wrote; builds the indexes
-        if (cut or new.next_offset != old.next_offset
-                or new.next_raft_index != old.next_raft_index or new.last_term != old.last_term):
-            raise LogCorruptionError(
-                f"{cleaned}: the rewritten segment does not match the original (offsets "
-                f"{new.next_offset}/{old.next_offset}, Raft {new.next_raft_index}/"
-                f"{old.next_raft_index})")
-        new.seal()
-        new.flushed_size = new.size
-        new.created_ms = None
-        if hook is not None:
-            hook(STEP_WRITTEN, old.base_offset)
-        old.index_path.unlink(missing_ok=True)
-        old.timeindex_path.unlink(missing_ok=True)
-        fsync_dir(directory)
-        if hook is not None:
-            hook(STEP_INDEXES_REMOVED, old.base_offset)
-        with plog._lock:
-            if plog._closed or plog._epoch != epoch:
-                raise _Aborted("the log was closed, truncated or reset")
-            try:
-                i = next(j for j, s in enumerate(plog._segments) if s is old)
-            except StopIteration:
-                raise _Aborted(f"segment {old.base_offset} was deleted") from None
-            if i == len(plog._segments) - 1:
-                raise _Aborted(f"segment {old.base_offset} is active again")
-            cleaned.replace(old.log_path)
-            plog._segments[i] = new
-            plog._size += new.size - old.size
-            dead = {old.index_path, old.timeindex_path}
-            plog._pending_fsync = [p for p in plog._pending_fsync if p not in dead]
-            old.close()
-            swapped = True
-        if hook is not None:
-            hook(STEP_RENAMED, old.base_offset)
-        fsync_dir(directory)
-        for p in new.write_index_files():
-            _fsync_path(p)
-        fsync_dir(directory)
-        if hook is not None:
-            hook(STEP_DONE, old.base_offset)
-        stats.segments_rewritten += 1
-        stats.bytes_written += size
-    except BaseException:
-        if not swapped:
-            os.close(fd)
-            cleaned.unlink(missing_ok=True)
-        raise
+    out.finish()
+    new = Segment(directory, old.base_offset, out.fd, out.size,
+                  plog.config.index_interval_bytes, old.first_raft_index)
+    cut = new.recover()  # CRC and continuity of what we wrote; builds the indexes
+    if (cut or new.next_offset != old.next_offset
+            or new.next_raft_index != old.next_raft_index or new.last_term != old.last_term):
+        raise LogCorruptionError(
+            f"{out.path}: the rewritten segment does not match the original (offsets "
+            f"{new.next_offset}/{old.next_offset}, Raft {new.next_raft_index}/"
+            f"{old.next_raft_index})")
+    new.seal()
+    new.flushed_size = new.size
+    new.created_ms = None
+    if hook is not None:
+        hook(STEP_WRITTEN, old.base_offset)
+    old.index_path.unlink(missing_ok=True)
+    old.timeindex_path.unlink(missing_ok=True)
+    fsync_dir(directory)
+    if hook is not None:
+        hook(STEP_INDEXES_REMOVED, old.base_offset)
+    with plog._lock:
+        if plog._closed or plog._epoch != epoch:
+            raise _Aborted("the log was closed, truncated or reset")
+        try:
+            i = next(j for j, s in enumerate(plog._segments) if s is old)
+        except StopIteration:
+            raise _Aborted(f"segment {old.base_offset} was deleted") from None
+        if i == len(plog._segments) - 1:
+            raise _Aborted(f"segment {old.base_offset} is active again")
+        out.path.replace(old.log_path)
+        out.fd = -1  # the new Segment owns the descriptor now
+        plog._segments[i] = new
+        plog._size += new.size - old.size
+        dead = {old.index_path, old.timeindex_path}
+        plog._pending_fsync = [p for p in plog._pending_fsync if p not in dead]
+        old.close()
+    if hook is not None:
+        hook(STEP_RENAMED, old.base_offset)
+    fsync_dir(directory)
+    for p in new.write_index_files():
+        _fsync_path(p)
+    fsync_dir(directory)
+    if hook is not None:
+        hook(STEP_DONE, old.base_offset)
+    stats.segments_rewritten += 1
+    stats.bytes_written += new.size
 
 
 def _write_all(fd: int, parts: list[bytes], pos: int) -> int:

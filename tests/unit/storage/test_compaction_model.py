@@ -40,8 +40,9 @@ DELETE_RETENTION_MS = 1000
 _CASES = itertools.count()
 
 
-class Crash(Exception):
-    """Raised by the hook: the process dies here."""
+class Crash(BaseException):
+    """Raised by the hook: the process dies here (a BaseException, as SystemExit: the
+    compactor leaves its files as they are, as a real crash would)."""
 
 
 @dataclass
