@@ -124,16 +124,21 @@ class _Writer:
                                 request_timeout_s=5.0)
             try:
                 await producer.start()
-            except RilletError as exc:
-                log.info("writer %d: producer start failed (%s); retrying", self.worker, exc)
+            except Exception as exc:  # the writer must outlive the faults
+                log.info("writer %d: producer start failed (%r); retrying", self.worker, exc)
                 await producer.close(flush=False)
                 await _wait_or_stop(stop, RESTART_BACKOFF_S)
                 continue
             stalled = False
             try:
                 stalled = await self._send_loop(producer, stop)
+            except Exception as exc:
+                log.warning("writer %d: %r; starting a new producer", self.worker, exc)
+                stalled = True
             finally:
                 await self._drain(producer, 0.0 if stalled else DRAIN_S)
+            if stalled:
+                await _wait_or_stop(stop, RESTART_BACKOFF_S)
 
     def _stalled(self) -> bool:
         """The oldest unanswered record has waited STALL_S: start over with a new producer."""
