@@ -29,7 +29,7 @@ import grpc
 from rillet import batch as batch_codec
 from rillet.api.v1 import common_pb2, groups_pb2, groups_pb2_grpc, log_pb2, log_pb2_grpc
 from rillet.node import errors
-from rillet.node.cluster_node import ClusterNode, ForwardedError
+from rillet.node.cluster_node import ForwardedError
 from rillet.node.errors import (
     Context,
     InvalidRequestError,
@@ -67,6 +67,7 @@ TICK_S = 0.2
 METRICS_INTERVAL_S = 5.0
 REJOIN_GRACE_S = 3.0
 LEADER_WATCH_S = 0.1
+RESTART_S = 1.0
 RUNTIME_WAIT_S = 5.0
 FORWARD_TIMEOUT_S = 30.0
 MAX_METADATA_CHARS = 4096
@@ -237,19 +238,27 @@ class GroupsHost:
 
     async def start(self) -> None:
         self._metrics_task = asyncio.create_task(self._metrics_loop(), name="group-metrics")
-        cluster = self.node.cluster
-        if cluster is None:
+        if self.node.cluster is None:
             store = FileOffsetStore(self.node.config.data_dir / "groups")
             await asyncio.to_thread(store.load)
             self._file_store = store
             self.runtime = self._new_runtime(store, REJOIN_GRACE_S)
-        else:
-            self._watch = asyncio.create_task(self._watch_leader(cluster), name="groups-leader")
+        self._watch = asyncio.create_task(self._watch_leader(), name="groups-leader")
 
-    async def _watch_leader(self, cluster: ClusterNode) -> None:
+    async def _watch_leader(self) -> None:
+        """Cluster: coordinate while this node is the ready metadata leader. Single node:
+        start a fresh runtime if the last one stopped (its store failed: disk full...)."""
+        cluster = self.node.cluster
         while True:
-            await asyncio.sleep(LEADER_WATCH_S)
-            ready = cluster.metadata_ready() and not self.node.stopping.is_set()
+            await asyncio.sleep(LEADER_WATCH_S if cluster is not None else RESTART_S)
+            stopping = self.node.stopping.is_set()
+            if cluster is None:
+                if not stopping and self._file_store is not None and (
+                        self.runtime is None or self.runtime.stopped):
+                    log.warning("group coordinator restarting after a failure")
+                    self.runtime = self._new_runtime(self._file_store, REJOIN_GRACE_S)
+                continue
+            ready = cluster.metadata_ready() and not stopping
             if ready and (self.runtime is None or self.runtime.stopped):
                 log.info("node %d: coordinating consumer groups", cluster.broker_id)
                 self.runtime = self._new_runtime(MetadataOffsetStore(cluster), REJOIN_GRACE_S)
