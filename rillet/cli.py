@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import json
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -534,6 +536,18 @@ async def _consume_group(bootstrap: str, topic_name: str, group_id: str,
                              request_timeout_s=max(timeout_s, 10.0))
     await consumer.start()
     seen = 0
+    # SIGTERM (a supervisor stopping us) ends the run like the idle timeout: commit, leave.
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    terminated = False
+
+    def on_term() -> None:
+        nonlocal terminated
+        terminated = True
+        if main_task is not None:
+            main_task.cancel()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGTERM, on_term)
     try:
         while max_records is None or seen < max_records:
             batches = await consumer.getmany(idle_timeout)
@@ -548,7 +562,13 @@ async def _consume_group(bootstrap: str, topic_name: str, group_id: str,
                 if max_records is not None and seen >= max_records:
                     break
             out.flush()
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+        out.flush()
     finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
         try:
             mine = {tp: o for tp, o in printed.items() if tp in consumer.assignment()}
             if mine:
