@@ -432,3 +432,29 @@ def test_join_or_leave_moves_only_what_must_move(n: int, partitions: int,
             assert before[name] <= after[name]
     counts = [len(v) for v in after.values()] or [0]
     assert max(counts) - min(counts) <= 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 5), partitions=st.integers(1, 12), order=st.randoms())
+def test_coordinator_failover_with_rejoins_moves_nothing(n: int, partitions: int,
+                                                         order: object) -> None:
+    old = Sim({"a": partitions})
+    for i in range(n):
+        old.join(f"m{i}")
+        old.settle()
+    before = {m.member_id: frozenset(m.assigned) for m in old.members.values()}
+    stored = old.stored_generations[-1]
+    # A new coordinator: members come back in any order with what they own.
+    new = Sim({"a": partitions}, grace=3.0, stored=stored)
+    names = sorted(old.members)
+    order.shuffle(names)  # type: ignore[attr-defined]
+    for name in names:
+        prev = old.members[name]
+        new.join(name, member_id=prev.member_id, owned=frozenset(prev.assigned))
+        new.now += 0.1
+    new.settle()
+    new.tick(3.0)
+    new.settle()
+    after = {m.member_id: frozenset(m.assigned) for m in new.members.values()}
+    assert after == before
+    assert new.coord.generation(G) > stored
