@@ -270,14 +270,7 @@ async def test_three_members_share_six_partitions_through_a_kill_and_a_join(
         await wait_for(lambda: all(processed_to().get(p, 0) >= hw[p] for p in hw),
                        "every record processed", 20.0, 0.05)
         end = time.time()
-        for p in range(PARTITIONS):
-            seen = sorted((e["first"], e["next"]) for m in (a, b, c, d) for e in m.events()
-                          if e["ev"] == "batch" and e["p"] == p)
-            reach = 0
-            for first, nxt in seen:
-                assert first <= reach, f"partition {p}: offsets {reach}..{first} never processed"
-                reach = max(reach, nxt)
-            assert reach >= hw[p]
+        _covered([a, b, c, d], hw)
         _check_no_two_owners([a, b, c, d], end)
         log.warning("rebalance times: member kill -> partitions consumed again %.3f s; "
                     "member join -> new assignment %.3f s (session timeout %d ms, %d records)",
@@ -291,6 +284,94 @@ async def test_three_members_share_six_partitions_through_a_kill_and_a_join(
                 log.error("group as described: %s", await admin.describe_group("billing"))
         except Exception as exc:
             log.error("describe_group failed: %s", exc)
+        raise
+    finally:
+        load.stop.set()
+        await asyncio.gather(loader, return_exceptions=True)
+
+
+def _coordinator(cluster: Any) -> int:
+    """The node that coordinates groups now, from the node logs (the last node to say it
+    started coordinating and has not said it stopped)."""
+    found: list[tuple[str, int]] = []
+    for n in cluster.running():
+        for line in n.log_text().splitlines():
+            if "coordinating consumer groups" in line:
+                found.append((line[:23], n.node_id if "no longer" not in line else -1))
+    assert found, "no node says it coordinates groups"
+    return sorted(found)[-1][1]
+
+
+def _covered(ms: list[Member], hw: dict[int, int]) -> None:
+    """Every offset below the high watermark was in some batch some member processed."""
+    for p, top in hw.items():
+        seen = sorted((e["first"], e["next"]) for m in ms for e in m.events()
+                      if e["ev"] == "batch" and e["p"] == p)
+        reach = 0
+        for first, nxt in seen:
+            assert first <= reach, f"partition {p}: offsets {reach}..{first} never processed"
+            reach = max(reach, nxt)
+        assert reach >= top, f"partition {p}: processed to {reach} of {top}"
+
+
+@pytest.mark.chaos
+@pytest.mark.slow
+async def test_members_keep_their_partitions_when_the_coordinator_is_killed(
+        cluster_factory: Any, members_factory: Any) -> None:
+    cluster = await cluster_factory(3)
+    await cluster.create_topic(TOPIC, PARTITIONS, 3)
+    load = _Load(cluster.bootstrap)
+    loader = asyncio.get_running_loop().create_task(load.run(150.0))
+    ms = members_factory(cluster.bootstrap, "ledger")
+    a, b = ms.start("a"), ms.start("b")
+    try:
+        await wait_for(lambda: [len(m.owned()) for m in (a, b)] == [3, 3],
+                       "two members owning three partitions each", 30.0, 0.05)
+        before = {m.name: m.owned() for m in (a, b)}
+        victim = _coordinator(cluster)
+        t_kill = time.time()
+        await asyncio.to_thread(cluster.node(victim).kill)
+
+        def all_read_after_kill() -> bool:
+            return all(any(e["ev"] == "batch" and e["p"] == p and e["t"] > t_kill
+                           for m in (a, b) for e in m.events()) for p in range(PARTITIONS))
+        await wait_for(all_read_after_kill, "every partition read again after the kill",
+                       30.0, 0.05)
+        back = time.time() - t_kill
+        # The members rejoined with what they owned: nothing moved.
+        assert {m.name: m.owned() for m in (a, b)} == before
+        for m in (a, b):
+            assert not [e for e in m.events() if e["ev"] in ("revoke", "assign")
+                        and e["t"] > t_kill], m.name
+        # Commits go on under the new coordinator.
+        async with Admin(",".join(n.address for n in cluster.running())) as admin:
+            async def committed_after() -> bool:
+                d = await admin.describe_group("ledger")
+                return len(d.members) == 2 and all(p.committed_offset > 0
+                                                   for p in d.partitions)
+            deadline = time.monotonic() + 15
+            while not await committed_after():
+                assert time.monotonic() < deadline, "no commits under the new coordinator"
+                await asyncio.sleep(0.2)
+        load.stop.set()
+        await loader
+        async with Admin(",".join(n.address for n in cluster.running())) as admin:
+            desc = await admin.describe_topic(TOPIC)
+        hw = {p.partition: p.high_watermark for p in desc.partitions}
+
+        def done() -> bool:
+            try:
+                _covered([a, b], hw)
+            except AssertionError:
+                return False
+            return True
+        await wait_for(done, "every record processed", 20.0, 0.1)
+        _check_no_two_owners([a, b], time.time())
+        log.warning("coordinator (node %d) killed: every partition read again after %.3f s, "
+                    "no partition moved", victim, back)
+        print(f"\nCOORDINATOR KILL node {victim}: partitions read again after {back:.3f}s")
+    except BaseException:
+        log.error("member logs:\n%s", ms.logs())
         raise
     finally:
         load.stop.set()
