@@ -242,19 +242,23 @@ def record_offsets(header: BatchHeader, records: records_pb2.Records) -> list[in
     return [base + d for d in deltas]
 
 
-def compact_records(batch: bytes | bytearray | memoryview, keep: Sequence[int]) -> bytes:
+def compact_records(batch: bytes | bytearray | memoryview, keep: Sequence[int],
+                    records: records_pb2.Records | None = None) -> bytes:
     """Rewrite a verified, stored (non-control) batch keeping only the records at indexes
     `keep` (ascending positions among the records it holds now), as a compacted batch.
 
     The stamped prefix, timestamps, producer fields and record_count (the offset span) stay;
     attributes bit 6 is set, `offset_deltas` records where each survivor was, the CRC is
-    resealed. Keeping every record of an ordinary batch returns it unchanged.
+    resealed. Keeping every record of an ordinary batch returns it unchanged. `records`: the
+    batch's body already parsed, if the caller has it.
     """
     header = parse_header(batch)
     if header.is_control:
         raise InvalidBatchError("control batches hold no records to compact")
-    old = records_pb2.Records()
-    old.ParseFromString(bytes(memoryview(batch)[HEADER_SIZE:header.size]))
+    old = records
+    if old is None:
+        old = records_pb2.Records()
+        old.ParseFromString(bytes(memoryview(batch)[HEADER_SIZE:header.size]))
     offsets = record_offsets(header, old)
     if not header.is_compacted and len(keep) == len(offsets):
         return bytes(batch)

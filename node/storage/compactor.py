@@ -183,10 +183,9 @@ def compact_log(plog: PartitionLog, now_ms: int, *, delete_retention_ms: int,
                     continue
                 records = _records_of(header, view)
                 if records.keys:
-                    for off, key in zip(record_offsets(header, records), records.keys,
-                                        strict=True):
-                        if key:
-                            latest[key] = off
+                    # Keyless records land under b"", which pass 2 never looks up.
+                    latest.update(zip(records.keys, record_offsets(header, records),
+                                      strict=True))
         # Pass 2: rewrite and swap, oldest first.
         cutoff = now_ms - delete_retention_ms
         for seg, fd in zip(cands, fds, strict=True):
@@ -240,30 +239,37 @@ def _clean_batch(pos: int, view: memoryview, latest: dict[bytes, int], out: _Cle
         return next_expiry
     records = _records_of(header, view)
     offsets = record_offsets(header, records)
+    n = len(offsets)
     keys = records.keys
-    keep: list[int] = []
-    for i, off in enumerate(offsets):
-        if not keys or not keys[i]:
-            keep.append(i)  # no key: nothing can supersede it
-            continue
-        if latest[keys[i]] != off:
-            continue
-        if not records.values[i]:
-            ts = header.first_timestamp_ms + records.timestamp_deltas_ms[i]
-            if ts <= cutoff:
-                stats.tombstones_removed += 1
-                continue
-            expiry = ts + delete_retention_ms
-            next_expiry = expiry if next_expiry is None else min(next_expiry,
-                                                                  expiry)
-        keep.append(i)
-    stats.records_read += len(offsets)
-    stats.records_removed += len(offsets) - len(keep)
-    if len(keep) == len(offsets):
+    if not keys:
+        keep = list(range(n))  # no keys: nothing can supersede them
+    else:
+        # A record stays when it has no key or is its key's latest (a comprehension: this
+        # loop is most of the pass's CPU time).
+        get = latest.get
+        keep = [i for i, k, o in zip(range(n), keys, offsets, strict=True)
+                if not k or get(k) == o]
+        values = records.values
+        gone: list[int] = []
+        for i in keep:
+            if keys[i] and not values[i]:  # the latest record of its key is a tombstone
+                ts = header.first_timestamp_ms + records.timestamp_deltas_ms[i]
+                if ts <= cutoff:
+                    gone.append(i)
+                    continue
+                expiry = ts + delete_retention_ms
+                next_expiry = expiry if next_expiry is None else min(next_expiry, expiry)
+        if gone:
+            stats.tombstones_removed += len(gone)
+            dropped = set(gone)
+            keep = [i for i in keep if i not in dropped]
+    stats.records_read += n
+    stats.records_removed += n - len(keep)
+    if len(keep) == n:
         out.add(view)
     else:
         out.start(pos)
-        out.add(compact_records(view, keep))
+        out.add(compact_records(view, keep, records))
     return next_expiry
 
 
@@ -376,7 +382,7 @@ def _swap(plog: PartitionLog, old: Segment, out: _CleanedFile, epoch: int,
     stats.bytes_written += new.size
 
 
-def _write_all(fd: int, parts: list[bytes], pos: int) -> int:
+def _write_all(fd: int, parts: list[bytes | memoryview], pos: int) -> int:
     total = sum(len(p) for p in parts)
     written = os.pwritev(fd, parts, pos) if parts else 0
     if written != total:
