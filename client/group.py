@@ -312,6 +312,10 @@ class GroupMember:
                 await asyncio.wait_for(self._write(groups_pb2.GroupRequest(
                     leave=groups_pb2.LeaveGroup())), 2.0)
                 await asyncio.wait_for(call.done_writing(), 2.0)
+                # Let the coordinator end the stream: cancelling it now could drop the
+                # LeaveGroup on the way (a static member would then keep its partitions).
+                if self._task is not None:
+                    await asyncio.wait({self._task}, timeout=2.0)
             except (grpc.aio.AioRpcError, TimeoutError, asyncio.InvalidStateError,
                     RuntimeError) as exc:
                 log.debug("group %s: leave not sent: %s", self.group, exc)
@@ -474,9 +478,15 @@ class GroupConsumer:
             self._commit_task = asyncio.get_running_loop().create_task(
                 self._auto_commit(), name=f"rillet-autocommit-{self.group_id}")
 
-    async def close(self, *, commit: bool = True) -> None:
+    async def close(self, *, commit: bool = True, leave: bool | None = None) -> None:
         """Stop reading, commit everything handed to the caller (unless `commit` is False:
-        the caller committed exactly what it finished itself), leave the group."""
+        the caller committed exactly what it finished itself), and end the membership.
+
+        `leave` (default: True for dynamic members, False with an `instance_id`) sends
+        LeaveGroup so the partitions move at once. A static member closes without it: its
+        partitions wait, unread, for the session timeout, and a process that joins again with
+        the same instance_id in that time gets them back with no rebalance (a restart).
+        """
         if self._closed:
             return
         self._closed = True
@@ -492,7 +502,8 @@ class GroupConsumer:
                 await self._commit(self._done, strict=False)
             except RilletError as exc:
                 log.warning("group %s: final commit failed: %s", self.group_id, exc)
-        await self._member.close(leave=True)
+        await self._member.close(leave=not self._member.instance_id if leave is None
+                                 else leave)
         await self._pool.close()
 
     # -- what the caller sees

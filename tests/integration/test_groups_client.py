@@ -378,6 +378,49 @@ async def test_members_keep_their_partitions_when_the_coordinator_is_killed(
         await asyncio.gather(loader, return_exceptions=True)
 
 
+async def test_a_static_member_restarting_gets_its_partitions_back_without_a_rebalance(
+        broker_factory: Any) -> None:
+    bs = broker_factory().address
+    async with Admin(bs) as admin:
+        await admin.create_topic(TOPIC, 4)
+    changes: list[tuple[str, list[Any]]] = []
+    other = GroupConsumer(bs, TOPIC, group_id="static", auto_offset_reset="earliest",
+                          on_assign=lambda ps: changes.append(("assign", ps)),
+                          on_revoke=lambda ps: changes.append(("revoke", ps)))
+    await other.start()
+    try:
+        pod = GroupConsumer(bs, TOPIC, group_id="static", instance_id="pod-0",
+                            session_timeout_ms=10_000)
+        await pod.start()
+        await wait_for(lambda: len(pod.assignment()) == 2 and len(other.assignment()) == 2,
+                       "two partitions each", 10.0)
+        mine, generation = pod.assignment(), pod.generation
+        settled = len(changes)
+        await pod.close()  # a static member closes without leaving: a restart
+
+        async with Admin(bs) as admin:
+            d = await admin.describe_group("static")
+        [gone] = [m for m in d.members if m.instance_id == "pod-0"]
+        assert gone.disconnected
+        assert sorted((t.topic, p) for t in gone.assigned for p in t.partitions) == [
+            (tp.topic, tp.partition) for tp in mine]
+
+        again = GroupConsumer(bs, TOPIC, group_id="static", instance_id="pod-0",
+                              session_timeout_ms=10_000)
+        await again.start()
+        try:
+            assert again.assignment() == mine
+            assert again.generation == generation
+            assert changes[settled:] == [], "the other member saw a rebalance"
+        finally:
+            await again.close(leave=True)
+        # Leaving for good moves the partitions at once.
+        await wait_for(lambda: len(other.assignment()) == 4, "the leaver's partitions moved",
+                       10.0)
+    finally:
+        await other.close()
+
+
 # ---------------------------------------------------------------------------------- the CLI
 
 
