@@ -29,7 +29,7 @@ import grpc
 from rillet import batch as batch_codec
 from rillet.api.v1 import common_pb2, groups_pb2, groups_pb2_grpc, log_pb2, log_pb2_grpc
 from rillet.node import errors
-from rillet.node.cluster_node import ForwardedError
+from rillet.node.cluster_node import ClusterNode, ForwardedError
 from rillet.node.errors import (
     Context,
     InvalidRequestError,
@@ -397,7 +397,7 @@ class GroupsHost:
         if is_forwarded(context):
             raise UnavailableError("the group coordinator moved while the call was forwarded; "
                                    "retry")
-        leader = cluster.metadata_leader()
+        leader = _other_leader(cluster)
         try:
             return await forward(cluster.channel(leader))
         except grpc.aio.AioRpcError as exc:
@@ -405,6 +405,15 @@ class GroupsHost:
                 raise UnavailableError(
                     f"group coordinator node {leader} did not answer: {exc.details()}") from exc
             raise ForwardedError(exc) from None
+
+
+def _other_leader(cluster: ClusterNode) -> int:
+    """The metadata leader to pass a call on to; UNAVAILABLE if it just changed (an election,
+    or this node took over meanwhile): the caller retries."""
+    leader = cluster.metadata_leader()
+    if leader < 0 or leader == cluster.broker_id or leader not in cluster.dial:
+        raise UnavailableError("the group coordinator is changing; retry")
+    return leader
 
 
 def check_offsets(node: NodeContext, offsets: Any) -> dict[TP, tuple[int, str]]:
@@ -581,7 +590,10 @@ class GroupsService(groups_pb2_grpc.GroupsServicer):
         if is_forwarded(context):
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 "the group coordinator moved; join again")
-        leader = cluster.metadata_leader()
+        try:
+            leader = _other_leader(cluster)
+        except UnavailableError as exc:
+            await errors.abort(context, exc)
 
         call: Any = None
 
