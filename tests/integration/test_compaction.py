@@ -8,11 +8,14 @@ was down while the leader compacted catches up by copying compacted batches.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import re
 from typing import Any
 
 import pytest
 
+from rillet import batch
 from rillet.api.v1 import admin_pb2
 from rillet.client import Admin, Producer
 from rillet.client.consumer import Replay
@@ -70,6 +73,15 @@ async def wait_compacted(address: str, topic: str, last: dict[bytes, bytes],
         await asyncio.sleep(0.1)
 
 
+def count_compacted(data: bytes) -> int:
+    """Compacted batches in a segment file's bytes (a tail being written is ignored)."""
+    n = 0
+    with contextlib.suppress(batch.BatchError):
+        for header, _ in batch.iter_batches(data):
+            n += header.is_compacted
+    return n
+
+
 def check(recs: list[Any], last: dict[bytes, bytes]) -> None:
     offsets = [r.offset for r in recs]
     assert offsets == sorted(set(offsets)), "offsets strictly increase"
@@ -108,6 +120,9 @@ async def test_replicas_compact_and_a_restarted_follower_catches_up(
     last = await produce_updates(address, "rcmp", rounds=rounds)
     check(await wait_compacted(address, "rcmp", last), last)
     payload = rounds * KEYS * VALUE
+    # The follower comes back with its own compactor idle: whatever compacted batches it holds
+    # then were copied from the leader.
+    cl.node(down).env["RILLET_COMPACTION_INTERVAL_MS"] = str(3_600_000)
     cl.node(down).start()
 
     async def caught_up() -> bool | None:
@@ -120,3 +135,8 @@ async def test_replicas_compact_and_a_restarted_follower_catches_up(
     for i in range(3):
         part = (await cl.describe(i, "rcmp")).partitions[0]
         assert part.size_bytes < payload // 3, (i, part.size_bytes, payload)
+    copied = 0
+    for path in cl.node(down).data_dir.rglob("*.log"):
+        if re.fullmatch(r"\d{20}\.log", path.name) and "rcmp" in str(path):
+            copied += count_compacted(path.read_bytes())
+    assert copied > 0, "the follower holds no compacted batch copied from the leader"
