@@ -125,3 +125,29 @@ def test_decode_range_skips_control_batches() -> None:
     assert [(r.offset, r.value) for r in batch.decode_range(buf)] == [
         (0, b"x"), (1, b"y"), (2, b"z")]
     assert [r.value for r in batch.decode_range(buf, 2)] == [b"z"]
+
+
+@given(st.lists(record, min_size=1, max_size=20), st.integers(0, 2**40), st.data())
+def test_compacted_batches_keep_true_offsets_and_span(recs: list, base: int,
+                                                      data: st.DataObject) -> None:
+    """compact_records on an ordinary batch, then again on the result: survivors keep their
+    offsets, key, value, timestamp and headers; header stamps and the span never change."""
+    data_ = bytearray(batch.encode([r[1] for r in recs], keys=[r[0] for r in recs],
+                                   timestamps_ms=[r[2] for r in recs],
+                                   headers=[r[3] for r in recs]))
+    batch.stamp(data_, base, 3, 9)
+    full = batch.decode(data_)
+    keep1 = sorted(data.draw(st.sets(st.integers(0, len(recs) - 1))))
+    once = batch.compact_records(data_, keep1)
+    h = batch.verify(once)
+    if len(keep1) == len(recs):
+        assert once == bytes(data_)  # nothing removed: the batch is left as it was
+    else:
+        assert h.is_compacted
+    assert (h.base_offset, h.record_count, h.leader_term, h.raft_index) == (base, len(recs), 3, 9)
+    assert batch.decode(once) == [full[i] for i in keep1]
+    keep2 = sorted(data.draw(st.sets(st.integers(0, max(0, len(keep1) - 1)))))
+    keep2 = [i for i in keep2 if i < len(keep1)]
+    twice = batch.compact_records(once, keep2)
+    assert batch.decode(twice) == [full[keep1[i]] for i in keep2]
+    assert batch.verify(twice).next_offset == base + len(recs)
