@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
+import importlib
 import json
 import os
 import re
@@ -129,24 +130,33 @@ class _PositionType(click.ParamType):  # type: ignore[type-arg]
 POSITION = _PositionType()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _LazyGroup(click.Group):
+    """Commands from optional packages, imported only when used: `rillet serve` pulls in the
+    whole node (about half a second), which every client command would otherwise pay."""
+
+    lazy: dict[str, tuple[str, str]] = {
+        "serve": ("rillet.node.cli", "serve"),  # absent in a client-only install
+        "chaos": ("rillet.chaos.cli", "chaos"),
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None or cmd_name not in self.lazy:
+            return cmd
+        module, attr = self.lazy[cmd_name]
+        try:
+            found = getattr(importlib.import_module(module), attr)
+        except ImportError:
+            return None
+        return found if isinstance(found, click.Command) else None
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Rillet: a replicated, replayable event log."""
-
-
-try:  # the node is optional for a client-only install; the CLI works without it
-    from rillet.node.cli import serve
-except ImportError:  # pragma: no cover
-    pass
-else:
-    main.add_command(serve)
-
-try:  # the fault-injection harness (rillet.chaos) is optional too
-    from rillet.chaos.cli import chaos as chaos_cmd
-except ImportError:  # pragma: no cover
-    pass
-else:
-    main.add_command(chaos_cmd)
 
 
 # ------------------------------------------------------------------------------------ topics
