@@ -248,8 +248,23 @@ class Table(Generic[K, V]):
                 await wake.wait()
 
     async def _targets(self) -> dict[int, int]:
-        """Highest high watermark per partition over every broker that answers."""
+        """Highest high watermark per partition over the brokers that answer.
+
+        Every broker is asked at once. The answer is ready when each partition's leader (as
+        last known) has answered, or when every broker has answered or failed: a broker that
+        hangs but leads nothing does not hold the wait up. After a failure the leaders are
+        looked up again before the next call.
+        """
+        if self._metadata.stale:
+            try:
+                await fetch_metadata(self._pool, self._metadata, [self.topic],
+                                     timeout_s=min(self.request_timeout_s, 2.0))
+            except RilletError as exc:
+                log.info("%s: metadata refresh failed (%s); using what is known", self.topic,
+                         exc)
         brokers = sorted(set(self._metadata.brokers.values())) or list(self._metadata.bootstrap)
+        leaders = {self._metadata.leader_address(self.topic, p)
+                   for p in self._consumer.partitions}
         request = admin_pb2.DescribeTopicRequest(name=self.topic)
 
         async def describe(address: str) -> admin_pb2.TopicDescription:
@@ -257,20 +272,34 @@ class Table(Generic[K, V]):
             response = await stub.DescribeTopic(request, timeout=self.request_timeout_s)
             return response.topic  # type: ignore[no-any-return]
 
-        answers = await asyncio.gather(*(describe(a) for a in brokers), return_exceptions=True)
+        calls = {asyncio.ensure_future(describe(a)): a for a in brokers}
+        pending = set(calls)
+        answered: set[str] = set()
         target: dict[int, int] = {}
         failures: list[RilletError] = []
-        for address, answer in zip(brokers, answers, strict=True):
-            if isinstance(answer, grpc.aio.AioRpcError):
-                err = from_rpc_error(answer)
-                log.info("%s: no high watermarks from %s: %s", self.topic, address, err)
-                failures.append(err)
-                continue
-            if isinstance(answer, BaseException):
-                raise answer
-            for pd in answer.partitions:
-                target[pd.partition] = max(target.get(pd.partition, 0), pd.high_watermark)
-        if len(failures) == len(brokers) and not any(f.retriable for f in failures):
+        try:
+            while pending and not leaders <= answered:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for call in done:
+                    address = calls[call]
+                    problem = call.exception()
+                    if isinstance(problem, grpc.aio.AioRpcError):
+                        err = from_rpc_error(problem)
+                        log.info("%s: no high watermarks from %s: %s", self.topic, address, err)
+                        failures.append(err)
+                        self._metadata.mark_stale()
+                        continue
+                    if problem is not None:
+                        raise problem
+                    answered.add(address)
+                    for pd in call.result().partitions:
+                        target[pd.partition] = max(target.get(pd.partition, 0),
+                                                   pd.high_watermark)
+        finally:
+            for call in pending:
+                call.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if not answered and failures and not any(f.retriable for f in failures):
             # Every broker refused outright (the topic was deleted, say): waiting cannot help.
             raise failures[0]
         for p, hw in self._consumer.high_watermarks.items():

@@ -48,12 +48,18 @@ class FakeLog:
 
 class FakeNode(log_pb2_grpc.ConsumeServicer, admin_pb2_grpc.MetadataServicer,
                admin_pb2_grpc.AdminServicer):
-    def __init__(self, partitions: int) -> None:
+    def __init__(self, partitions: int, node_id: int = 0,
+                 others: list[FakeNode] | None = None) -> None:
         self.logs = [FakeLog() for _ in range(partitions)]
+        self.node_id = node_id
+        #: Further nodes the metadata lists (they lead nothing; only DescribeTopic is asked).
+        self.others = others if others is not None else []
         self.address = ""
         self.server: grpc.aio.Server | None = None
         #: DescribeTopic answers UNAVAILABLE while set.
         self.describe_down = False
+        #: DescribeTopic never answers while set (a hung node).
+        self.describe_hangs = False
         #: Consume answers this status at once while set.
         self.consume_error: grpc.StatusCode | None = None
         self.changed = asyncio.Event()
@@ -63,7 +69,8 @@ class FakeNode(log_pb2_grpc.ConsumeServicer, admin_pb2_grpc.MetadataServicer,
 
     async def GetMetadata(self, request: Any, context: Any) -> admin_pb2.MetadataResponse:
         return admin_pb2.MetadataResponse(
-            brokers=[admin_pb2.Broker(node_id=0, address=self.address)],
+            brokers=[admin_pb2.Broker(node_id=n.node_id, address=n.address)
+                     for n in (self, *self.others)],
             topics=[admin_pb2.TopicMetadata(name=TOPIC, partitions=[
                 admin_pb2.PartitionMetadata(partition=p, leader_id=0, replicas=[0])
                 for p in range(len(self.logs))])])
@@ -72,6 +79,8 @@ class FakeNode(log_pb2_grpc.ConsumeServicer, admin_pb2_grpc.MetadataServicer,
                             ) -> admin_pb2.DescribeTopicResponse:
         if self.describe_down:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "describe is down")
+        if self.describe_hangs:
+            await asyncio.Event().wait()
         return admin_pb2.DescribeTopicResponse(topic=admin_pb2.TopicDescription(
             name=TOPIC, partitions=[
                 admin_pb2.PartitionDescription(partition=p, high_watermark=lg.hw)
@@ -111,9 +120,7 @@ class FakeNode(log_pb2_grpc.ConsumeServicer, admin_pb2_grpc.MetadataServicer,
                 for p, at in pos.items()])
 
 
-@pytest.fixture
-async def node() -> AsyncIterator[FakeNode]:
-    n = FakeNode(partitions=2)
+async def serve(n: FakeNode) -> FakeNode:
     server = grpc.aio.server()
     log_pb2_grpc.add_ConsumeServicer_to_server(n, server)
     admin_pb2_grpc.add_MetadataServicer_to_server(n, server)
@@ -121,8 +128,16 @@ async def node() -> AsyncIterator[FakeNode]:
     n.address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
     n.server = server
     await server.start()
+    return n
+
+
+@pytest.fixture
+async def node() -> AsyncIterator[FakeNode]:
+    n = await serve(FakeNode(partitions=2))
     yield n
-    await server.stop(grace=None)
+    for m in (n, *n.others):
+        if m.server is not None:
+            await m.server.stop(grace=None)
 
 
 async def test_sets_and_tombstones_apply_in_offset_order(node: FakeNode) -> None:
@@ -205,6 +220,18 @@ async def test_decoders_and_on_change(node: FakeNode, caplog: pytest.LogCaptureF
     assert seen == [("a", None, {"n": 1}), ("b", None, {"n": 2}), ("a", {"n": 1}, {"n": 3}),
                     ("b", {"n": 2}, None), ("boom", None, {"n": 0})]
     assert "on_change failed" in caplog.text, "a failing callback is logged, not fatal"
+
+
+async def test_a_hung_broker_that_leads_nothing_does_not_hold_the_wait(node: FakeNode) -> None:
+    hung = await serve(FakeNode(partitions=2, node_id=1))
+    hung.describe_hangs = True
+    node.others.append(hung)
+    node.logs[0].append([(b"a", b"1")])
+    async with Table(node.address, TOPIC, request_timeout_s=30) as table:
+        assert await table.wait_caught_up(timeout_s=5) == {0: 1, 1: 0}
+        node.logs[1].append([(b"b", b"1")])
+        node.touch()
+        assert await table.wait_caught_up(timeout_s=5) == {0: 1, 1: 1}
 
 
 async def test_falls_back_to_the_consumers_high_watermarks(node: FakeNode) -> None:
