@@ -140,12 +140,11 @@ class Table(Generic[K, V]):
         """Look the topic up and start replaying it (returns at once; see wait_caught_up)."""
         if self._task is not None:
             raise RilletError("table already started")
-        await fetch_metadata(self._pool, self._metadata, [self.topic],
-                             timeout_s=self.request_timeout_s)
-        if self._metadata.partitions(self.topic) is None:
-            await self._pool.close()
-            raise UnknownTopicError(f"topic {self.topic!r} does not exist")
         try:
+            await fetch_metadata(self._pool, self._metadata, [self.topic],
+                                 timeout_s=self.request_timeout_s)
+            if self._metadata.partitions(self.topic) is None:
+                raise UnknownTopicError(f"topic {self.topic!r} does not exist")
             await self._consumer.start()
         except BaseException:
             await self._consumer.close()
