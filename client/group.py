@@ -54,6 +54,8 @@ __all__ = ["GroupConsumer", "GroupMember", "TopicPartition"]
 MAX_BACKOFF_S = 2.0
 #: Heartbeat interval until the first Assignment names one.
 DEFAULT_HEARTBEAT_MS = 1000
+#: Longest wait for the answer to a JoinGroup before trying the next address.
+JOIN_TIMEOUT_S = 5.0
 #: What the coordinator assumes when the member does not say (groups.proto).
 DEFAULT_SESSION_TIMEOUT_MS = 10_000
 
@@ -253,7 +255,16 @@ class GroupMember:
             await call.write(self._join_request())
             beats = asyncio.get_running_loop().create_task(self._heartbeats())
             while True:
-                event = await call.read()
+                if self._session_ok:
+                    event = await call.read()
+                else:
+                    # The coordinator answers a join at once; a node that does not (hung,
+                    # black-holed) must not hold the member: try the next address.
+                    try:
+                        event = await asyncio.wait_for(call.read(), JOIN_TIMEOUT_S)
+                    except TimeoutError:
+                        raise _Retry(f"no answer to JoinGroup from {address} within "
+                                     f"{JOIN_TIMEOUT_S:.0f} s") from None
                 if event is grpc.aio.EOF:  # type: ignore[attr-defined]
                     raise _Retry(f"stream from {address} ended")
                 if event.HasField("assignment"):

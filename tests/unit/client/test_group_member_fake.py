@@ -10,7 +10,9 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
+from rillet.api.v1 import groups_pb2_grpc
 from rillet.client import Consumer
+from rillet.client import group as group_module
 from rillet.client.errors import GroupFencedError
 from rillet.client.group import GroupConsumer, TopicPartition
 from tests.unit.client.fake_cluster import FakeCluster, stop_cluster
@@ -167,3 +169,28 @@ async def test_blocking_wrapper_polls_commits_and_reports_its_assignment(
     assert got == 20 and assigned == _tps(0, 1, 2, 3)
     assert groups.offsets == {(T, p): 5 for p in range(4)}
     assert not groups.members
+
+
+class _Hung(groups_pb2_grpc.GroupsServicer):
+    """A node that accepts the Join stream and never answers."""
+
+    async def Join(self, request_iterator: object, context: object) -> AsyncIterator[object]:
+        await asyncio.Event().wait()
+        yield None  # pragma: no cover
+
+
+async def test_a_node_that_never_answers_the_join_is_skipped(
+        fake: tuple[FakeCluster, FakeGroups], monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster, _groups = fake
+    monkeypatch.setattr(group_module, "JOIN_TIMEOUT_S", 0.3)
+    server = grpc.aio.server()
+    groups_pb2_grpc.add_GroupsServicer_to_server(_Hung(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        c = Consumer(f"127.0.0.1:{port},{cluster.nodes[0].address}", T, group_id="g")
+        assert isinstance(c, GroupConsumer)
+        async with c:
+            assert c.assignment() == _tps(0, 1, 2, 3)
+    finally:
+        await server.stop(grace=None)
