@@ -477,6 +477,12 @@ async def test_cli_consume_group_prints_only_what_is_new_and_reset_replays(
     assert lag[0]["lag"] == 5 and lag[1]["lag"] == 0 and lag[2]["lag"] == 0, lag
     assert lag[0]["committed_offset"] == 12 and lag[0]["high_watermark"] == 17
     assert lag[0]["lag_seconds"] >= 0
+    text = (await asyncio.to_thread(rillet, "group", "describe", "cli",
+                                    bootstrap=bs)).stdout.decode().splitlines()
+    assert text[0].startswith("group cli: empty")
+    assert text[1].split() == ["topic", "partition", "committed", "high_watermark", "lag",
+                               "lag_seconds", "owner"]
+    assert text[2].split()[:5] == [TOPIC, "0", "12", "17", "5"]
     async with Admin(bs) as admin:
         assert [(g.group, g.state, g.members) for g in await admin.list_groups()] == [
             ("cli", "empty", 0)]
