@@ -101,7 +101,10 @@ class _Reader:
         self.max_bytes = max_bytes
         self.request_timeout_s = request_timeout_s
         self._metadata = ClusterMetadata(parse_bootstrap(bootstrap))
+        #: Channels; a group consumer passes one pool shared by its per-partition readers
+        #: (set before start()), which it closes itself.
         self._pool = ChannelPool()
+        self._own_pool = True
         self._queue: asyncio.Queue[RecordBatch | BaseException | object] = asyncio.Queue(
             queue_size)
         self._tasks: list[asyncio.Task[None]] = []
@@ -284,7 +287,13 @@ class _Reader:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self._pool.close()
+        if self._own_pool:
+            await self._pool.close()
+
+    def share_pool(self, pool: ChannelPool) -> None:
+        """Use `pool`'s channels (owned and closed by the caller) instead of a private pool:
+        readers of many partitions then share one connection per node."""
+        self._pool, self._own_pool = pool, False
 
 
 class Consumer(_Reader):

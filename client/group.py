@@ -717,6 +717,7 @@ class GroupConsumer:
                      max_bytes=self.max_bytes, max_wait_ms=self.max_wait_ms, queue_size=8,
                      request_timeout_s=self.request_timeout_s,
                      reconnect_timeout_s=self.reconnect_timeout_s)
+        c.share_pool(self._pool)
         part = _Partition(tp, c)
         self._parts[tp] = part
         part.task = asyncio.get_running_loop().create_task(
