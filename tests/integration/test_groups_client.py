@@ -251,6 +251,17 @@ async def test_three_members_share_six_partitions_through_a_kill_and_a_join(
             revoked = {p for e in m.events() if e["ev"] == "revoke" and e["t"] > t_join
                        for _, p in e["tps"]}
             assert revoked == (a_mid if m is a else b_mid) - m.owned(), m.name
+        # The old owner committed the moved partitions before releasing them: the newcomer
+        # starts where it stopped (at most its last batch, not yet finished, comes again).
+        await wait_for(lambda: all(any(e["ev"] == "batch" and e["p"] == p for e in d.events())
+                                   for p in taken), "the newcomer reading what it took",
+                       10.0, 0.02)
+        for p in taken:
+            old = sorted((e for m in (a, b, c) for e in m.events()
+                          if e["ev"] == "batch" and e["p"] == p), key=lambda e: e["t"])
+            first = min(e["first"] for e in d.events() if e["ev"] == "batch" and e["p"] == p)
+            assert old and first <= old[-1]["next"], (p, first, old[-1])
+            assert len(old) < 2 or first >= old[-2]["next"], (p, first, old[-2:])
 
         # Stop producing; everything gets processed.
         load.stop.set()
@@ -456,6 +467,9 @@ async def test_cli_consume_group_prints_only_what_is_new_and_reset_replays(
     assert sorted(first) == sorted(f"first-{i}" for i in range(30))
     assert await asyncio.to_thread(consume) == []
 
+    # Record timestamps are the producer's clock, in ms: let one pass between the two runs.
+    t_second = int(time.time() * 1000) + 1
+    await wait_for(lambda: time.time() * 1000 > t_second + 1, "a millisecond to pass", 1.0)
     async with Producer(bs) as producer:
         for i in range(6):
             await producer.send(TOPIC, b"second-%d" % i, partition=i % 3)
@@ -483,6 +497,12 @@ async def test_cli_consume_group_prints_only_what_is_new_and_reset_replays(
     assert text[1].split() == ["topic", "partition", "committed", "high_watermark", "lag",
                                "lag_seconds", "owner"]
     assert text[2].split()[:5] == [TOPIC, "0", "12", "17", "5"]
+    # Reset to a time: the first offset written at or after it, per partition (dry run).
+    at = (await asyncio.to_thread(
+        rillet, "group", "reset-offsets", "cli", "--topic", TOPIC, "--to", f"{t_second}ms",
+        "--dry-run", "--format", "json", bootstrap=bs)).stdout
+    assert [(o["partition"], o["offset"]) for o in json.loads(at)] == [(0, 10), (1, 10),
+                                                                        (2, 10)]
     async with Admin(bs) as admin:
         assert [(g.group, g.state, g.members) for g in await admin.list_groups()] == [
             ("cli", "empty", 0)]
