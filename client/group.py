@@ -150,6 +150,8 @@ class GroupMember:
         #: A failure no rejoin fixes; raised to whoever waits on the member.
         self.error: BaseException | None = None
         self._next_address = itertools.cycle(range(len(self.addresses)))
+        #: Why the last stream ended, for the error a caller sees.
+        self.last_failure = ""
         #: Count of Assignment messages applied (for tests and callers that wait on changes).
         self.assignments = 0
 
@@ -169,8 +171,9 @@ class GroupMember:
         if not done:
             await self.close(leave=False)
             raise ClusterUnreachableError(
-                f"group {self.group!r}: no assignment within {timeout_s} s from "
-                f"{','.join(self.addresses)}")
+                f"group {self.group!r}: no assignment within {timeout_s:g} s from "
+                f"{','.join(self.addresses)}"
+                + (f" (last failure: {self.last_failure})" if self.last_failure else ""))
 
     # -- the stream
 
@@ -236,6 +239,7 @@ class GroupMember:
                         f"group {self.group!r}: no coordinator for "
                         f"{self.reconnect_timeout_s:.0f} s: {exc}")
                     raise self.error from exc
+                self.last_failure = str(exc)
                 log.info("group %s: stream to %s ended (%s); rejoining in %.2f s",
                          self.group, address, exc, backoff)
                 await asyncio.sleep(backoff)

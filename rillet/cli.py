@@ -543,7 +543,7 @@ async def _consume_group(bootstrap: str, topic_name: str, group_id: str,
     write = _writer(out, fmt)
     printed: dict[TopicPartition, int] = {}
     consumer = GroupConsumer(bootstrap, topic_name, group_id=group_id, auto_offset_reset=reset,
-                             request_timeout_s=max(timeout_s, 10.0))
+                             request_timeout_s=timeout_s)
     await consumer.start()
     seen = 0
     # SIGTERM (a supervisor stopping us) ends the run like the idle timeout: commit, leave.
