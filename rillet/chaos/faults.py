@@ -423,10 +423,7 @@ async def freeze_followers_kill_leader(ctx: FaultContext, rng: random.Random
 
 
 KINDS["freeze-followers-kill-leader"] = freeze_followers_kill_leader
-#: Disk damage: kept out of the default draw while a damaged follower cannot rejoin (a hard
-#: state commit past its cut log stops the replica: docs/chaos.md, "Known findings").
+#: Disk damage (`RILLET_CHAOS_DISK=0` leaves it out of a sweep).
 DISK_KINDS = ("corrupt-follower-segment",)
-#: What a random schedule draws from by default: every kind that faults at most one node at
-#: a time, disk damage excepted (add it with `--faults` or RILLET_CHAOS_DISK=1).
-RANDOM_KINDS = tuple(k for k in KINDS
-                     if k != "freeze-followers-kill-leader" and k not in DISK_KINDS)
+#: What a random schedule draws from by default: every kind that faults one node at a time.
+RANDOM_KINDS = tuple(k for k in KINDS if k != "freeze-followers-kill-leader")

@@ -3,11 +3,11 @@
 - test_short_schedule: a couple of fixed seeds of a short random schedule (default suite).
 - test_sweep: many seeds (`RILLET_CHAOS_SEEDS=100`, or `=5-9`, `=1,7`), slow-marked; each
   run's summary.json and timeline.svg stay in pytest's tmp dir, and a one-line verdict per seed
-  is logged. RILLET_CHAOS_DISK=1 adds disk damage to the kinds drawn.
+  is logged. RILLET_CHAOS_DISK=0 leaves disk damage out of the kinds drawn.
 - test_planted_early_ack_loses_writes: with the planted bug on, a leader that appended alone
   (its followers frozen) acknowledges; kill -9 it, and the checker must report lost writes.
 - test_corrupt_follower_refetches: a follower's segment damaged while it is down is found on
-  restart, cut, fetched again, and never served (an expected failure today: docs/chaos.md).
+  restart, cut, fetched again, and never served.
 
 Every process is started by rillet.chaos.cluster and stopped there by PID (the runner's
 `finally`, atexit as a last resort). Every wait has a deadline.
@@ -69,7 +69,8 @@ async def test_short_schedule(seed: int, tmp_path: Path) -> None:
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("seed", seeds_from_env(range(100, 110)))
 async def test_sweep(seed: int, tmp_path: Path) -> None:
-    kinds = RANDOM_KINDS + (DISK_KINDS if os.environ.get("RILLET_CHAOS_DISK") == "1" else ())
+    kinds = tuple(k for k in RANDOM_KINDS
+                  if os.environ.get("RILLET_CHAOS_DISK") != "0" or k not in DISK_KINDS)
     out = Path(os.environ.get("RILLET_CHAOS_OUT", str(tmp_path)))
     result = await run_schedule(seed, SWEEP_DURATION_S, out, kinds=kinds)
     log.info("%s", _verdict(result.summary))
@@ -97,18 +98,13 @@ async def test_freeze_followers_kill_leader_is_safe_without_the_bug(tmp_path: Pa
     assert result.report.total("lost") == 0
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(strict=True, reason="a follower whose committed entries were cut does not "
-                   "run the group again (RaftCore.load_state: hard state commit past the last "
-                   "index); see docs/chaos.md, Known findings")
-async def test_corrupt_follower_refetches(tmp_path: Path) -> None:
-    """Truncate the follower's segment in its second half (committed entries go), restart.
-
-    Slow-marked while it is an expected failure (it waits out the catch-up deadline). A flip
-    in the last batch only is racy today: the follower may come back before the leader's
-    next heartbeat names a commit past its cut log (then its group stops on an assertion),
-    or not; so the deterministic truncation is what this test pins down."""
+@pytest.mark.parametrize("mode", ["flip", pytest.param("truncate", marks=pytest.mark.slow)])
+async def test_corrupt_follower_refetches(mode: str, tmp_path: Path) -> None:
+    """Damage a follower's newest segment while it is down (flip a CRC-covered byte of the
+    last batch, or cut the file in its second half), restart it: it finds the damage on open,
+    cuts it, fetches the lost entries from the leader, and then serves exactly what the
+    others hold."""
     topic, values = "damaged", [f"v{i}".encode() for i in range(300)]
     cluster = ChaosCluster(tmp_path / "run", 3)
     try:
@@ -121,11 +117,11 @@ async def test_corrupt_follower_refetches(tmp_path: Path) -> None:
                 for h in handles:
                     await h
         ctx = FaultContext(cluster, History(), topic, 1)
-        fault = await corrupt_follower_segment(ctx, random.Random(3), mode="truncate",
-                                               partition=0)
+        fault = await corrupt_follower_segment(ctx, random.Random(3), mode=mode,
+                                               crc_covered=True, partition=0)
         assert fault is not None
         node = int(fault.event.target.split()[-1])
-        assert "truncated" in fault.event.detail, fault.event.detail
+        assert ("flipped byte" if mode == "flip" else "truncated") in fault.event.detail
         await cluster.restart(node)
         assert recovery_lines(cluster, node), cluster.node(node).log_tail(40)
         note = await wait_caught_up(cluster, node, topic, 0, timeout_s=15.0)
