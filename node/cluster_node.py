@@ -407,7 +407,8 @@ class ClusterNode:
             try:
                 rlog = PartitionRaftLog.open(
                     directory, settings.log_config(self.config.index_interval_bytes),
-                    conf=conf, journal=self.journal, group=p.group_id)
+                    conf=conf, journal=self.journal, group=p.group_id,
+                    log_fields={"topic": p.topic, "partition": p.partition})
             except Exception:
                 log.exception("node %d: cannot open the replica of %s-%d in %s",
                               self.broker_id, p.topic, p.partition, directory)

@@ -100,7 +100,8 @@ class Partition:
         dirty pages), so retrying the fsync could report success for data that is gone.
         """
         if self.failure is None:
-            log.error("partition %s: storage failure, refusing writes: %s", self.name, exc)
+            self.log.logger.error("partition %s: storage failure, refusing writes: %s",
+                                  self.name, exc)
             self.failure = exc
         self._fail_waiters(StorageFailureError(f"partition {self.name}: {exc}"))
 
@@ -119,7 +120,7 @@ class Partition:
         try:
             self.log.close()
         except Exception:
-            log.exception("partition %s: close failed", self.name)
+            self.log.logger.exception("partition %s: close failed", self.name)
         self._on_advance()
 
 

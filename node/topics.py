@@ -215,7 +215,8 @@ class TopicRegistry:
         directory = self.topics_dir / topic.name / str(index)
         directory.mkdir(parents=True, exist_ok=True)
         plog = PartitionLog.open(
-            directory, topic.settings.log_config(self.config.index_interval_bytes))
+            directory, topic.settings.log_config(self.config.index_interval_bytes),
+            log_fields={"topic": topic.name, "partition": index})
         part = Partition(topic.name, index, plog, on_append=self.committer.mark_dirty,
                          on_advance=topic.notify)
         if part.dirty:

@@ -213,17 +213,17 @@ def compact_log(plog: PartitionLog, now_ms: int, *, delete_retention_ms: int,
             progress.delete_retention_ms = delete_retention_ms
     except _Aborted as exc:
         stats.skipped = f"aborted: {exc}"
-        log.info("%s: compaction pass aborted: %s", plog.directory, exc)
+        plog.logger.info("%s: compaction pass aborted: %s", plog.directory, exc)
     finally:
         for fd in fds:
             os.close(fd)
         stats.seconds = time.perf_counter() - started
     if stats.segments_rewritten:
-        log.info("%s: compaction rewrote %d of %d segment(s): %d of %d records removed "
-                 "(%d tombstones), %d -> %d bytes in %.3fs", plog.directory,
-                 stats.segments_rewritten, stats.segments_checked, stats.records_removed,
-                 stats.records_read, stats.tombstones_removed, stats.bytes_read,
-                 stats.bytes_written, stats.seconds)
+        plog.logger.info("%s: compaction rewrote %d of %d segment(s): %d of %d records removed "
+                         "(%d tombstones), %d -> %d bytes in %.3fs", plog.directory,
+                         stats.segments_rewritten, stats.segments_checked, stats.records_removed,
+                         stats.records_read, stats.tombstones_removed, stats.bytes_read,
+                         stats.bytes_written, stats.seconds)
     return stats
 
 

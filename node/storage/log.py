@@ -44,7 +44,7 @@ import re
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -152,9 +152,13 @@ class AppendInfo(NamedTuple):
 class PartitionLog:
     """An append-only, segmented log of record batches; see the module doc for guarantees."""
 
-    def __init__(self, directory: Path, config: LogConfig, clock_ms: Callable[[], int]) -> None:
+    def __init__(self, directory: Path, config: LogConfig, clock_ms: Callable[[], int],
+                 log_fields: Mapping[str, object] | None = None) -> None:
         # Use PartitionLog.open(); the constructor only sets fields.
         self.directory = directory
+        # Every line this log writes carries its topic and partition (node/logs.py).
+        self.log_fields: dict[str, object] = dict(log_fields or {})
+        self.logger = logging.LoggerAdapter(log, self.log_fields)
         self.config = config
         self._clock_ms = clock_ms
         self._lock = threading.Lock()
@@ -180,11 +184,13 @@ class PartitionLog:
     # ================================================================ opening and recovery
     @classmethod
     def open(cls, directory: Path, config: LogConfig, *,
-             clock_ms: Callable[[], int] = _wall_clock_ms) -> PartitionLog:
-        """Create the log in `directory`, or recover the one already there (see module doc)."""
+             clock_ms: Callable[[], int] = _wall_clock_ms,
+             log_fields: Mapping[str, object] | None = None) -> PartitionLog:
+        """Create the log in `directory`, or recover the one already there (see module doc).
+        `log_fields` (topic, partition) go on every line it logs."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        plog = cls(directory, config, clock_ms)
+        plog = cls(directory, config, clock_ms, log_fields)
         plog._recover()
         return plog
 
@@ -200,7 +206,7 @@ class PartitionLog:
         except FileNotFoundError:
             return 0, False, 0, 1, 0
         except (ValueError, KeyError, TypeError) as exc:
-            log.warning("%s: unreadable checkpoint (%s); checking every segment", path, exc)
+            self.logger.warning("%s: unreadable checkpoint (%s); checking every segment", path, exc)
             return 0, False, 0, 1, 0
 
     def _write_checkpoint(self, recovery_point: int, clean: bool,
@@ -218,7 +224,7 @@ class PartitionLog:
         others: list[tuple[int, Path]] = []
         for path in d.iterdir():
             if path.name.endswith((DELETED_SUFFIX, ".tmp", CLEANED_SUFFIX)):
-                log.info("%s: removing leftover %s", d, path.name)
+                self.logger.info("%s: removing leftover %s", d, path.name)
                 path.unlink(missing_ok=True)
                 continue
             m = _SEGMENT_FILE.match(path.name)
@@ -230,7 +236,7 @@ class PartitionLog:
                 others.append((int(m.group(1)), path))
         for base, path in others:
             if base not in bases:
-                log.info("%s: removing index %s that has no log", d, path.name)
+                self.logger.info("%s: removing index %s that has no log", d, path.name)
                 path.unlink(missing_ok=True)
         recovery_point, clean, start_offset, start_raft, prev_term = self._read_checkpoint()
         self._start_raft_index, self._start_prev_term = start_raft, prev_term
@@ -246,8 +252,8 @@ class PartitionLog:
             below += rest
             rest = []
         for s in below:
-            log.info("%s: removing segment %d below the log start (offset %d, Raft index %d)",
-                     d, s.base_offset, start_offset, start_raft)
+            self.logger.info("%s: removing segment %d below the log start (offset %d, "
+                             "Raft index %d)", d, s.base_offset, start_offset, start_raft)
             self._delete_files(s.rename_deleted())
         segs = rest
         if not segs:
@@ -258,8 +264,8 @@ class PartitionLog:
         first_checked = max(0, bisect.bisect_right([s.base_offset for s in segs],
                                                    recovery_point) - 1)
         if not clean:
-            log.info("%s: opening after an unclean shutdown; checking from offset %d",
-                     d, segs[first_checked].base_offset)
+            self.logger.info("%s: opening after an unclean shutdown; checking from offset %d",
+                             d, segs[first_checked].base_offset)
         kept: list[Segment] = []
         cut_total = 0
         for i, seg in enumerate(segs):
@@ -270,8 +276,9 @@ class PartitionLog:
                 # A gap or overlap (the previous segment lost its tail): nothing after a hole
                 # can be trusted.
                 dropped = segs[i:]
-                log.warning("%s: dropping %d segment(s) from offset %d: they do not continue "
-                            "offset %d", d, len(dropped), seg.base_offset, kept[-1].next_offset)
+                self.logger.warning("%s: dropping %d segment(s) from offset %d: they do not "
+                                    "continue offset %d", d, len(dropped), seg.base_offset,
+                                    kept[-1].next_offset)
                 for s in dropped:
                     cut_total += s.size
                     self._delete_files(s.rename_deleted())
@@ -303,12 +310,13 @@ class PartitionLog:
         fsync_dir(d)
         self._dir_dirty = False
         if recovery_point > self._log_end:
-            log.error("%s: checkpoint says offsets below %d were flushed but the log ends at "
-                      "%d: flushed data was lost", d, recovery_point, self._log_end)
+            self.logger.error("%s: checkpoint says offsets below %d were flushed but the log "
+                              "ends at %d: flushed data was lost", d, recovery_point,
+                              self._log_end)
         self._write_checkpoint(active.base_offset, clean=False)
-        log.info("%s: opened, offsets %d to %d in %d segment(s), %d bytes%s", d,
-                 self.log_start_offset, self._log_end, len(kept), self._size,
-                 f", cut {cut_total} bytes" if cut_total else "")
+        self.logger.info("%s: opened, offsets %d to %d in %d segment(s), %d bytes%s", d,
+                         self.log_start_offset, self._log_end, len(kept), self._size,
+                         f", cut {cut_total} bytes" if cut_total else "")
 
     def _delete_files(self, paths: list[Path]) -> None:
         for p in paths:
@@ -455,8 +463,8 @@ class PartitionLog:
         self._segments.append(new)
         self._bases.append(new.base_offset)
         self._dir_dirty = True
-        log.debug("%s: rolled segment %d -> %d", self.directory, old.base_offset,
-                  new.base_offset)
+        self.logger.debug("%s: rolled segment %d -> %d", self.directory, old.base_offset,
+                          new.base_offset)
         return new
 
     def flush(self) -> int:
@@ -687,8 +695,8 @@ class PartitionLog:
         self._log_end = offset
         self._flushed_offset = min(self._flushed_offset, offset)
         self._size = sum(s.size for s in self._segments)
-        log.info("%s: truncated to offset %d (Raft index %d)", self.directory, offset,
-                 raft_index)
+        self.logger.info("%s: truncated to offset %d (Raft index %d)", self.directory, offset,
+                         raft_index)
 
     def reset(self, next_offset: int, next_raft_index: int, prev_term: int,
               start_meta: str = "") -> None:
@@ -716,8 +724,8 @@ class PartitionLog:
             self._log_end = self._flushed_offset = next_offset
             self._size = 0
             self._dir_dirty = False
-        log.info("%s: reset to offset %d, Raft index %d", self.directory, next_offset,
-                 next_raft_index)
+        self.logger.info("%s: reset to offset %d, Raft index %d", self.directory, next_offset,
+                         next_raft_index)
 
     def retention_point(self, now_ms: int, *, max_raft_index: int | None = None) -> int:
         """The first Raft index `enforce_retention(now_ms, max_raft_index=...)` would keep
@@ -783,8 +791,8 @@ class PartitionLog:
             self._pending_fsync = [p for p in self._pending_fsync if p not in dead]
         fsync_dir(self.directory)
         self._delete_files(renamed)
-        log.info("%s: retention deleted %d segment(s); log now starts at %d",
-                 self.directory, n, self.log_start_offset)
+        self.logger.info("%s: retention deleted %d segment(s); log now starts at %d",
+                         self.directory, n, self.log_start_offset)
         return n
 
     # ================================================================ compaction

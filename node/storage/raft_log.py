@@ -37,7 +37,7 @@ import logging
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,13 +118,16 @@ class PartitionRaftLog:
     def open(cls, directory: Path, config: LogConfig | None = None, *,
              conf: ConfState | None = None,
              clock_ms: Callable[[], int] = _wall_clock_ms,
-             journal: HardStateJournal | None = None, group: int = 0) -> PartitionRaftLog:
+             journal: HardStateJournal | None = None, group: int = 0,
+             log_fields: Mapping[str, object] | None = None) -> PartitionRaftLog:
         """Open (recovering) the partition log in `directory` and its Raft state. `conf` is the
         group's initial membership, used only while the log has never moved its start and no
         state file records one. With a `journal` (one per node), term, vote and commit of
         group `group` live there instead of in the state file (see node/storage/hardstate.py),
-        and the syncer given the same journal makes them durable with one fsync per round."""
-        plog = PartitionLog.open(Path(directory), config or LogConfig(), clock_ms=clock_ms)
+        and the syncer given the same journal makes them durable with one fsync per round.
+        `log_fields` (topic, partition) go on every line the log writes."""
+        plog = PartitionLog.open(Path(directory), config or LogConfig(), clock_ms=clock_ms,
+                                 log_fields=log_fields)
         rlog = cls(plog, conf if conf is not None else ConfState())
         rlog._load_state()
         if journal is not None:
@@ -225,8 +228,8 @@ class PartitionRaftLog:
         if entries[0].index < first:
             entries = entries[first - entries[0].index:]
         if entries[0].index <= self.last_index():
-            log.info("%s: dropping Raft entries from %d (conflicting suffix)", self.directory,
-                     entries[0].index)
+            self.plog.logger.info("%s: dropping Raft entries from %d (conflicting suffix)",
+                                  self.directory, entries[0].index)
             self.plog.truncate_to_raft_index(entries[0].index)
         # Invariant: no gap between what is held and what is appended.
         assert entries[0].index == self.plog.next_raft_index, (
@@ -399,7 +402,7 @@ def _sync_all(logs: list[PartitionRaftLog], journal: HardStateJournal | None = N
         try:
             lg.sync_now()
         except Exception as exc:  # keep syncing the others; report every failure
-            log.error("%s: sync failed: %s", lg.directory, exc)
+            lg.plog.logger.error("%s: sync failed: %s", lg.directory, exc)
             errors.append(exc)
     if errors:
         raise StorageError(f"{len(errors)} of {len(logs)} partition logs failed to sync: "

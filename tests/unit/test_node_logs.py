@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 
 import pytest
 
 from rillet.node.config import ConfigError, load
 from rillet.node.logs import JsonFormatter
+from rillet.node.storage.log import LogConfig, PartitionLog
 
 
 def _record(msg: str, *args: object, **extra: object) -> logging.LogRecord:
@@ -43,3 +45,20 @@ def test_log_format_is_checked() -> None:
     assert load({"log_format": "json"}).log_format == "json"
     with pytest.raises(ConfigError, match="log_format must be text or json"):
         load({"log_format": "xml"})
+
+
+def test_a_partition_log_names_its_topic_and_partition_on_every_line(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    directory = tmp_path / "orders" / "3"
+    caplog.set_level(logging.INFO, logger="rillet.node.storage.log")
+    plog = PartitionLog.open(directory, LogConfig(), log_fields={"topic": "orders",
+                                                                 "partition": 3})
+    plog.close()
+    PartitionLog.open(directory, LogConfig(), log_fields={"topic": "orders",
+                                                          "partition": 3}).close()
+    lines = [r for r in caplog.records if r.name == "rillet.node.storage.log"]
+    assert lines, "opening a log writes at least one line"
+    formatter = JsonFormatter(node_id=2)
+    for record in lines:
+        doc = json.loads(formatter.format(record))
+        assert (doc["topic"], doc["partition"], doc["node"]) == ("orders", 3, 2), doc
