@@ -279,7 +279,8 @@ def aggregate(root: Path) -> dict[str, Any]:
     partition (the longest single-partition gap of a run, its failover time).
     """
     runs = sorted(root.rglob("summary.json"))
-    out: dict[str, Any] = {"runs": 0, "ok_runs": 0, "operations": 0, "acknowledged": 0,
+    out: dict[str, Any] = {"runs": 0, "ok_runs": 0, "operations": 0, "writes": 0,
+                           "acknowledged": 0,
                            "failed": 0, "unknown": 0, "faults_by_kind": Counter(),
                            "anomalies": Counter(), "not_ok": [],
                            "longest_unavailability_s": 0.0, "longest_unavailability_seed": None,
@@ -293,8 +294,8 @@ def aggregate(root: Path) -> dict[str, Any]:
         totals = s["report"]["totals"]
         out["runs"] += 1
         out["ok_runs"] += 1 if s["ok"] else 0
-        for k in ("operations", "acknowledged", "failed", "unknown"):
-            out[k] += totals[k]
+        for k in ("operations", "writes", "acknowledged", "failed", "unknown"):
+            out[k] += totals.get(k, 0)
         out["faults_by_kind"].update(s["faults_by_kind"])
         out["anomalies"].update(s["report"]["anomalies"])
         if not s["ok"]:

@@ -120,7 +120,8 @@ def test_aggregate_adds_up_summaries(tmp_path: Path) -> None:
     def summary(seed: int, ok: bool, lost: int, window: float) -> dict[str, object]:
         return {"seed": seed, "ok": ok, "errors": [] if ok else ["x"], "run_dir": "d",
                 "longest_unavailability_s": window, "faults_by_kind": {"pause": 1},
-                "report": {"totals": {"operations": 10, "acknowledged": 8, "failed": 0,
+                "report": {"totals": {"operations": 10, "writes": 9, "acknowledged": 8,
+                                      "failed": 0,
                                       "unknown": 2},
                            "anomalies": {"lost": lost}, "violations": ["lost"] if lost else []}}
     for s in (summary(1, True, 0, 0.5), summary(2, False, 3, 2.5)):
@@ -129,7 +130,7 @@ def test_aggregate_adds_up_summaries(tmp_path: Path) -> None:
         (d / "summary.json").write_text(json.dumps(s))
     out = aggregate(tmp_path)
     assert out["runs"] == 2 and out["ok_runs"] == 1
-    assert out["operations"] == 20 and out["acknowledged"] == 16
+    assert out["operations"] == 20 and out["writes"] == 18 and out["acknowledged"] == 16
     assert out["faults_by_kind"] == {"pause": 2} and out["faults_total"] == 2
     assert out["anomalies"]["lost"] == 3
     assert out["longest_unavailability_s"] == 2.5 and out["longest_unavailability_seed"] == 2
