@@ -15,6 +15,15 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def fsync_path(path: Path) -> None:
+    """Make the contents of the file at `path` durable (an existing file, opened read-only)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace `path` with `data`: tmp -> fsync -> rename -> fsync(dir).
 

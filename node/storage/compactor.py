@@ -54,7 +54,7 @@ from rillet.batch import (
     record_offsets,
     verify,
 )
-from rillet.node.storage.atomic import fsync_dir
+from rillet.node.storage.atomic import fsync_dir, fsync_path
 from rillet.node.storage.errors import LogCorruptionError
 from rillet.node.storage.segment import Segment
 
@@ -374,7 +374,7 @@ def _swap(plog: PartitionLog, old: Segment, out: _CleanedFile, epoch: int,
         hook(STEP_RENAMED, old.base_offset)
     fsync_dir(directory)
     for p in new.write_index_files():
-        _fsync_path(p)
+        fsync_path(p)
     fsync_dir(directory)
     if hook is not None:
         hook(STEP_DONE, old.base_offset)
@@ -393,13 +393,6 @@ def _write_all(fd: int, parts: list[bytes | memoryview], pos: int) -> int:
             rest = rest[n:]
     return total
 
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ==================================================================== the background compactor

@@ -60,7 +60,7 @@ from rillet.batch import (
     InvalidBatchError,
     parse_header,
 )
-from rillet.node.storage.atomic import fsync_dir, write_atomic
+from rillet.node.storage.atomic import fsync_dir, fsync_path, write_atomic
 from rillet.node.storage.compactor import (
     CLEANED_SUFFIX,
     CompactionStats,
@@ -295,7 +295,7 @@ class PartitionLog:
             if not is_last and segs[i + 1].base_offset == seg.next_offset:
                 seg.seal()
                 for p in seg.write_index_files():
-                    _fsync_path(p)
+                    fsync_path(p)
         active = kept[-1]
         active.remove_index_files()  # the active segment's indexes live in memory only
         if active.size:
@@ -489,7 +489,7 @@ class PartitionLog:
                 os.fdatasync(fd)
             for path in pending:
                 with contextlib.suppress(FileNotFoundError):
-                    _fsync_path(path)
+                    fsync_path(path)
             if need_dir:
                 fsync_dir(self.directory)
         except BaseException:
@@ -863,13 +863,6 @@ class PartitionLog:
         return (f"log[{self.log_start_offset},{self._log_end}) flushed={self._flushed_offset} "
                 f"segments={len(self._segments)} bytes={self._size}")
 
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 __all__ = ["INDEX_SUFFIX", "LOG_SUFFIX", "TIMEINDEX_SUFFIX", "AppendInfo", "LogConfig",
