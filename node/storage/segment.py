@@ -371,6 +371,12 @@ class Segment:
             if header.last_offset - self.base_offset > MAX_RELATIVE_OFFSET:
                 reason = "a batch beyond the segment's relative offset range"
                 break
+            if header.leader_term < self.last_term:
+                # The term is stamped outside the CRC: a damaged one shows as a term that goes
+                # back (one that jumps ahead is caught only by the Raft log's own checks).
+                reason = (f"leader term {header.leader_term} after term {self.last_term}: "
+                          "terms never go back")
+                break
             self._note_batch(pos, expected, header.record_count, header.max_timestamp_ms,
                              header.size, header.leader_term)
             pos += header.size

@@ -247,3 +247,29 @@ def test_unreadable_checkpoint_falls_back_to_a_full_check(open_log: OpenLog) -> 
     (log.directory / CHECKPOINT_NAME).write_bytes(b"not json")
     log = open_log(CONFIG)
     assert len(read_all(log)) == 30
+
+
+def test_a_damaged_leader_term_that_goes_back_drops_that_batch_and_everything_after(
+        open_log: OpenLog, caplog: pytest.LogCaptureFixture) -> None:
+    # The leader term is stamped outside the CRC (the broker writes it after the producer
+    # computed the CRC), so recovery checks that terms never go back instead.
+    log = open_log(CONFIG)
+    for i in range(30):
+        log.append(make_batch(3, ts_ms=1000 + i, tag=i), leader_term=2)
+    log.flush()
+    everything = read_all(log)
+    active = _segment_logs(log.directory)[-1]
+    active_base = int(active.stem)
+    log.abandon()
+    in_active = [(h, b) for h, b in everything if h.base_offset >= active_base]
+    assert len(in_active) >= 4
+    pos = sum(len(b) for _, b in in_active[:2]) + 12  # leader_term's low byte: 2 -> 0
+    data = bytearray(active.read_bytes())
+    assert data[pos] == 2
+    data[pos] = 0
+    active.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING):
+        log = open_log(CONFIG)
+    keep = [x for x in everything if x[0].base_offset < in_active[2][0].base_offset]
+    _check_prefix(log, keep)
+    assert any("terms never go back" in r.getMessage() for r in caplog.records)
