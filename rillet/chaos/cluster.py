@@ -10,9 +10,9 @@ RUN_DIR/node-<i>/.
 
 Questions about the cluster (who leads a partition) go to every running, unpaused node with a
 short deadline; a dead or partitioned node cannot stall the harness. The metadata leader is
-not in any API answer, so it is read from the node logs: the latest "became leader" line of
-the metadata group (g0) with the highest term among running nodes (Raft ids are broker id + 1,
-rillet.node.replica.raft_id).
+what most reachable nodes name in GetMetadata (`metadata_leader_id`); when none answers, it is
+read from the node logs: the latest "became leader" line of the metadata group (g0) with the
+highest term among running nodes (Raft ids are broker id + 1, rillet.node.replica.raft_id).
 """
 
 from __future__ import annotations
@@ -335,9 +335,20 @@ class ChaosCluster:
             await asyncio.sleep(0.2)
         raise TimeoutError(f"could not create {topic}: {last}")
 
-    def metadata_leader(self) -> int:
+    async def metadata_leader(self) -> int:
+        """The metadata group's leader as most reachable nodes name it, else as the node logs
+        say; -1 when neither knows (see the module doc)."""
+        answers = await asyncio.gather(*(self._metadata(n, ()) for n in self.reachable()))
+        alive = {n.node_id for n in self.reachable()}
+        named = collections.Counter(r.metadata_leader_id for r in answers
+                                    if r is not None and r.metadata_leader_id in alive)
+        if named:
+            return named.most_common(1)[0][0]
+        return self.metadata_leader_from_logs()
+
+    def metadata_leader_from_logs(self) -> int:
         """The metadata group's leader as the node logs say, or -1 when no running node has
-        logged winning an election (see the module doc)."""
+        logged winning an election."""
         best = (-1, -1)  # (term, node)
         for n in self.nodes:
             if not n.running:

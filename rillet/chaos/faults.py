@@ -132,11 +132,11 @@ async def kill_follower(ctx: FaultContext, rng: random.Random) -> ActiveFault | 
 
 
 async def kill_metadata_leader(ctx: FaultContext, rng: random.Random) -> ActiveFault | None:
-    node = ctx.cluster.metadata_leader()
+    node = await ctx.cluster.metadata_leader()
     if node < 0 or node not in _up(ctx):
         return None
     return await _kill_and_restart(ctx, "kill-metadata-leader", node,
-                                   "metadata leader (from its log)")
+                                   "metadata leader (as GetMetadata names it)")
 
 
 async def kill_random(ctx: FaultContext, rng: random.Random) -> ActiveFault | None:
