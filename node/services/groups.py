@@ -163,7 +163,8 @@ class GroupRuntime:
                               f"group coordinator lost its store ({exc}); rejoin")
                 raise UnavailableError(f"generation not stored: {exc}") from exc
         for group, member_id, why in out.expired:
-            log.info("group %s: member %s removed: %s", group, member_id, why)
+            log.info("group %s: member %s removed: %s", group, member_id, why,
+                     extra={"group": group})
             entry = self.streams.pop((group, member_id), None)
             if entry is not None:
                 entry[1].queue.put_nowait(_End(
@@ -321,7 +322,8 @@ class GroupsHost:
                         return PartitionEnds(pd.log_start_offset, pd.high_watermark, at)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() != grpc.StatusCode.OUT_OF_RANGE:
-                    log.info("lag of %s-%d: read failed: %s", topic, index, exc.details())
+                    log.info("lag of %s-%d: read failed: %s", topic, index, exc.details(),
+                             extra={"topic": topic, "partition": index})
                     return None
             finally:
                 call.cancel()
@@ -507,7 +509,7 @@ class GroupsService(groups_pb2_grpc.GroupsServicer):
         stream = stream_box[0]
         member_id, token = member.member_id, member.token
         log.info("group %s: member %s joined (instance %r, client %r)", req.group, member_id,
-                 req.instance_id, req.client_id)
+                 req.instance_id, req.client_id, extra={"group": req.group})
         reader = asyncio.create_task(self._read(rt, req.group, member_id, requests, stream))
         done = False
 
@@ -518,7 +520,8 @@ class GroupsService(groups_pb2_grpc.GroupsServicer):
             if done:
                 return
             done = True
-            log.info("group %s: member %s stream ended", req.group, member_id)
+            log.info("group %s: member %s stream ended", req.group, member_id,
+                     extra={"group": req.group})
             reader.cancel()
             rt.unregister(req.group, member_id, token)
             if not rt.stopped:
@@ -563,7 +566,8 @@ class GroupsService(groups_pb2_grpc.GroupsServicer):
                     await rt.apply(beat)
                 elif kind == "leave":
                     await rt.apply(lambda c: c.leave(group, member_id, rt.clock()))
-                    log.info("group %s: member %s left", group, member_id)
+                    log.info("group %s: member %s left", group, member_id,
+                             extra={"group": group})
                     stream.queue.put_nowait(_End(grpc.StatusCode.OK, ""))
                     return
                 else:
@@ -578,7 +582,7 @@ class GroupsService(groups_pb2_grpc.GroupsServicer):
         except Exception as exc:
             if errors.lookup(exc) is None:
                 log.error("unexpected error in group %s, member %s", group, member_id,
-                          exc_info=exc)
+                          exc_info=exc, extra={"group": group})
             code, details = errors.status_for(exc)
             stream.queue.put_nowait(_End(code, details))
 
