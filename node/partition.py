@@ -52,6 +52,10 @@ class Partition:
         return f"{self.topic}-{self.index}"
 
     @property
+    def _log_fields(self) -> dict[str, object]:
+        return {"topic": self.topic, "partition": self.index}
+
+    @property
     def dirty(self) -> bool:
         """True when some appended data is not yet flushed."""
         return not self.closed and self.log.log_end_offset > self.high_watermark
@@ -100,8 +104,8 @@ class Partition:
         dirty pages), so retrying the fsync could report success for data that is gone.
         """
         if self.failure is None:
-            self.log.logger.error("partition %s: storage failure, refusing writes: %s",
-                                  self.name, exc)
+            log.error("partition %s: storage failure, refusing writes: %s", self.name, exc,
+                      extra=self._log_fields)
             self.failure = exc
         self._fail_waiters(StorageFailureError(f"partition {self.name}: {exc}"))
 
@@ -120,7 +124,7 @@ class Partition:
         try:
             self.log.close()
         except Exception:
-            self.log.logger.exception("partition %s: close failed", self.name)
+            log.exception("partition %s: close failed", self.name, extra=self._log_fields)
         self._on_advance()
 
 
