@@ -135,7 +135,29 @@ class PartitionRaftLog:
             hs = journal.get(group)
             if hs is not None:
                 rlog._hard_state = rlog._synced_hard_state = hs
+        rlog._cut_terms_past_hard_state()
         return rlog
+
+    def _cut_terms_past_hard_state(self) -> None:
+        """Drop entries whose term is above the durable hard state's. A node never holds an
+        entry of a term it has not recorded (its term is persisted no later than the entries of
+        that term), so such a term is damage: the leader term sits outside the batch CRC. Left
+        in place, a damaged high term would make this node's log look the most up to date and
+        win it elections it must lose. What is cut was never acknowledged by this node, or is
+        fetched again from the leader (``Config.repair_lost_tail``)."""
+        limit = self._hard_state.term
+        if limit == 0 or self.last_index() < self.first_index():
+            return
+        if self.plog.last_term <= limit:
+            return
+        cut = self.last_index()
+        # Terms never go back (segment recovery checks that), so the damaged ones are a suffix.
+        while cut > self.first_index() and self.term(cut - 1) > limit:
+            cut -= 1
+        self.plog.logger.warning(
+            "%s: Raft entries from %d have terms above the recorded term %d (last %d): damaged "
+            "leader terms; dropping them", self.directory, cut, limit, self.plog.last_term)
+        self.plog.truncate_to_raft_index(cut)
 
     # -- the state file ------------------------------------------------------------------------
 

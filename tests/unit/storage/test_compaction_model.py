@@ -94,7 +94,9 @@ class CompactionModel(RuleBasedStateMachine):
         last = len(self.entries)
         start = max(self.committed + 1, last + 1 - back)
         if bump:
+            # A node records a new term before it holds entries of that term.
             self.term += 1
+            self.rlog.set_hard_state(HardState(self.term, 0, self.commit))
         del self.entries[start - 1:]
         ents = []
         for i, rs in enumerate(recs):

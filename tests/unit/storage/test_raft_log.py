@@ -37,7 +37,7 @@ from rillet.cluster.raft import (
 )
 from rillet.cluster.raft.codec import encode_conf_change
 from rillet.cluster.raft.types import ConfChange, ConfChangeKind
-from rillet.node.storage.log import LogConfig
+from rillet.node.storage.log import CHECKPOINT_NAME, LogConfig
 from rillet.node.storage.raft_log import PartitionRaftLog, entry_of
 from tests.unit.storage.helpers import FakeClock
 
@@ -101,7 +101,12 @@ class RaftLogModel(RuleBasedStateMachine):
         floor = max(self.mem.first_index(), self.mem.initial_state()[0].commit + 1)
         start = max(floor, self.mem.last_index() + 1 - back)
         if bump:
+            # A node moves to a term (and records it) before it holds entries of that term.
             self.term += 1
+            old = self.mem.initial_state()[0]
+            hs = HardState(self.term, 0, old.commit)
+            self.rlog.set_hard_state(hs)
+            self.mem.set_hard_state(hs)
         ents = []
         for i, kind in enumerate(kinds):
             idx = start + i
@@ -363,3 +368,30 @@ def test_entry_of_control_batches() -> None:
     b = bytearray(batch.encode_control(b"cc", conf_change=True))
     batch.stamp(b, 7, 2, 9)
     assert entry_of(bytes(b)) == Entry(9, 2, EntryKind.CONF_CHANGE, b"cc")
+
+
+def test_a_damaged_leader_term_is_cut_with_everything_after_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # The leader term is stamped outside the batch CRC. Damage that raises the term of entry 5
+    # (its later entries then look as if the term went back) must not leave this node a log
+    # that looks newer than its peers': recovery cuts at entry 6 (terms never go back), and
+    # the open cuts entry 5 too, whose term is above the recorded term.
+    rlog = PartitionRaftLog.open(tmp_path, conf=CONF)
+    rlog.append([Entry(1, 1)] + [Entry(i, 1, data=data_batch(2, i)) for i in range(2, 9)])
+    rlog.set_hard_state(HardState(1, 1, 8))
+    rlog.sync_now()
+    seg = rlog.plog._segments[-1]
+    pos = seg.position_of_raft(5)
+    rlog.close()
+    data = bytearray(seg.log_path.read_bytes())
+    assert data[pos + 12] == 1  # leader_term's low byte
+    data[pos + 17] = 0xFE       # a high byte: term 1 becomes enormous
+    seg.log_path.write_bytes(bytes(data))
+    # Make the open check the tail as after an unclean stop (a clean checkpoint trusts it).
+    (tmp_path / CHECKPOINT_NAME).unlink()
+    with caplog.at_level("WARNING"):
+        back = PartitionRaftLog.open(tmp_path, conf=CONF)
+    assert back.last_index() == 4 and back.term(4) == 1
+    assert back.initial_state()[0] == HardState(1, 1, 8)
+    assert any("damaged leader terms" in r.getMessage() for r in caplog.records)
+    back.close()
