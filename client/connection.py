@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import grpc
 import grpc.aio
@@ -59,6 +60,25 @@ def parse_bootstrap(bootstrap: str | Iterable[str]) -> list[str]:
     if not out:
         raise ValueError("bootstrap list is empty; expected host:port[,host:port...]")
     return out
+
+
+class AsyncResource:
+    """Something a caller uses as ``async with``: entering starts it, leaving closes it, whatever
+    happened inside (readers, group consumers and tables share this)."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
 
 
 class ChannelPool:

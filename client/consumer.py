@@ -19,14 +19,19 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import grpc
 import grpc.aio
 
 from rillet.api.v1 import common_pb2, log_pb2, log_pb2_grpc
-from rillet.client.connection import ChannelPool, fetch_metadata, make_stub, parse_bootstrap
+from rillet.client.connection import (
+    AsyncResource,
+    ChannelPool,
+    fetch_metadata,
+    make_stub,
+    parse_bootstrap,
+)
 from rillet.client.errors import (
     ClientClosedError,
     PartitionOutOfRangeError,
@@ -87,7 +92,7 @@ class _Fetch:
         self.task: asyncio.Task[None] | None = None
 
 
-class _Reader:
+class _Reader(AsyncResource):
     """What Consumer and Replay share: metadata, fetch tasks, the queue, iteration, close."""
 
     #: Partitions that move to a leader join the stream already reading from it.
@@ -123,14 +128,6 @@ class _Reader:
         self.positions: dict[int, int] = {}
         #: Per partition: high watermark as last reported by the broker.
         self.high_watermarks: dict[int, int] = {}
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.close()
 
     async def start(self) -> None:
         await fetch_metadata(self._pool, self._metadata, [self.topic],

@@ -27,14 +27,13 @@ import socket
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Literal, Self
 
 import grpc
 import grpc.aio
 
 from rillet.api.v1 import groups_pb2, groups_pb2_grpc
-from rillet.client.connection import ChannelPool, make_stub, parse_bootstrap
+from rillet.client.connection import AsyncResource, ChannelPool, make_stub, parse_bootstrap
 from rillet.client.consumer import Consumer
 from rillet.client.errors import (
     ClientClosedError,
@@ -401,7 +400,7 @@ class _Partition:
 OffsetReset = Literal["earliest", "latest"]
 
 
-class GroupConsumer:
+class GroupConsumer(AsyncResource):
     """Reads the partitions a consumer group gives this process; commits how far it got.
 
         async with Consumer("127.0.0.1:9091", "events", group_id="billing") as c:
@@ -476,14 +475,6 @@ class GroupConsumer:
         self._closed = False
 
     # -- lifecycle
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.close()
 
     async def start(self) -> None:
         """Join the group; returns once the first assignment is applied."""

@@ -29,7 +29,13 @@ import grpc
 import grpc.aio
 
 from rillet.api.v1 import admin_pb2, admin_pb2_grpc, common_pb2
-from rillet.client.connection import ChannelPool, fetch_metadata, make_stub, parse_bootstrap
+from rillet.client.connection import (
+    AsyncResource,
+    ChannelPool,
+    fetch_metadata,
+    make_stub,
+    parse_bootstrap,
+)
 from rillet.client.consumer import Consumer
 from rillet.client.errors import ClientClosedError, RilletError, UnknownTopicError, from_rpc_error
 from rillet.client.metadata import ClusterMetadata
@@ -72,7 +78,7 @@ class _TableConsumer(Consumer):
         return self._queue.empty() and not self._records
 
 
-class Table(Generic[K, V]):
+class Table(AsyncResource, Generic[K, V]):
     """A live key -> value view of a compacted topic.
 
         async with Table("127.0.0.1:9091", "users") as users:
@@ -127,14 +133,6 @@ class Table(Generic[K, V]):
         self.keyless_records = 0
 
     # -- lifecycle
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.close()
 
     async def start(self) -> None:
         """Look the topic up and start replaying it (returns at once; see wait_caught_up)."""
