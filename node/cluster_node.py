@@ -48,6 +48,7 @@ from rillet.cluster.raft import (
 )
 from rillet.node.config import MIB, BrokerConfig
 from rillet.node.errors import (
+    ForwardedError,
     InvalidConfigError,
     InvalidTopicError,
     NotLeaderError,
@@ -574,12 +575,18 @@ class ClusterNode:
         leader = await self.wait_metadata_leader()
         if leader == self.broker_id:
             return await local()
+        return await self.forward_to(leader, forward, "metadata leader")
+
+    async def forward_to(self, broker: int, forward: Callable[[grpc.aio.Channel], Any],
+                         role: str) -> Any:
+        """``forward(channel to broker)``; its error statuses pass on as is (ForwardedError),
+        except that a node that does not answer is UNAVAILABLE (retriable) naming its `role`."""
         try:
-            return await forward(self.channel(leader))
+            return await forward(self.channel(broker))
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise UnavailableError(
-                    f"metadata leader node {leader} did not answer: {exc.details()}") from exc
+                    f"{role} node {broker} did not answer: {exc.details()}") from exc
             raise ForwardedError(exc) from None
 
     # -- admin operations (run on the metadata leader) ----------------------------------------
@@ -690,14 +697,6 @@ class ClusterNode:
     def brokers(self) -> Iterator[tuple[int, str]]:
         for b in self.metadata.state.brokers():
             yield b.node_id, b.address
-
-
-class ForwardedError(Exception):
-    """An error status the metadata leader answered a forwarded call with: passed on as is."""
-
-    def __init__(self, rpc_error: grpc.aio.AioRpcError) -> None:
-        super().__init__(rpc_error.details() or "")
-        self.rpc_error = rpc_error
 
 
 def _close_logs(logs: list[PartitionRaftLog]) -> None:

@@ -145,6 +145,15 @@ TABLE: dict[type[BaseException], tuple[common_pb2.ErrorCode, grpc.StatusCode]] =
 }
 
 
+class ForwardedError(Exception):
+    """An error status the node a call was passed on to (the metadata leader, the group
+    coordinator) answered with: the caller gets it as is."""
+
+    def __init__(self, rpc_error: grpc.aio.AioRpcError) -> None:
+        super().__init__(rpc_error.details() or "")
+        self.rpc_error = rpc_error
+
+
 def lookup(exc: BaseException) -> tuple[common_pb2.ErrorCode, grpc.StatusCode] | None:
     """The table entry for `exc`, most specific class first; None for unexpected errors."""
     for cls in type(exc).__mro__:
@@ -189,6 +198,8 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     Group errors start their details with the ErrorCode name ("ERROR_CODE_FENCED: ..."):
     FENCED and GROUP_NOT_EMPTY share FAILED_PRECONDITION, and groups.proto promises the name.
     """
+    if isinstance(exc, ForwardedError):
+        return exc.rpc_error.code(), exc.rpc_error.details() or ""
     entry = lookup(exc)
     if entry is None:
         return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
@@ -202,7 +213,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 
 async def abort(context: Context, exc: BaseException, *, where: str = "") -> NoReturn:
     """End the call with the status mapped from `exc` (logging unexpected errors)."""
-    if lookup(exc) is None:
+    if lookup(exc) is None and not isinstance(exc, ForwardedError):
         log.error("unexpected error %s", where, exc_info=exc)
     code, details = status_for(exc)
     await context.abort(code, details)

@@ -21,7 +21,7 @@ import grpc
 
 from rillet.api.v1 import admin_pb2, admin_pb2_grpc, common_pb2, groups_pb2
 from rillet.node import errors
-from rillet.node.cluster_node import ClusterNode, ClusterTopic, ForwardedError, wait_until
+from rillet.node.cluster_node import ClusterNode, ClusterTopic, wait_until
 from rillet.node.errors import Context, UnavailableError
 from rillet.node.forward import FORWARDED_METADATA
 from rillet.node.services import groups as gs
@@ -91,10 +91,6 @@ async def _wait_view(cluster: ClusterNode, name: str, *, exists: bool) -> None:
         await cluster.wait_leaders(name, max(0.0, deadline - loop.time()))
 
 
-async def _abort_forwarded(context: Context, exc: ForwardedError) -> None:
-    await context.abort(exc.rpc_error.code(), exc.rpc_error.details() or "")
-
-
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(self, node: NodeContext, groups: gs.GroupsHost | None = None) -> None:
         self.node = node
@@ -119,8 +115,6 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 await _wait_view(cluster, request.name, exists=True)
                 return admin_pb2.CreateTopicResponse(
                     topic=describe_cluster_topic(cluster, cluster.get_topic(request.name)))
-            except ForwardedError as exc:
-                await _abort_forwarded(context, exc)
             except Exception as exc:
                 await errors.abort(context, exc, where=f"create topic {request.name!r}")
         try:
@@ -148,8 +142,6 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 await cluster.on_metadata_leader(local, forward)
                 await _wait_view(cluster, request.name, exists=False)
                 return admin_pb2.DeleteTopicResponse()
-            except ForwardedError as exc:
-                await _abort_forwarded(context, exc)
             except Exception as exc:
                 await errors.abort(context, exc, where=f"delete topic {request.name!r}")
         try:
@@ -186,7 +178,6 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         except Exception as exc:
             await errors.abort(context, exc, where=f"describe topic {request.name!r}")
 
-
     # -- consumer groups --------------------------------------------------------------------
 
     def _host(self) -> gs.GroupsHost:
@@ -195,25 +186,26 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return self.groups
 
     async def _on_coordinator(self, context: Context, local: Any, method: str,
-                              request: Any) -> Any:
+                              request: Any, where: str) -> Any:
+        """Run `local` on the group coordinator (here, or the same Admin call passed on to
+        it); any failure ends the call with its status."""
         async def forward(ch: grpc.aio.Channel) -> Any:
             stub = admin_pb2_grpc.AdminStub(ch)  # type: ignore[no-untyped-call]
             return await getattr(stub, method)(
                 request, timeout=FORWARD_TIMEOUT_S, metadata=FORWARDED_METADATA)
-        return await self._host().on_coordinator(context, local, forward)
+        try:
+            return await self._host().on_coordinator(context, local, forward)
+        except Exception as exc:
+            await errors.abort(context, exc, where=where)
 
     async def ListGroups(
         self, request: groups_pb2.ListGroupsRequest, context: Context
     ) -> groups_pb2.ListGroupsResponse:
         async def local(rt: gs.GroupRuntime) -> groups_pb2.ListGroupsResponse:
             return gs.list_groups(rt)
-        try:
-            resp: groups_pb2.ListGroupsResponse = await self._on_coordinator(
-                context, local, "ListGroups", request)
-            return resp
-        except Exception as exc:
-            await gs.abort(context, exc, where="list groups")
-            raise AssertionError("unreachable") from None
+        resp: groups_pb2.ListGroupsResponse = await self._on_coordinator(
+            context, local, "ListGroups", request, where="list groups")
+        return resp
 
     async def DescribeGroup(
         self, request: groups_pb2.DescribeGroupRequest, context: Context
@@ -221,13 +213,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         async def local(rt: gs.GroupRuntime) -> groups_pb2.DescribeGroupResponse:
             gs.known_group(rt, request.group)
             return await self._host().describe(rt, request.group)
-        try:
-            resp: groups_pb2.DescribeGroupResponse = await self._on_coordinator(
-                context, local, "DescribeGroup", request)
-            return resp
-        except Exception as exc:
-            await gs.abort(context, exc, where=f"describe group {request.group!r}")
-            raise AssertionError("unreachable") from None
+        resp: groups_pb2.DescribeGroupResponse = await self._on_coordinator(
+            context, local, "DescribeGroup", request, where=f"describe group {request.group!r}")
+        return resp
 
     def _reset_target(self, topic: str, index: int, to: common_pb2.Position) -> int:
         ends = self._host().ends(topic, index)
@@ -277,13 +265,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                     topic=t, partition=p, offset=o,
                     commit_time_ms=0 if request.dry_run else now_ms)
                 for (t, p), (o, _m) in sorted(new.items())])
-        try:
-            resp: groups_pb2.ResetGroupOffsetsResponse = await self._on_coordinator(
-                context, local, "ResetGroupOffsets", request)
-            return resp
-        except Exception as exc:
-            await gs.abort(context, exc, where=f"reset offsets of {request.group!r}")
-            raise AssertionError("unreachable") from None
+        resp: groups_pb2.ResetGroupOffsetsResponse = await self._on_coordinator(
+            context, local, "ResetGroupOffsets", request,
+            where=f"reset offsets of {request.group!r}")
+        return resp
 
     async def DeleteGroup(
         self, request: groups_pb2.DeleteGroupRequest, context: Context
@@ -295,13 +280,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 await rt.store.delete(request.group)
             self.node.metrics.forget_group(request.group)
             return groups_pb2.DeleteGroupResponse()
-        try:
-            resp: groups_pb2.DeleteGroupResponse = await self._on_coordinator(
-                context, local, "DeleteGroup", request)
-            return resp
-        except Exception as exc:
-            await gs.abort(context, exc, where=f"delete group {request.group!r}")
-            raise AssertionError("unreachable") from None
+        resp: groups_pb2.DeleteGroupResponse = await self._on_coordinator(
+            context, local, "DeleteGroup", request, where=f"delete group {request.group!r}")
+        return resp
 
 
 class MetadataService(admin_pb2_grpc.MetadataServicer):
@@ -366,8 +347,5 @@ class MetadataService(admin_pb2_grpc.MetadataServicer):
                     raise UnavailableError("this node hands out no producer ids")
                 pid = await self.node.producer_ids.allocate()
             return admin_pb2.InitProducerResponse(producer_id=pid, producer_epoch=0)
-        except ForwardedError as exc:
-            await _abort_forwarded(context, exc)
-            raise AssertionError("unreachable") from None
         except Exception as exc:
             await errors.abort(context, exc, where="init producer")

@@ -29,7 +29,7 @@ import grpc
 from rillet import batch as batch_codec
 from rillet.api.v1 import common_pb2, groups_pb2, groups_pb2_grpc, log_pb2, log_pb2_grpc
 from rillet.node import errors
-from rillet.node.cluster_node import ClusterNode, ForwardedError
+from rillet.node.cluster_node import ClusterNode
 from rillet.node.errors import (
     Context,
     InvalidRequestError,
@@ -46,7 +46,7 @@ from rillet.node.groups.coordinator import (
     validate_group,
 )
 
-__all__ = ["GroupRuntime", "GroupsHost", "GroupsService", "PartitionEnds", "abort",
+__all__ = ["GroupRuntime", "GroupsHost", "GroupsService", "PartitionEnds",
            "check_offsets", "commit_checked", "describe_group", "ensure_empty",
            "fetch_offsets", "known_group", "list_groups", "timestamp_at", "validate_group"]
 from rillet.node.groups.errors import (
@@ -102,13 +102,6 @@ def _event(a: AssignmentOut) -> groups_pb2.GroupEvent:
 
 def _tps(items: Any) -> set[TP]:
     return {(tp.topic, int(p)) for tp in items for p in tp.partitions}
-
-
-async def abort(context: Context, exc: BaseException, *, where: str = "") -> None:
-    """End the call with the mapped status (a forwarded error as the coordinator said it)."""
-    if isinstance(exc, ForwardedError):
-        await context.abort(exc.rpc_error.code(), exc.rpc_error.details() or "")
-    await errors.abort(context, exc, where=where)
 
 
 class GroupRuntime:
@@ -399,14 +392,7 @@ class GroupsHost:
         if is_forwarded(context):
             raise UnavailableError("the group coordinator moved while the call was forwarded; "
                                    "retry")
-        leader = _other_leader(cluster)
-        try:
-            return await forward(cluster.channel(leader))
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise UnavailableError(
-                    f"group coordinator node {leader} did not answer: {exc.details()}") from exc
-            raise ForwardedError(exc) from None
+        return await cluster.forward_to(_other_leader(cluster), forward, "group coordinator")
 
 
 def _other_leader(cluster: ClusterNode) -> int:
@@ -475,7 +461,7 @@ class GroupsService(groups_pb2_grpc.GroupsServicer):
         try:
             rt = await self.host.local_runtime()
         except Exception as exc:
-            await abort(context, exc, where="join")
+            await errors.abort(context, exc, where="join")
             return
         if rt is None:
             async for ev in self._proxy(first, request_iterator, context):
@@ -504,7 +490,7 @@ class GroupsService(groups_pb2_grpc.GroupsServicer):
 
             member, _out = await rt.apply(step)
         except Exception as exc:
-            await abort(context, exc, where=f"join group {join.group!r}")
+            await errors.abort(context, exc, where=f"join group {join.group!r}")
             return
         stream = stream_box[0]
         member_id, token = member.member_id, member.token
@@ -648,8 +634,7 @@ class GroupsService(groups_pb2_grpc.GroupsServicer):
             await self.host.on_coordinator(context, local, forward)
             return groups_pb2.CommitOffsetsResponse()
         except Exception as exc:
-            await abort(context, exc, where=f"commit offsets of {request.group!r}")
-            raise AssertionError("unreachable") from None
+            await errors.abort(context, exc, where=f"commit offsets of {request.group!r}")
 
     async def FetchOffsets(self, request: groups_pb2.FetchOffsetsRequest,
                            context: Context) -> groups_pb2.FetchOffsetsResponse:
@@ -669,8 +654,7 @@ class GroupsService(groups_pb2_grpc.GroupsServicer):
                 context, local, forward)
             return result
         except Exception as exc:
-            await abort(context, exc, where=f"fetch offsets of {request.group!r}")
-            raise AssertionError("unreachable") from None
+            await errors.abort(context, exc, where=f"fetch offsets of {request.group!r}")
 
 
 def fetch_offsets(store: OffsetStore, request: groups_pb2.FetchOffsetsRequest

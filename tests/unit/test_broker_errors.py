@@ -86,3 +86,10 @@ def test_unexpected_errors_become_internal_never_unknown(caplog) -> None:
     assert err.code == common_pb2.ERROR_CODE_STORAGE
     assert "internal error" in err.message
     assert "unexpected error producing to t-0" in caplog.text
+
+
+def test_an_error_a_forwarded_call_got_passes_on_as_is() -> None:
+    rpc = grpc.aio.AioRpcError(grpc.StatusCode.FAILED_PRECONDITION, grpc.aio.Metadata(),
+                               grpc.aio.Metadata(), details="ERROR_CODE_FENCED: generation 3")
+    assert errors.status_for(errors.ForwardedError(rpc)) == (
+        grpc.StatusCode.FAILED_PRECONDITION, "ERROR_CODE_FENCED: generation 3")
