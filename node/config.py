@@ -53,11 +53,38 @@ class BrokerConfig:
     raft_tick_ms: int = 100
     election_ticks: int = 10
     cluster_id: str = "rillet-local"
+    # Security (docs/security.md). TLS: certificate chain and key files of this node, used to
+    # serve clients and peers and, in a cluster, as this node's client certificate on peer
+    # links. tls_client_ca: CA bundle that client (and peer) certificates must chain to; set, it
+    # turns on mutual TLS. All three empty: plaintext (local development).
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    # CA bundle this node trusts when it dials its peers (default: tls_client_ca).
+    tls_peer_ca: str = ""
+    # File of hashed bearer tokens, each mapped to a principal; set, calls must authenticate.
+    token_file: str = ""
+    # Principals (comma-separated; a trailing * matches a prefix) that are cluster members:
+    # the only ones a peer link accepts, and allowed everything.
+    peer_principals: str = ""
+    # The bearer token this node presents to its peers when it has no certificate to show.
+    peer_token: str = ""
+    # Authorization: when true, every call needs an ACL that allows it (PERMISSION_DENIED).
+    acl: bool = False
+    # Principals (comma-separated) allowed everything when ACLs are on: the bootstrap admins.
+    super_users: str = ""
     # Largest produced batch accepted (BATCH_TOO_LARGE above it).
     max_batch_bytes: int = 1 * MIB
     # Largest read response a consumer may ask for (max_bytes is clamped to it).
     max_fetch_bytes: int = 8 * MIB
     max_partitions: int = 1000
+    # Hostile-input limits (INVALID_BATCH / INVALID_ARGUMENT above them).
+    max_batch_records: int = 100_000
+    max_record_headers: int = 64
+    max_record_header_bytes: int = 64 * KIB
+    max_group_name_length: int = 249
+    # HTTP/2 streams one client connection may have open at once (grpc.max_concurrent_streams).
+    max_streams_per_connection: int = 256
     # Topic defaults (a CreateTopic may override each one).
     default_partitions: int = 1
     retention_ms: int = 7 * DAY_MS

@@ -107,6 +107,16 @@ class StorageFailureError(BrokerError):
     """The node could not write or sync its log (disk full, fsync failed)."""
 
 
+class UnauthenticatedError(BrokerError):
+    """The call carries no credentials, or ones this node does not accept (unknown token,
+    certificate of a foreign CA, a non-member on a peer link)."""
+
+
+class PermissionDeniedError(BrokerError):
+    """The principal is authenticated but no ACL allows the operation on the resource; the
+    message names principal, operation and resource."""
+
+
 # THE table: error class -> (wire error code, gRPC status). Lookup walks the exception's MRO,
 # so the most specific entry wins; storage and codec errors map here too.
 TABLE: dict[type[BaseException], tuple[common_pb2.ErrorCode, grpc.StatusCode]] = {
@@ -142,6 +152,10 @@ TABLE: dict[type[BaseException], tuple[common_pb2.ErrorCode, grpc.StatusCode]] =
     FencedError: (common_pb2.ERROR_CODE_FENCED, grpc.StatusCode.FAILED_PRECONDITION),
     GroupNotEmptyError: (
         common_pb2.ERROR_CODE_GROUP_NOT_EMPTY, grpc.StatusCode.FAILED_PRECONDITION),
+    UnauthenticatedError: (
+        common_pb2.ERROR_CODE_UNAUTHENTICATED, grpc.StatusCode.UNAUTHENTICATED),
+    PermissionDeniedError: (
+        common_pb2.ERROR_CODE_PERMISSION_DENIED, grpc.StatusCode.PERMISSION_DENIED),
 }
 
 

@@ -106,6 +106,14 @@ class BatchHeader:
         return self.base_offset + self.record_count
 
 
+class Limits(NamedTuple):
+    """What a broker accepts in one produced batch beyond its byte size (hostile input)."""
+
+    max_records: int = 100_000
+    max_headers: int = 64
+    max_header_bytes: int = 64 * 1024
+
+
 class Record(NamedTuple):
     """One decoded record."""
 
@@ -169,7 +177,7 @@ def verify(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHeader:
     return header
 
 
-def validate(batch: bytes | bytearray | memoryview) -> BatchHeader:
+def validate(batch: bytes | bytearray | memoryview, limits: Limits | None = None) -> BatchHeader:
     """Everything the broker checks before it accepts a produced batch.
 
     One whole batch and nothing after it, an intact CRC, no compression (none is supported

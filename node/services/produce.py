@@ -52,6 +52,9 @@ class ProduceService(log_pb2_grpc.ProduceServicer):
     def __init__(self, node: NodeContext) -> None:
         self.node = node
         self.max_batch_bytes = node.config.max_batch_bytes
+        cfg = node.config
+        self.limits = batch_codec.Limits(cfg.max_batch_records, cfg.max_record_headers,
+                                         cfg.max_record_header_bytes)
         self.forwarder = Forwarder()
 
     async def Produce(
@@ -153,7 +156,7 @@ class ProduceService(log_pb2_grpc.ProduceServicer):
                 raise BatchTooLargeError(
                     f"batch of {len(data)} bytes is above this broker's limit of "
                     f"{self.max_batch_bytes} bytes (max_batch_bytes)")
-            batch_codec.validate(data)
+            batch_codec.validate(data, self.limits)
             if isinstance(part, ReplicatedPartition):
                 return self._propose(req, part)
             info, fut = part.append(data, wait_durable=req.acks in _DURABLE_ACKS)

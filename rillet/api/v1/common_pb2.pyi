@@ -27,6 +27,8 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CODE_INVALID_GROUP: _ClassVar[ErrorCode]
     ERROR_CODE_FENCED: _ClassVar[ErrorCode]
     ERROR_CODE_GROUP_NOT_EMPTY: _ClassVar[ErrorCode]
+    ERROR_CODE_UNAUTHENTICATED: _ClassVar[ErrorCode]
+    ERROR_CODE_PERMISSION_DENIED: _ClassVar[ErrorCode]
 
 class Boundary(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -53,6 +55,8 @@ ERROR_CODE_UNKNOWN_GROUP: ErrorCode
 ERROR_CODE_INVALID_GROUP: ErrorCode
 ERROR_CODE_FENCED: ErrorCode
 ERROR_CODE_GROUP_NOT_EMPTY: ErrorCode
+ERROR_CODE_UNAUTHENTICATED: ErrorCode
+ERROR_CODE_PERMISSION_DENIED: ErrorCode
 BOUNDARY_UNSPECIFIED: Boundary
 BOUNDARY_EARLIEST: Boundary
 BOUNDARY_LATEST: Boundary
