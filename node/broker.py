@@ -106,6 +106,9 @@ class Broker:
             ("grpc.max_receive_message_length", receive),
             ("grpc.max_send_message_length", send),
             ("grpc.so_reuseport", 0),
+            # Streams beyond this wait in the client's transport: a connection cannot make the
+            # node hold unbounded calls.
+            ("grpc.max_concurrent_streams", self.config.max_streams_per_connection),
         ]
 
     def _lock_data_dir(self) -> None:
