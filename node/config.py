@@ -148,7 +148,9 @@ class BrokerConfig:
         _check_range("max_batch_records", self.max_batch_records, 1, 10_000_000)
         _check_range("max_record_headers", self.max_record_headers, 0, 100_000)
         _check_range("max_record_header_bytes", self.max_record_header_bytes, 0, 64 * MIB)
-        _check_range("max_group_name_length", self.max_group_name_length, 1, 4096)
+        # At most 249: group ids live in the replicated metadata, which checks that bound
+        # itself (cluster/metadata.py); a node can only ask for shorter ones.
+        _check_range("max_group_name_length", self.max_group_name_length, 1, 249)
         _check_range("max_streams_per_connection", self.max_streams_per_connection, 1, 100_000)
         _check_range("default_partitions", self.default_partitions, 1, self.max_partitions)
         _check_retention("retention_ms", self.retention_ms)

@@ -107,7 +107,14 @@ class BatchHeader:
 
 
 class Limits(NamedTuple):
-    """What a broker accepts in one produced batch beyond its byte size (hostile input)."""
+    """What a broker accepts in one produced batch beyond its byte size (hostile input).
+
+    Each field is named after the broker setting that sets it (max_batch_records,
+    max_record_headers, max_record_header_bytes); the error message names the setting, so a
+    producer that hits one knows which knob the operator would have to turn. Header bytes are
+    a record's header keys (UTF-8) plus values: what the broker stores and every consumer
+    decodes for it.
+    """
 
     max_records: int = 100_000
     max_headers: int = 64
@@ -183,6 +190,10 @@ def validate(batch: bytes | bytearray | memoryview, limits: Limits | None = None
     One whole batch and nothing after it, an intact CRC, no compression (none is supported
     yet), and a record section whose columns hold exactly `record_count` records. Parsing the
     columns costs about 0.1 us per record: cheap enough to do once at the leader.
+
+    With `limits`, also at most `max_records` records, and per record at most `max_headers`
+    headers of at most `max_header_bytes` bytes in all (InvalidBatchError naming the setting).
+    The record count is checked from the header, before the body is parsed at all.
     """
     header = verify(batch)
     if header.size != len(batch):
@@ -204,6 +215,10 @@ def validate(batch: bytes | bytearray | memoryview, limits: Limits | None = None
             f"compression {header.attributes & COMPRESSION_MASK} is not supported")
     if header.max_timestamp_ms < header.first_timestamp_ms:
         raise InvalidBatchError("max_timestamp is before first_timestamp")
+    if limits is not None and header.record_count > limits.max_records:
+        raise InvalidBatchError(
+            f"batch holds {header.record_count} records; this broker accepts at most "
+            f"{limits.max_records} per batch (max_batch_records)")
     records = records_pb2.Records()
     try:
         records.ParseFromString(bytes(memoryview(batch)[HEADER_SIZE:]))
@@ -220,7 +235,30 @@ def validate(batch: bytes | bytearray | memoryview, limits: Limits | None = None
     if records.offset_deltas:
         raise InvalidBatchError(
             "offset_deltas is only for compacted batches; producers may not send it")
+    if limits is not None and records.headers:
+        _check_headers(records, limits)
     return header
+
+
+def _check_headers(records: records_pb2.Records, limits: Limits) -> None:
+    """Per record: at most `max_headers` headers, at most `max_header_bytes` key+value bytes."""
+    for i, rh in enumerate(records.headers):
+        items = rh.items
+        if not items:
+            continue
+        if len(items) > limits.max_headers:
+            raise InvalidBatchError(
+                f"record {i} of the batch has {len(items)} headers; this broker accepts at "
+                f"most {limits.max_headers} per record (max_record_headers)")
+        # ByteSize is exact for the encoded form and a cheap upper bound first: the key and
+        # value bytes alone are below it, so only records near the limit are summed exactly.
+        if rh.ByteSize() > limits.max_header_bytes:
+            size = sum(len(h.key.encode()) + len(h.value) for h in items)
+            if size > limits.max_header_bytes:
+                raise InvalidBatchError(
+                    f"record {i} of the batch has {size} bytes of headers (keys and values); "
+                    f"this broker accepts at most {limits.max_header_bytes} per record "
+                    "(max_record_header_bytes)")
 
 
 def record_offsets(header: BatchHeader, records: records_pb2.Records) -> list[int] | range:

@@ -50,16 +50,25 @@ REBALANCE_TIMEOUT_RANGE_MS = (1_000, 600_000)
 MAX_HEARTBEAT_INTERVAL_MS = 3_000
 MAX_ID_CHARS = 255
 MAX_TOPICS = 1_000
-_NAME_RE = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+MAX_GROUP_NAME_LENGTH = 249
+"""The most a group id may ever be (as topic names); the node setting max_group_name_length
+can only lower it, so ids that the metadata group stores stay valid on every node."""
+_NAME_RE = re.compile(r"[a-zA-Z0-9._-]+")
 
 STABLE, REBALANCING, EMPTY = "stable", "rebalancing", "empty"
 
 
-def validate_group(group: str) -> None:
-    """Group ids follow the topic-name rules (they appear in metrics, logs and the CLI)."""
+def validate_group(group: str, max_length: int = MAX_GROUP_NAME_LENGTH) -> None:
+    """Group ids follow the topic-name rules (they appear in metrics, logs and the CLI), at
+    most `max_length` characters (the node's max_group_name_length). The length is checked
+    first, so a hostile megabyte-long id costs no regex and is not echoed back whole."""
+    if len(group) > max_length:
+        raise InvalidGroupError(
+            f"group id is {len(group)} characters long; the limit is {max_length} "
+            "(max_group_name_length)")
     if group in (".", "..") or not _NAME_RE.fullmatch(group):
         raise InvalidGroupError(
-            f"group id {group!r} must be 1-249 letters, digits, '.', '_' or '-' "
+            f"group id {group!r} must be 1-{max_length} letters, digits, '.', '_' or '-' "
             "(and not '.' or '..')")
 
 
@@ -180,8 +189,10 @@ class Coordinator:
     def __init__(self, partitions_of: Callable[[str], int | None],
                  stored_generation: Callable[[str], int], *, now: float = 0.0,
                  rejoin_grace_s: float = 0.0,
-                 new_member_id: Callable[[str], str] | None = None) -> None:
+                 new_member_id: Callable[[str], str] | None = None,
+                 max_name_length: int = MAX_GROUP_NAME_LENGTH) -> None:
         self.partitions_of = partitions_of
+        self.max_name_length = max_name_length
         self.stored_generation = stored_generation
         self.started = now
         self.rejoin_grace_s = rejoin_grace_s
@@ -314,7 +325,7 @@ class Coordinator:
         """Raise unless this commit may be stored: an outsider (no member id, generation -1)
         only while the group has no members; a member only for partitions it holds now and
         has held since ``generation`` or earlier."""
-        validate_group(group_name)
+        validate_group(group_name, self.max_name_length)
         group = self.groups.get(group_name)
         if not member_id:
             if generation != -1:
@@ -369,7 +380,7 @@ class Coordinator:
     # -- internals --------------------------------------------------------------------------
 
     def _check_join(self, req: JoinRequest) -> tuple[int, int]:
-        validate_group(req.group)
+        validate_group(req.group, self.max_name_length)
         if not req.topics:
             raise InvalidGroupError("JoinGroup names no topics")
         if len(req.topics) > MAX_TOPICS or len(set(req.topics)) != len(req.topics):

@@ -243,7 +243,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self, request: groups_pb2.ResetGroupOffsetsRequest, context: Context
     ) -> groups_pb2.ResetGroupOffsetsResponse:
         async def local(rt: gs.GroupRuntime) -> groups_pb2.ResetGroupOffsetsResponse:
-            gs.validate_group(request.group)
+            gs.validate_group(request.group, rt.coordinator.max_name_length)
             gs.ensure_empty(rt, request.group)
             count = self._host().partitions_of(request.topic)
             if count is None:
@@ -274,7 +274,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self, request: groups_pb2.DeleteGroupRequest, context: Context
     ) -> groups_pb2.DeleteGroupResponse:
         async def local(rt: gs.GroupRuntime) -> groups_pb2.DeleteGroupResponse:
-            gs.validate_group(request.group)
+            gs.validate_group(request.group, rt.coordinator.max_name_length)
             async with rt.lock:
                 gs.ensure_empty(rt, request.group)
                 await rt.store.delete(request.group)

@@ -37,6 +37,7 @@ from rillet.node.errors import (
 )
 from rillet.node.forward import FORWARDED_METADATA, is_forwarded
 from rillet.node.groups.coordinator import (
+    MAX_GROUP_NAME_LENGTH,
     TP,
     AssignmentOut,
     Coordinator,
@@ -110,11 +111,13 @@ class GroupRuntime:
 
     def __init__(self, store: OffsetStore, partitions_of: Callable[[str], int | None], *,
                  rejoin_grace_s: float, clock: Callable[[], float] = time.monotonic,
-                 on_change: Callable[[], None] | None = None) -> None:
+                 on_change: Callable[[], None] | None = None,
+                 max_name_length: int = MAX_GROUP_NAME_LENGTH) -> None:
         self.store = store
         self.clock = clock
         self.coordinator = Coordinator(partitions_of, store.generation, now=clock(),
-                                       rejoin_grace_s=rejoin_grace_s)
+                                       rejoin_grace_s=rejoin_grace_s,
+                                       max_name_length=max_name_length)
         self.lock = asyncio.Lock()
         self.streams: dict[tuple[str, str], tuple[int, _Stream]] = {}
         self.stopped = False
@@ -226,7 +229,8 @@ class GroupsHost:
         return len(t.partitions)
 
     def _new_runtime(self, store: OffsetStore, grace: float) -> GroupRuntime:
-        rt = GroupRuntime(store, self.partitions_of, rejoin_grace_s=grace)
+        rt = GroupRuntime(store, self.partitions_of, rejoin_grace_s=grace,
+                          max_name_length=self.node.config.max_group_name_length)
         rt.start()
         return rt
 
@@ -620,7 +624,7 @@ class GroupsService(groups_pb2_grpc.GroupsServicer):
     async def CommitOffsets(self, request: groups_pb2.CommitOffsetsRequest,
                             context: Context) -> groups_pb2.CommitOffsetsResponse:
         try:
-            validate_group(request.group)
+            validate_group(request.group, self.node.config.max_group_name_length)
             offsets = check_offsets(self.node, request.offsets)
 
             async def local(rt: GroupRuntime) -> None:
@@ -639,7 +643,7 @@ class GroupsService(groups_pb2_grpc.GroupsServicer):
     async def FetchOffsets(self, request: groups_pb2.FetchOffsetsRequest,
                            context: Context) -> groups_pb2.FetchOffsetsResponse:
         try:
-            validate_group(request.group)
+            validate_group(request.group, self.node.config.max_group_name_length)
 
             async def local(rt: GroupRuntime) -> groups_pb2.FetchOffsetsResponse:
                 return fetch_offsets(rt.store, request)
@@ -756,7 +760,7 @@ def describe_group(group: str, view: GroupView | None, stored: dict[TP, Committe
 
 
 def known_group(rt: GroupRuntime, group: str) -> None:
-    validate_group(group)
+    validate_group(group, rt.coordinator.max_name_length)
     if group not in rt.coordinator.groups and group not in rt.store.groups():
         raise UnknownGroupError(f"unknown group {group!r}")
 
