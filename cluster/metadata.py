@@ -158,6 +158,10 @@ class Accepted:
     message: str
     producer_ids: ProducerIdBlock | None = None
 
+    # False when the command found the state already as asked (an ACL rule added twice,
+    # removed when absent): accepted, nothing changed.
+    changed: bool = True
+
     ok: ClassVar[bool] = True
 
     def describe(self) -> str:
@@ -342,11 +346,60 @@ class DeleteGroup(Command):
     group: str = _f(_STR)
 
 
+@dataclass(frozen=True)
+class AddAcl(Command):
+    """Allow ``principal`` (a name, or "*": any authenticated principal) to ``operation`` the
+    ``resource_type`` resources ``resource_name`` names, exactly (``pattern`` "literal") or as
+    a prefix ("prefix"). The cluster resource has the empty name. Adding a rule that exists
+    is accepted and changes nothing. The vocabulary is ``rillet.node.security.acl``'s (this
+    module may not import it; a unit test keeps the two in step)."""
+
+    principal: str = _f(_STR)
+    operation: str = _f(_STR)
+    resource_type: str = _f(_STR)
+    resource_name: str = _f(_STR, default="")
+    pattern: str = _f(_STR, default="literal")
+
+    def key(self) -> AclKey:
+        return (self.principal, self.operation, self.resource_type, self.resource_name,
+                self.pattern)
+
+
+@dataclass(frozen=True)
+class RemoveAcl(Command):
+    """Remove the rule with exactly these fields; accepted (changing nothing) when absent."""
+
+    principal: str = _f(_STR)
+    operation: str = _f(_STR)
+    resource_type: str = _f(_STR)
+    resource_name: str = _f(_STR, default="")
+    pattern: str = _f(_STR, default="literal")
+
+    def key(self) -> AclKey:
+        return (self.principal, self.operation, self.resource_type, self.resource_name,
+                self.pattern)
+
+
+#: An ACL rule as the state keeps it: (principal, operation, resource type, resource name,
+#: pattern), all strings.
+AclKey: TypeAlias = tuple[str, str, str, str, str]
+
+# The ACL vocabulary (rillet.node.security.acl's enums, by value).
+ACL_OPERATIONS_ON: dict[str, frozenset[str]] = {
+    "topic": frozenset({"produce", "consume", "replay", "describe", "create", "delete",
+                        "alter"}),
+    "group": frozenset({"group", "describe", "alter", "delete"}),
+    "cluster": frozenset({"cluster_admin"}),
+}
+ACL_PATTERNS = ("literal", "prefix")
+MAX_ACL_PRINCIPAL_CHARS = 255
+_ACL_NAME_RE = re.compile(r"[a-zA-Z0-9._-]{0,249}")
+
 COMMAND_TYPES: dict[str, type[Command]] = {
     cls.__name__: cls
     for cls in (RegisterBroker, UnregisterBroker, MarkBrokerDraining, CreateTopic, DeleteTopic,
                 AlterTopicConfig, ReassignPartition, AllocateProducerIds, CommitGroupOffsets,
-                BumpGroupGeneration, DeleteGroup)
+                BumpGroupGeneration, DeleteGroup, AddAcl, RemoveAcl)
 }
 
 
@@ -618,6 +671,38 @@ def _check_node_id(node_id: int) -> None:
                       f"node id must be in [0, {MAX_NODE_ID}], got {node_id}")
 
 
+def _check_acl(key: AclKey) -> None:
+    """The rules of ``rillet.node.security.acl.AclRule.check``: the node checks rules (with
+    friendlier messages) before proposing; this keeps the replicated state clean whatever is
+    proposed."""
+    principal, operation, resource_type, name, pattern = key
+    if not principal or len(principal) > MAX_ACL_PRINCIPAL_CHARS or not principal.isprintable() \
+            or principal != principal.strip() or ("*" in principal and principal != "*"):
+        raise _Reject(RejectCode.INVALID_REQUEST,
+                      f"ACL principal must be 1-{MAX_ACL_PRINCIPAL_CHARS} printable characters "
+                      f"or '*', got {principal!r}")
+    ops = ACL_OPERATIONS_ON.get(resource_type)
+    if ops is None:
+        raise _Reject(RejectCode.INVALID_REQUEST,
+                      f"unknown ACL resource type {resource_type!r}; known: "
+                      f"{', '.join(sorted(ACL_OPERATIONS_ON))}")
+    if operation not in ops:
+        raise _Reject(RejectCode.INVALID_REQUEST,
+                      f"ACL operation {operation!r} does not apply to a {resource_type}; "
+                      f"known: {', '.join(sorted(ops))}")
+    if pattern not in ACL_PATTERNS:
+        raise _Reject(RejectCode.INVALID_REQUEST,
+                      f"ACL pattern must be literal or prefix, got {pattern!r}")
+    if resource_type == "cluster":
+        if name or pattern != "literal":
+            raise _Reject(RejectCode.INVALID_REQUEST,
+                          "an ACL on the cluster names no resource and no prefix")
+    elif not _ACL_NAME_RE.fullmatch(name) or (pattern == "literal" and not name):
+        raise _Reject(RejectCode.INVALID_REQUEST,
+                      f"ACL {resource_type} name must be 1-249 letters, digits, '.', '_' or '-' "
+                      f"(a prefix may be empty), got {name!r}")
+
+
 def _ids(ids: Iterable[int]) -> str:
     return "[" + " ".join(str(i) for i in ids) + "]"
 
@@ -684,6 +769,8 @@ class MetadataState:
         self._topics: dict[str, TopicInfo] = {}
         self._groups: dict[str, _Group] = {}
         self._producer_blocks: dict[int, ProducerIdBlock] = {}
+        # Replaced (never mutated) on every change: readers may keep it and compare by identity.
+        self._acls: frozenset[AclKey] = frozenset()
         self.next_producer_id = 0
         # Raft group ids for partitions; 0 is left for the metadata group itself.
         self.next_group_id = 1
@@ -962,6 +1049,24 @@ class MetadataState:
         return Accepted(index, "DeleteGroup",
                         f"deleted group {cmd.group!r} ({len(group.offsets)} offsets)")
 
+    def _add_acl(self, index: int, cmd: AddAcl) -> Result:
+        key = cmd.key()
+        _check_acl(key)
+        if key in self._acls:
+            return Accepted(index, "AddAcl", f"ACL {_render(key)} already present",
+                            changed=False)
+        self._acls = self._acls | {key}
+        return Accepted(index, "AddAcl", f"ACL {_render(key)} added")
+
+    def _remove_acl(self, index: int, cmd: RemoveAcl) -> Result:
+        key = cmd.key()
+        _check_acl(key)
+        if key not in self._acls:
+            return Accepted(index, "RemoveAcl", f"ACL {_render(key)} was not present",
+                            changed=False)
+        self._acls = self._acls - {key}
+        return Accepted(index, "RemoveAcl", f"ACL {_render(key)} removed")
+
     _HANDLERS: ClassVar[dict[str, Callable[[MetadataState, int, Any], Result]]] = {
         "RegisterBroker": _register_broker,
         "UnregisterBroker": _unregister_broker,
@@ -974,6 +1079,8 @@ class MetadataState:
         "CommitGroupOffsets": _commit_offsets,
         "BumpGroupGeneration": _bump_generation,
         "DeleteGroup": _delete_group,
+        "AddAcl": _add_acl,
+        "RemoveAcl": _remove_acl,
     }
 
     # -- queries ----------------------------------------------------------------------------
@@ -1036,6 +1143,11 @@ class MetadataState:
         g = self._groups.get(group)
         return None if g is None else g.offsets.get((topic, partition))
 
+    def acls(self) -> frozenset[AclKey]:
+        """Every ACL rule. The same object until the rules change (a new one then), so a
+        reader can cache what it derives from it and compare by identity."""
+        return self._acls
+
     def describe(self) -> str:
         """``applied=12 brokers=3 topics=2 partitions=9 groups=1 next_pid=1000``."""
         return (f"applied={self.applied_index} brokers={len(self._brokers)} "
@@ -1067,6 +1179,7 @@ class MetadataState:
                        for name, g in sorted(self._groups.items())],
             "producer_id_blocks": [[b.node_id, b.first, b.count, b.index]
                                    for b in self.producer_id_blocks()],
+            "acls": [list(k) for k in sorted(self._acls)],
         }
         return _dumps(doc)
 
@@ -1105,6 +1218,13 @@ class MetadataState:
             for node_id, first, count, ix in doc["producer_id_blocks"]:
                 state._producer_blocks[_int(node_id)] = ProducerIdBlock(
                     node_id, _int(first), _int(count), _int(ix))
+            # Absent from snapshots written before ACLs existed.
+            acls = []
+            for item in doc.get("acls", []):
+                if not isinstance(item, list) or len(item) != 5:
+                    raise SnapshotError(f"bad ACL entry {item!r}")
+                acls.append(tuple(_str(x) for x in item))
+            state._acls = frozenset(acls)  # type: ignore[arg-type]
         except SnapshotError:
             raise
         except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -1284,11 +1404,12 @@ class MetadataMachine:
 
 
 __all__ = [
-    "COMMAND_TYPES", "Accepted", "AllocateProducerIds", "AlterTopicConfig", "BrokerInfo",
+    "ACL_OPERATIONS_ON", "ACL_PATTERNS", "COMMAND_TYPES", "Accepted", "AclKey", "AddAcl",
+    "AllocateProducerIds", "AlterTopicConfig", "BrokerInfo",
     "BumpGroupGeneration", "Command", "CommitGroupOffsets", "CommittedOffset", "CreateTopic",
     "DecodeError", "DeleteGroup", "DeleteTopic", "GroupInfo", "MarkBrokerDraining",
     "MetadataMachine", "MetadataState", "OffsetAndMetadata", "PartitionInfo", "ProducerIdBlock",
-    "ReassignPartition", "RegisterBroker", "RejectCode", "Rejected", "Result", "SnapshotError",
-    "TopicInfo", "UnregisterBroker", "decode_command", "encode_command", "place_partitions",
-    "plan_rebalance",
+    "ReassignPartition", "RegisterBroker", "RejectCode", "Rejected", "RemoveAcl", "Result",
+    "SnapshotError", "TopicInfo", "UnregisterBroker", "decode_command", "encode_command",
+    "place_partitions", "plan_rebalance",
 ]

@@ -16,6 +16,12 @@ from rillet.node.metrics import NodeMetrics
 from rillet.node.partition import Partition
 from rillet.node.producer_ids import ProducerIdAllocator
 from rillet.node.replica import ReplicatedPartition
+from rillet.node.security.authz import (
+    Authorizer,
+    FileAclStore,
+    MetadataAclStore,
+    parse_names,
+)
 from rillet.node.topics import Topic, TopicRegistry
 
 DEFAULT_MAX_BYTES = 1024 * 1024
@@ -42,6 +48,20 @@ class NodeContext:
     cluster: ClusterNode | None = None
     producer_ids: ProducerIdAllocator | None = None
     metrics: NodeMetrics = field(default_factory=NodeMetrics)
+    # Who may do what (node/security/authz.py); built from `config` when not given. Rules
+    # live in the metadata group (cluster) or <data_dir>/acls.json (single node).
+    authorizer: Authorizer = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.authorizer is None:
+            store: FileAclStore | MetadataAclStore
+            if self.cluster is not None:
+                store = MetadataAclStore(self.cluster)
+            else:
+                store = FileAclStore(self.config.data_dir)
+                store.load()
+            self.authorizer = Authorizer(self.config.acl, parse_names(self.config.super_users),
+                                         store)
 
     def get_topic(self, name: str) -> Topic | ClusterTopic:
         """The topic as this node serves it (UnknownTopicError / InvalidTopicError)."""
