@@ -186,6 +186,39 @@ class BrokerConfig:
             raise ConfigError("peer_dial needs peers (it overrides how peers are dialled)")
         _check_range("raft_tick_ms", self.raft_tick_ms, 1, 10_000)
         _check_range("election_ticks", self.election_ticks, 2, 1000)
+        self._validate_security()
+
+    @property
+    def authenticates(self) -> bool:
+        """Calls must carry credentials: a token file, or mutual TLS."""
+        return bool(self.token_file or self.tls_client_ca)
+
+    def _validate_security(self) -> None:
+        """Half-configured TLS, tokens or peer identity: ConfigError saying what is missing.
+        (Whether the files exist and parse is checked when the node starts: rillet.node.security.)
+        """
+        if self.tls_cert and not self.tls_key:
+            raise ConfigError("tls_cert is set but tls_key is not: TLS needs the certificate "
+                              "and its private key")
+        if self.tls_key and not self.tls_cert:
+            raise ConfigError("tls_key is set but tls_cert is not: TLS needs the certificate "
+                              "and its private key")
+        for name in ("tls_client_ca", "tls_peer_ca"):
+            if getattr(self, name) and not self.tls_cert:
+                raise ConfigError(f"{name} is set but tls_cert and tls_key are not: a node "
+                                  f"needs its own certificate to use TLS")
+        if not self.clustered:
+            return
+        if self.authenticates and not self.peer_principals.strip():
+            raise ConfigError("peer_principals must name the cluster's nodes (names, or "
+                              "prefixes ending in *) when a cluster authenticates calls "
+                              "(token_file or tls_client_ca): only they may use peer links")
+        if self.tls_cert and not (self.tls_peer_ca or self.tls_client_ca):
+            raise ConfigError("a TLS cluster needs tls_peer_ca (or tls_client_ca): the CA "
+                              "this node trusts when it dials its peers")
+        if self.token_file and not self.tls_client_ca and not self.peer_token:
+            raise ConfigError("peer_token is needed when a cluster authenticates with "
+                              "token_file and no mutual TLS: nodes show it to each other")
 
 
 def parse_peers(text: str) -> dict[int, str]:
