@@ -38,6 +38,8 @@ from rillet.node.errors import UnavailableError
 from rillet.node.metrics import PartitionState
 from rillet.node.partition import GroupCommitter
 from rillet.node.producer_ids import ProducerIdAllocator
+from rillet.node.security import tls
+from rillet.node.security.authn import AuthInterceptor, authenticator_for
 from rillet.node.services.admin import AdminService, MetadataService
 from rillet.node.services.common import NodeContext
 from rillet.node.services.groups import GroupsHost, GroupsService
@@ -89,6 +91,10 @@ class Broker:
         self.groups = GroupsHost(self.node)
         self.port = 0
         self.metrics_port = 0
+        # Read every certificate, key and token file now: a mistake stops the node before it
+        # opens its port, with a ConfigError naming the setting and the file.
+        self._server_credentials = tls.server_credentials(config)
+        self._authenticator = authenticator_for(config)
 
     def _server_options(self) -> list[tuple[str, int]]:
         # Receive: a batch above the limit must still arrive whole so it can be refused with
@@ -130,7 +136,10 @@ class Broker:
         else:
             self.registry.load()
         self.committer.start()
-        server = grpc.aio.server(options=self._server_options())
+        # No interceptor when the node authenticates no one: the plaintext path costs nothing.
+        interceptors = None if self._authenticator is None else [
+            AuthInterceptor(self._authenticator)]
+        server = grpc.aio.server(options=self._server_options(), interceptors=interceptors)
         if self.cluster is not None:
             self._peer_service = PeerService(self.cluster.raft_id, self.cluster.driver.receive)
             peer_pb2_grpc.add_PeerServicer_to_server(  # type: ignore[no-untyped-call]
@@ -149,7 +158,10 @@ class Broker:
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), server)
         try:
-            self.port = server.add_insecure_port(cfg.listen)
+            if self._server_credentials is not None:
+                self.port = server.add_secure_port(cfg.listen, self._server_credentials)
+            else:
+                self.port = server.add_insecure_port(cfg.listen)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {cfg.listen}: {exc}") from exc
         if self.port == 0:
@@ -162,8 +174,16 @@ class Broker:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._retention_task = asyncio.create_task(self._retention_loop(), name="retention")
         self.compactor.start()
-        log.info("node %d listening on %s:%d (data in %s, pid %d)", cfg.node_id, cfg.host,
-                 self.port, cfg.data_dir, os.getpid())
+        log.info("node %d listening on %s:%d (%s; data in %s, pid %d)", cfg.node_id, cfg.host,
+                 self.port, self._security_text(), cfg.data_dir, os.getpid())
+
+    def _security_text(self) -> str:
+        cfg = self.config
+        transport = ("mutual TLS" if cfg.tls_client_ca else "TLS") if cfg.tls_cert \
+            else "plaintext"
+        if cfg.tls_client_ca:
+            return f"{transport}, principals from client certificates"
+        return f"{transport}, {'bearer tokens' if cfg.token_file else 'no authentication'}"
 
     def _start_metrics(self) -> None:
         metrics = self.node.metrics

@@ -43,6 +43,30 @@ log = logging.getLogger(__name__)
               help="Largest produced batch accepted [default 1 MiB].")
 @click.option("--flush-linger-ms", type=float, default=None,
               help="Extra wait before each group-commit fsync [default 0].")
+@click.option("--tls-cert", default=None, metavar="FILE",
+              help="This node's certificate chain (PEM); with --tls-key turns on TLS "
+                   "[RILLET_TLS_CERT; default: plaintext].")
+@click.option("--tls-key", default=None, metavar="FILE",
+              help="The private key of --tls-cert (PEM) [RILLET_TLS_KEY].")
+@click.option("--tls-client-ca", default=None, metavar="FILE",
+              help="CA bundle client and peer certificates must chain to; turns on mutual "
+                   "TLS, the certificate's common name naming the principal "
+                   "[RILLET_TLS_CLIENT_CA].")
+@click.option("--tls-peer-ca", default=None, metavar="FILE",
+              help="CA bundle trusted when dialing peers [RILLET_TLS_PEER_CA; default: "
+                   "--tls-client-ca].")
+@click.option("--token-file", default=None, metavar="FILE",
+              help="File of hashed bearer tokens (see `rillet token create`); calls must "
+                   "then authenticate [RILLET_TOKEN_FILE].")
+@click.option("--peer-principals", default=None, metavar="NAMES",
+              help="Principals of the cluster's nodes, comma-separated, prefix* allowed: the "
+                   "only ones peer links accept [RILLET_PEER_PRINCIPALS]. The token a node "
+                   "shows its peers comes from RILLET_PEER_TOKEN (no flag: it is a secret).")
+@click.option("--acl/--no-acl", default=None,
+              help="Authorize every call against the ACLs [RILLET_ACL; default off].")
+@click.option("--super-users", default=None, metavar="NAMES",
+              help="Principals allowed everything when ACLs are on, comma-separated "
+                   "[RILLET_SUPER_USERS].")
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR [default INFO].")
 @click.option("--log-format", default=None,
               help="text or json (one object per line) [RILLET_LOG_FORMAT; default text].")
@@ -54,7 +78,12 @@ def serve(config_file: Path | None, **flags: Any) -> None:
         raise click.UsageError(str(exc)) from None
     logs.configure(config.node_id, config.log_level, config.log_format)
     try:
-        asyncio.run(Broker(config).run())
+        # Reads the certificate, key and token files: a bad one is a usage error too.
+        broker = Broker(config)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        asyncio.run(broker.run())
     except (DataDirLockedError, OSError) as exc:
         log.error("cannot start: %s", exc)
         sys.exit(1)

@@ -60,6 +60,7 @@ from rillet.node.errors import (
 from rillet.node.groups.errors import FencedError, InvalidGroupError, UnknownGroupError
 from rillet.node.peer_client import RECONNECT_OPTIONS, PeerClient
 from rillet.node.replica import ReplicatedPartition, broker_id, raft_id
+from rillet.node.security.tls import PeerDialer
 from rillet.node.storage.hardstate import FILE_NAME as HARDSTATE_FILE
 from rillet.node.storage.hardstate import HardStateJournal
 from rillet.node.storage.log import LogConfig
@@ -195,8 +196,11 @@ class ClusterNode:
         self.raft_id = raft_id(self.broker_id)
         # Where node-to-node calls go: `peers`, or the harness's proxies (config.peer_dial).
         self.dial = config.dial_map
+        # Every channel to another node: TLS with this node's certificate, or its peer token.
+        self.dialer = PeerDialer(config)
         self.transport = PeerClient(
-            self.raft_id, {raft_id(b): addr for b, addr in self.dial.items()})
+            self.raft_id, {raft_id(b): addr for b, addr in self.dial.items()},
+            dialer=self.dialer)
         # The journal is opened in start(), once the broker holds the data directory's lock.
         self.syncer = PartitionRaftLogSyncer()
         self._journal: HardStateJournal | None = None
@@ -562,7 +566,7 @@ class ClusterNode:
         address = self.dial[broker]
         ch = self._channels.get(address)
         if ch is None:
-            ch = self._channels[address] = grpc.aio.insecure_channel(address, options=[
+            ch = self._channels[address] = self.dialer.channel(address, [
                 ("grpc.max_receive_message_length", 64 * MIB),
                 ("grpc.max_send_message_length", 64 * MIB),
                 *RECONNECT_OPTIONS])

@@ -31,6 +31,7 @@ import grpc
 
 from rillet.cluster.transport import GroupMessage
 from rillet.internal.v1 import peer_pb2, peer_pb2_grpc
+from rillet.node.security.tls import PeerDialer, plaintext
 from rillet.node.services.peer import MAX_PEER_MESSAGE_BYTES, MIB
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ class _PeerLink:
         c = self.client
         backoff = c.backoff_initial_s
         while True:
-            channel = grpc.aio.insecure_channel(self.address, options=c.channel_options())
+            channel = c.dialer.channel(self.address, c.channel_options())
             sent_before = self.batches_sent
             try:
                 stub = peer_pb2_grpc.PeerStub(channel)  # type: ignore[no-untyped-call]
@@ -153,13 +154,15 @@ class _PeerLink:
 
 class PeerClient:
     """The gRPC ``Transport`` of node ``node_id``; ``peers`` maps node ids to ``host:port``
-    (this node's own id, if present, is ignored). See the module docstring."""
+    (this node's own id, if present, is ignored); ``dialer`` opens the channels (TLS, peer
+    token). See the module docstring."""
 
     def __init__(self, node_id: int, peers: Mapping[int, str], *,
                  max_queued_sends: int = 1024, max_queued_bytes: int = 64 * MIB,
                  max_batch_bytes: int = 4 * MIB,
                  max_message_bytes: int = MAX_PEER_MESSAGE_BYTES,
-                 backoff_initial_s: float = 0.05, backoff_max_s: float = 2.0) -> None:
+                 backoff_initial_s: float = 0.05, backoff_max_s: float = 2.0,
+                 dialer: PeerDialer | None = None) -> None:
         if not 0 < max_batch_bytes <= max_message_bytes:
             raise ValueError("max_batch_bytes must be positive and at most max_message_bytes")
         if max_queued_sends <= 0 or max_queued_bytes <= 0:
@@ -173,6 +176,8 @@ class PeerClient:
         self.max_message_bytes = max_message_bytes
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
+        # TLS with this node's certificate and/or its peer token (plaintext by default).
+        self.dialer = dialer or plaintext()
         self._links = {pid: _PeerLink(self, pid, addr) for pid, addr in peers.items()
                        if pid != node_id}
         self._closed = False
