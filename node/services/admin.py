@@ -24,6 +24,9 @@ from rillet.node import errors
 from rillet.node.cluster_node import ClusterNode, ClusterTopic, wait_until
 from rillet.node.errors import Context, UnavailableError
 from rillet.node.forward import FORWARDED_METADATA
+from rillet.node.security.acl import AclError, AclRule, Operation, PatternType, ResourceType
+from rillet.node.security.acl import filter_rules as filter_acls
+from rillet.node.security.principal import current as current_principal
 from rillet.node.services import groups as gs
 from rillet.node.services.common import NodeContext
 from rillet.node.topics import Topic, TopicSettings
@@ -91,6 +94,37 @@ async def _wait_view(cluster: ClusterNode, name: str, *, exists: bool) -> None:
         await cluster.wait_leaders(name, max(0.0, deadline - loop.time()))
 
 
+_TOPIC, _GROUP, _CLUSTER = ResourceType.TOPIC, ResourceType.GROUP, ResourceType.CLUSTER
+
+
+def rule_from_proto(rule: admin_pb2.AclRule) -> AclRule:
+    """An AclRule from its wire form; InvalidRequestError says which field is wrong."""
+    try:
+        if not rule.operation:
+            raise AclError("the rule needs an operation")
+        if not rule.resource_type:
+            raise AclError("the rule needs a resource type (topic, group or cluster)")
+        return AclRule.parse(
+            rule.principal,
+            admin_pb2.AclOperation.Name(rule.operation).removeprefix("ACL_OPERATION_"),
+            admin_pb2.AclResourceType.Name(rule.resource_type).removeprefix(
+                "ACL_RESOURCE_TYPE_"),
+            rule.resource_name,
+            PatternType.PREFIX if rule.pattern == admin_pb2.ACL_PATTERN_TYPE_PREFIX
+            else PatternType.LITERAL)
+    except (AclError, ValueError) as exc:
+        raise errors.InvalidRequestError(f"bad ACL rule: {exc}") from None
+
+
+def rule_to_proto(rule: AclRule) -> admin_pb2.AclRule:
+    return admin_pb2.AclRule(
+        principal=rule.principal,
+        operation="ACL_OPERATION_" + rule.operation.value.upper(),
+        resource_type="ACL_RESOURCE_TYPE_" + rule.resource_type.value.upper(),
+        resource_name=rule.resource_name,
+        pattern="ACL_PATTERN_TYPE_" + rule.pattern.value.upper())
+
+
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(self, node: NodeContext, groups: gs.GroupsHost | None = None) -> None:
         self.node = node
@@ -100,6 +134,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.CreateTopicRequest, context: Context
     ) -> admin_pb2.CreateTopicResponse:
         cluster = self.node.cluster
+        try:
+            self.node.authorizer.require(Operation.CREATE, _TOPIC, request.name)
+        except Exception as exc:
+            await errors.abort(context, exc, where=f"create topic {request.name!r}")
         if cluster is not None:
             try:
                 async def local() -> None:
@@ -130,6 +168,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.DeleteTopicRequest, context: Context
     ) -> admin_pb2.DeleteTopicResponse:
         cluster = self.node.cluster
+        try:
+            self.node.authorizer.require(Operation.DELETE, _TOPIC, request.name)
+        except Exception as exc:
+            await errors.abort(context, exc, where=f"delete topic {request.name!r}")
         if cluster is not None:
             try:
                 async def local() -> None:
@@ -154,20 +196,23 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.ListTopicsRequest, context: Context
     ) -> admin_pb2.ListTopicsResponse:
         cluster = self.node.cluster
+        # Only the topics the principal may describe (as Kafka does).
+        may = self.node.authorizer.allowed
         if cluster is not None:
             return admin_pb2.ListTopicsResponse(topics=[
                 admin_pb2.TopicSummary(name=t.name, partitions=len(t.replicas),
                                        replication_factor=t.replication_factor)
-                for t in cluster.topic_list()])
+                for t in cluster.topic_list() if may(Operation.DESCRIBE, _TOPIC, t.name)])
         return admin_pb2.ListTopicsResponse(topics=[
             admin_pb2.TopicSummary(name=t.name, partitions=len(t.partitions),
                                    replication_factor=t.replication_factor)
-            for t in self.node.registry.topics()])
+            for t in self.node.registry.topics() if may(Operation.DESCRIBE, _TOPIC, t.name)])
 
     async def DescribeTopic(
         self, request: admin_pb2.DescribeTopicRequest, context: Context
     ) -> admin_pb2.DescribeTopicResponse:
         try:
+            self.node.authorizer.require(Operation.DESCRIBE, _TOPIC, request.name)
             cluster = self.node.cluster
             if cluster is not None:
                 return admin_pb2.DescribeTopicResponse(
@@ -179,6 +224,72 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             await errors.abort(context, exc, where=f"describe topic {request.name!r}")
 
     # -- consumer groups --------------------------------------------------------------------
+
+    async def _require(self, context: Context, op: Operation, rtype: ResourceType,
+                       name: str = "") -> None:
+        """Authorize, or end the call with PERMISSION_DENIED."""
+        try:
+            self.node.authorizer.require(op, rtype, name)
+        except Exception as exc:
+            await errors.abort(context, exc, where=f"{op.value} {rtype.value} {name!r}")
+
+    # -- access control -----------------------------------------------------------------------
+
+    async def _acl_change(self, context: Context, request: Any, add: bool) -> bool:
+        """Add or remove one rule: through the metadata leader in a cluster (then wait,
+        bounded, until this node applied it, so a check here right after sees it), in the
+        file on a single node. True when something changed."""
+        await self._require(context, Operation.CLUSTER_ADMIN, _CLUSTER)
+        method = "AddAcl" if add else "RemoveAcl"
+        try:
+            rule = rule_from_proto(request.rule)
+            store = self.node.authorizer.store
+            cluster = self.node.cluster
+            if cluster is None:
+                done = await (store.add(rule) if add else store.remove(rule))
+                if done:
+                    log.info("ACL %s: %s", "added" if add else "removed", rule.describe())
+                return done
+
+            async def local() -> bool:
+                return await (store.add(rule) if add else store.remove(rule))
+
+            async def forward(ch: grpc.aio.Channel) -> bool:
+                stub = admin_pb2_grpc.AdminStub(ch)  # type: ignore[no-untyped-call]
+                resp = await getattr(stub, method)(request, timeout=FORWARD_TIMEOUT_S)
+                return bool(resp.added if add else resp.removed)
+
+            changed: bool = await cluster.on_metadata_leader(local, forward)
+            await wait_until(lambda: (rule in store.rules()) == add, VIEW_WAIT_S)
+            if changed:
+                log.info("ACL %s: %s", "added" if add else "removed", rule.describe())
+            return changed
+        except Exception as exc:
+            await errors.abort(context, exc, where=f"{method}")
+
+    async def AddAcl(self, request: admin_pb2.AddAclRequest,
+                     context: Context) -> admin_pb2.AddAclResponse:
+        added = await self._acl_change(context, request, add=True)
+        return admin_pb2.AddAclResponse(added=added)
+
+    async def RemoveAcl(self, request: admin_pb2.RemoveAclRequest,
+                        context: Context) -> admin_pb2.RemoveAclResponse:
+        removed = await self._acl_change(context, request, add=False)
+        return admin_pb2.RemoveAclResponse(removed=removed)
+
+    async def ListAcls(self, request: admin_pb2.ListAclsRequest,
+                       context: Context) -> admin_pb2.ListAclsResponse:
+        await self._require(context, Operation.CLUSTER_ADMIN, _CLUSTER)
+        try:
+            rtype = (None if not request.resource_type else ResourceType(
+                admin_pb2.AclResourceType.Name(request.resource_type).removeprefix(
+                    "ACL_RESOURCE_TYPE_").lower()))
+        except ValueError as exc:
+            await errors.abort(context, errors.InvalidRequestError(
+                f"unknown resource type {request.resource_type}: {exc}"))
+        rules = filter_acls(self.node.authorizer.store.rules(), request.principal, rtype,
+                            request.resource_name)
+        return admin_pb2.ListAclsResponse(rules=[rule_to_proto(r) for r in rules])
 
     def _host(self) -> gs.GroupsHost:
         if self.groups is None:
@@ -205,7 +316,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             return gs.list_groups(rt)
         resp: groups_pb2.ListGroupsResponse = await self._on_coordinator(
             context, local, "ListGroups", request, where="list groups")
-        return resp
+        # Only the groups the principal may describe; filtered here, where the client called.
+        may = self.node.authorizer.allowed
+        return groups_pb2.ListGroupsResponse(
+            groups=[g for g in resp.groups if may(Operation.DESCRIBE, _GROUP, g.group)])
 
     async def DescribeGroup(
         self, request: groups_pb2.DescribeGroupRequest, context: Context
@@ -213,6 +327,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         async def local(rt: gs.GroupRuntime) -> groups_pb2.DescribeGroupResponse:
             gs.known_group(rt, request.group)
             return await self._host().describe(rt, request.group)
+        await self._require(context, Operation.DESCRIBE, _GROUP, request.group)
         resp: groups_pb2.DescribeGroupResponse = await self._on_coordinator(
             context, local, "DescribeGroup", request, where=f"describe group {request.group!r}")
         return resp
@@ -265,6 +380,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                     topic=t, partition=p, offset=o,
                     commit_time_ms=0 if request.dry_run else now_ms)
                 for (t, p), (o, _m) in sorted(new.items())])
+        await self._require(context, Operation.ALTER, _GROUP, request.group)
+        await self._require(context, Operation.DESCRIBE, _TOPIC, request.topic)
         resp: groups_pb2.ResetGroupOffsetsResponse = await self._on_coordinator(
             context, local, "ResetGroupOffsets", request,
             where=f"reset offsets of {request.group!r}")
@@ -280,6 +397,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 await rt.store.delete(request.group)
             self.node.metrics.forget_group(request.group)
             return groups_pb2.DeleteGroupResponse()
+        await self._require(context, Operation.DELETE, _GROUP, request.group)
         resp: groups_pb2.DeleteGroupResponse = await self._on_coordinator(
             context, local, "DeleteGroup", request, where=f"delete group {request.group!r}")
         return resp
@@ -294,10 +412,20 @@ class MetadataService(admin_pb2_grpc.MetadataServicer):
     ) -> admin_pb2.MetadataResponse:
         node_id = self.node.config.node_id
         cluster = self.node.cluster
+        # Named topics: each must be describable (checked before the lookup, so a denied
+        # principal does not learn which exist); all topics: those it may describe.
+        authz = self.node.authorizer
+        try:
+            for name in request.topics:
+                authz.require(Operation.DESCRIBE, _TOPIC, name)
+        except Exception as exc:
+            await errors.abort(context, exc, where="metadata")
         if cluster is not None:
             try:
                 ctopics = ([cluster.get_topic(name) for name in request.topics]
-                           if request.topics else cluster.topic_list())
+                           if request.topics else [
+                               t for t in cluster.topic_list()
+                               if authz.allowed(Operation.DESCRIBE, _TOPIC, t.name)])
             except Exception as exc:
                 await errors.abort(context, exc, where="metadata")
             return admin_pb2.MetadataResponse(
@@ -314,7 +442,8 @@ class MetadataService(admin_pb2_grpc.MetadataServicer):
         try:
             registry = self.node.registry
             topics = ([registry.get(name) for name in request.topics] if request.topics
-                      else registry.topics())
+                      else [t for t in registry.topics()
+                            if authz.allowed(Operation.DESCRIBE, _TOPIC, t.name)])
         except Exception as exc:
             await errors.abort(context, exc, where="metadata")
         return admin_pb2.MetadataResponse(
@@ -331,6 +460,11 @@ class MetadataService(admin_pb2_grpc.MetadataServicer):
         self, request: admin_pb2.InitProducerRequest, context: Context
     ) -> admin_pb2.InitProducerResponse:
         try:
+            # A producer id is for a principal that may produce to some topic (decision 0710).
+            if not self.node.authorizer.allowed_any(Operation.PRODUCE, _TOPIC):
+                raise errors.PermissionDeniedError(
+                    f"principal {current_principal().name!r} may not init a producer "
+                    "(no ACL allows operation produce on any topic)")
             cluster = self.node.cluster
             if cluster is not None:
                 async def local() -> int:

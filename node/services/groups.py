@@ -60,6 +60,7 @@ from rillet.node.groups.offsets import (
     MetadataOffsetStore,
     OffsetStore,
 )
+from rillet.node.security.acl import Operation, ResourceType
 from rillet.node.services.common import NodeContext
 
 log = logging.getLogger(__name__)
@@ -463,6 +464,7 @@ class GroupsService(groups_pb2_grpc.GroupsServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "ERROR_CODE_INVALID_GROUP: the first message must be a JoinGroup")
         try:
+            self._authorize(first.join.group, first.join.topics)
             rt = await self.host.local_runtime()
         except Exception as exc:
             await errors.abort(context, exc, where="join")
@@ -529,6 +531,14 @@ class GroupsService(groups_pb2_grpc.GroupsServicer):
                 yield item
         finally:
             closed()
+
+    def _authorize(self, group: str, topics: Any) -> None:
+        """Operation group on the group and consume on each topic (PermissionDeniedError),
+        checked on the node the member called, before anything is passed on."""
+        authz = self.node.authorizer
+        authz.require(Operation.GROUP, ResourceType.GROUP, group)
+        for topic in sorted(set(topics)):
+            authz.require(Operation.CONSUME, ResourceType.TOPIC, topic)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -624,6 +634,7 @@ class GroupsService(groups_pb2_grpc.GroupsServicer):
     async def CommitOffsets(self, request: groups_pb2.CommitOffsetsRequest,
                             context: Context) -> groups_pb2.CommitOffsetsResponse:
         try:
+            self._authorize(request.group, (o.topic for o in request.offsets))
             validate_group(request.group, self.node.config.max_group_name_length)
             offsets = check_offsets(self.node, request.offsets)
 
@@ -643,6 +654,7 @@ class GroupsService(groups_pb2_grpc.GroupsServicer):
     async def FetchOffsets(self, request: groups_pb2.FetchOffsetsRequest,
                            context: Context) -> groups_pb2.FetchOffsetsResponse:
         try:
+            self._authorize(request.group, (tp.topic for tp in request.partitions))
             validate_group(request.group, self.node.config.max_group_name_length)
 
             async def local(rt: GroupRuntime) -> groups_pb2.FetchOffsetsResponse:
@@ -656,7 +668,12 @@ class GroupsService(groups_pb2_grpc.GroupsServicer):
 
             result: groups_pb2.FetchOffsetsResponse = await self.host.on_coordinator(
                 context, local, forward)
-            return result
+            if request.partitions:
+                return result
+            # Every stored offset: only those of topics the principal may consume.
+            may = self.node.authorizer.allowed
+            return groups_pb2.FetchOffsetsResponse(offsets=[
+                o for o in result.offsets if may(Operation.CONSUME, ResourceType.TOPIC, o.topic)])
         except Exception as exc:
             await errors.abort(context, exc, where=f"fetch offsets of {request.group!r}")
 

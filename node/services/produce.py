@@ -14,7 +14,7 @@ import contextlib
 import logging
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from rillet import batch as batch_codec
@@ -29,6 +29,7 @@ from rillet.node.errors import (
 )
 from rillet.node.forward import Forwarder, is_forwarded
 from rillet.node.replica import ReplicatedPartition
+from rillet.node.security.acl import Operation, ResourceType
 from rillet.node.services.common import NodeContext
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,9 @@ class ProduceService(log_pb2_grpc.ProduceServicer):
         queue: asyncio.Queue[_Queued | None] = asyncio.Queue(
             maxsize=self.node.config.produce_max_pending)
         forwarded = is_forwarded(context)
-        reader = asyncio.create_task(self._read(request_iterator, queue, forwarded),
+        # Authorization per batch, cached per topic for this stream (a no-op with ACLs off).
+        check = self.node.authorizer.stream_checker(Operation.PRODUCE, ResourceType.TOPIC)
+        reader = asyncio.create_task(self._read(request_iterator, queue, forwarded, check),
                                      name="produce-reader")
         try:
             while True:
@@ -92,7 +95,8 @@ class ProduceService(log_pb2_grpc.ProduceServicer):
                     await reader
 
     async def _read(self, requests: AsyncIterator[log_pb2.ProduceRequest],
-                    queue: asyncio.Queue[_Queued | None], forwarded: bool) -> None:
+                    queue: asyncio.Queue[_Queued | None], forwarded: bool,
+                    check: Callable[[str], None]) -> None:
         # The end-of-stream marker must reach the handler whether the stream ended or broke;
         # the put cannot block for long because the handler keeps draining the queue. When
         # the handler itself cancels this task it is no longer draining, so no marker then.
@@ -102,7 +106,7 @@ class ProduceService(log_pb2_grpc.ProduceServicer):
                 data = req.batch
                 records = (_COUNT.unpack_from(data, batch_codec.RECORD_COUNT_FIELD)[0]
                            if len(data) >= batch_codec.HEADER_SIZE else 0)
-                await queue.put((self._handle(req, forwarded), t0, req.acks, len(data),
+                await queue.put((self._handle(req, forwarded, check), t0, req.acks, len(data),
                                  records))
         except asyncio.CancelledError:
             raise
@@ -121,10 +125,11 @@ class ProduceService(log_pb2_grpc.ProduceServicer):
         else:
             metrics.record_produce(resp.topic, records, nbytes)
 
-    def _handle(self, req: log_pb2.ProduceRequest, forwarded: bool = False) -> _Pending:
+    def _handle(self, req: log_pb2.ProduceRequest, forwarded: bool,
+                check: Callable[[str], None]) -> _Pending:
         """Check and append one batch; never raises (errors become the batch's response)."""
         try:
-            return self._handle_here(req)
+            return self._handle_here(req, check)
         except NotLeaderError as exc:
             cluster = self.node.cluster
             if cluster is None or forwarded or self.node.stopping.is_set():
@@ -144,8 +149,10 @@ class ProduceService(log_pb2_grpc.ProduceServicer):
         answer = await self.forwarder.produce(cluster.channel(leader), cluster.peers[leader], req)
         return await answer
 
-    def _handle_here(self, req: log_pb2.ProduceRequest) -> _Pending:
+    def _handle_here(self, req: log_pb2.ProduceRequest, check: Callable[[str], None]
+                     ) -> _Pending:
         try:
+            check(req.topic)  # here, before any forward: PERMISSION_DENIED for this batch
             if self.node.stopping.is_set():
                 raise UnavailableError("node is shutting down; send to another node or retry")
             if req.acks not in _KNOWN_ACKS:

@@ -19,6 +19,7 @@ from rillet.node.cluster_node import ClusterNode, ClusterTopic
 from rillet.node.errors import Context, InvalidRequestError, UnavailableError, UnknownTopicError
 from rillet.node.forward import is_forwarded
 from rillet.node.read_proxy import consume_calls, merge, needs_proxy, replay_calls
+from rillet.node.security.acl import Operation, ResourceType
 from rillet.node.services.common import (
     DEFAULT_MAX_WAIT_MS,
     MAX_WAIT_MS_LIMIT,
@@ -131,6 +132,7 @@ class ConsumeService(log_pb2_grpc.ConsumeServicer):
     ) -> AsyncIterator[log_pb2.ConsumeResponse]:
         node = self.node
         try:
+            node.authorizer.require(Operation.CONSUME, ResourceType.TOPIC, request.topic)
             topic = node.get_topic(request.topic)
             upstream = _upstream(node, topic, [pp.partition for pp in request.partitions],
                                  context, lambda c, t: consume_calls(c, t, request))
@@ -202,6 +204,7 @@ class ReplayService(log_pb2_grpc.ReplayServicer):
     ) -> AsyncIterator[log_pb2.ReplayResponse]:
         node = self.node
         try:
+            node.authorizer.require(Operation.REPLAY, ResourceType.TOPIC, request.topic)
             topic = node.get_topic(request.topic)
             upstream = _upstream(node, topic, list(request.partitions), context,
                                  lambda c, t: replay_calls(c, t, request))

@@ -14,10 +14,53 @@ class CleanupPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CLEANUP_POLICY_DELETE: _ClassVar[CleanupPolicy]
     CLEANUP_POLICY_COMPACT: _ClassVar[CleanupPolicy]
     CLEANUP_POLICY_COMPACT_DELETE: _ClassVar[CleanupPolicy]
+
+class AclOperation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ACL_OPERATION_UNSPECIFIED: _ClassVar[AclOperation]
+    ACL_OPERATION_PRODUCE: _ClassVar[AclOperation]
+    ACL_OPERATION_CONSUME: _ClassVar[AclOperation]
+    ACL_OPERATION_REPLAY: _ClassVar[AclOperation]
+    ACL_OPERATION_DESCRIBE: _ClassVar[AclOperation]
+    ACL_OPERATION_CREATE: _ClassVar[AclOperation]
+    ACL_OPERATION_DELETE: _ClassVar[AclOperation]
+    ACL_OPERATION_ALTER: _ClassVar[AclOperation]
+    ACL_OPERATION_GROUP: _ClassVar[AclOperation]
+    ACL_OPERATION_CLUSTER_ADMIN: _ClassVar[AclOperation]
+
+class AclResourceType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ACL_RESOURCE_TYPE_UNSPECIFIED: _ClassVar[AclResourceType]
+    ACL_RESOURCE_TYPE_TOPIC: _ClassVar[AclResourceType]
+    ACL_RESOURCE_TYPE_GROUP: _ClassVar[AclResourceType]
+    ACL_RESOURCE_TYPE_CLUSTER: _ClassVar[AclResourceType]
+
+class AclPatternType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ACL_PATTERN_TYPE_UNSPECIFIED: _ClassVar[AclPatternType]
+    ACL_PATTERN_TYPE_LITERAL: _ClassVar[AclPatternType]
+    ACL_PATTERN_TYPE_PREFIX: _ClassVar[AclPatternType]
 CLEANUP_POLICY_UNSPECIFIED: CleanupPolicy
 CLEANUP_POLICY_DELETE: CleanupPolicy
 CLEANUP_POLICY_COMPACT: CleanupPolicy
 CLEANUP_POLICY_COMPACT_DELETE: CleanupPolicy
+ACL_OPERATION_UNSPECIFIED: AclOperation
+ACL_OPERATION_PRODUCE: AclOperation
+ACL_OPERATION_CONSUME: AclOperation
+ACL_OPERATION_REPLAY: AclOperation
+ACL_OPERATION_DESCRIBE: AclOperation
+ACL_OPERATION_CREATE: AclOperation
+ACL_OPERATION_DELETE: AclOperation
+ACL_OPERATION_ALTER: AclOperation
+ACL_OPERATION_GROUP: AclOperation
+ACL_OPERATION_CLUSTER_ADMIN: AclOperation
+ACL_RESOURCE_TYPE_UNSPECIFIED: AclResourceType
+ACL_RESOURCE_TYPE_TOPIC: AclResourceType
+ACL_RESOURCE_TYPE_GROUP: AclResourceType
+ACL_RESOURCE_TYPE_CLUSTER: AclResourceType
+ACL_PATTERN_TYPE_UNSPECIFIED: AclPatternType
+ACL_PATTERN_TYPE_LITERAL: AclPatternType
+ACL_PATTERN_TYPE_PREFIX: AclPatternType
 
 class TopicConfig(_message.Message):
     __slots__ = ("retention_ms", "retention_bytes", "segment_bytes", "segment_ms", "cleanup_policy", "delete_retention_ms")
@@ -178,3 +221,57 @@ class InitProducerResponse(_message.Message):
     producer_id: int
     producer_epoch: int
     def __init__(self, producer_id: _Optional[int] = ..., producer_epoch: _Optional[int] = ...) -> None: ...
+
+class AclRule(_message.Message):
+    __slots__ = ("principal", "operation", "resource_type", "resource_name", "pattern")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_NAME_FIELD_NUMBER: _ClassVar[int]
+    PATTERN_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    operation: AclOperation
+    resource_type: AclResourceType
+    resource_name: str
+    pattern: AclPatternType
+    def __init__(self, principal: _Optional[str] = ..., operation: _Optional[_Union[AclOperation, str]] = ..., resource_type: _Optional[_Union[AclResourceType, str]] = ..., resource_name: _Optional[str] = ..., pattern: _Optional[_Union[AclPatternType, str]] = ...) -> None: ...
+
+class AddAclRequest(_message.Message):
+    __slots__ = ("rule",)
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    rule: AclRule
+    def __init__(self, rule: _Optional[_Union[AclRule, _Mapping]] = ...) -> None: ...
+
+class AddAclResponse(_message.Message):
+    __slots__ = ("added",)
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    added: bool
+    def __init__(self, added: _Optional[bool] = ...) -> None: ...
+
+class RemoveAclRequest(_message.Message):
+    __slots__ = ("rule",)
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    rule: AclRule
+    def __init__(self, rule: _Optional[_Union[AclRule, _Mapping]] = ...) -> None: ...
+
+class RemoveAclResponse(_message.Message):
+    __slots__ = ("removed",)
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    removed: bool
+    def __init__(self, removed: _Optional[bool] = ...) -> None: ...
+
+class ListAclsRequest(_message.Message):
+    __slots__ = ("principal", "resource_type", "resource_name")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_NAME_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    resource_type: AclResourceType
+    resource_name: str
+    def __init__(self, principal: _Optional[str] = ..., resource_type: _Optional[_Union[AclResourceType, str]] = ..., resource_name: _Optional[str] = ...) -> None: ...
+
+class ListAclsResponse(_message.Message):
+    __slots__ = ("rules",)
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    rules: _containers.RepeatedCompositeFieldContainer[AclRule]
+    def __init__(self, rules: _Optional[_Iterable[_Union[AclRule, _Mapping]]] = ...) -> None: ...

@@ -76,6 +76,21 @@ class AdminStub:
                 request_serializer=rillet_dot_api_dot_v1_dot_groups__pb2.DeleteGroupRequest.SerializeToString,
                 response_deserializer=rillet_dot_api_dot_v1_dot_groups__pb2.DeleteGroupResponse.FromString,
                 _registered_method=True)
+        self.AddAcl = channel.unary_unary(
+                '/rillet.api.v1.Admin/AddAcl',
+                request_serializer=rillet_dot_api_dot_v1_dot_admin__pb2.AddAclRequest.SerializeToString,
+                response_deserializer=rillet_dot_api_dot_v1_dot_admin__pb2.AddAclResponse.FromString,
+                _registered_method=True)
+        self.RemoveAcl = channel.unary_unary(
+                '/rillet.api.v1.Admin/RemoveAcl',
+                request_serializer=rillet_dot_api_dot_v1_dot_admin__pb2.RemoveAclRequest.SerializeToString,
+                response_deserializer=rillet_dot_api_dot_v1_dot_admin__pb2.RemoveAclResponse.FromString,
+                _registered_method=True)
+        self.ListAcls = channel.unary_unary(
+                '/rillet.api.v1.Admin/ListAcls',
+                request_serializer=rillet_dot_api_dot_v1_dot_admin__pb2.ListAclsRequest.SerializeToString,
+                response_deserializer=rillet_dot_api_dot_v1_dot_admin__pb2.ListAclsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -135,6 +150,26 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddAcl(self, request, context):
+        """Access control (docs/security.md). Each needs operation cluster_admin on the cluster (or
+        a super user). Rules apply on every node once the metadata group has them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveAcl(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAcls(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -177,6 +212,21 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.DeleteGroup,
                     request_deserializer=rillet_dot_api_dot_v1_dot_groups__pb2.DeleteGroupRequest.FromString,
                     response_serializer=rillet_dot_api_dot_v1_dot_groups__pb2.DeleteGroupResponse.SerializeToString,
+            ),
+            'AddAcl': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddAcl,
+                    request_deserializer=rillet_dot_api_dot_v1_dot_admin__pb2.AddAclRequest.FromString,
+                    response_serializer=rillet_dot_api_dot_v1_dot_admin__pb2.AddAclResponse.SerializeToString,
+            ),
+            'RemoveAcl': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveAcl,
+                    request_deserializer=rillet_dot_api_dot_v1_dot_admin__pb2.RemoveAclRequest.FromString,
+                    response_serializer=rillet_dot_api_dot_v1_dot_admin__pb2.RemoveAclResponse.SerializeToString,
+            ),
+            'ListAcls': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAcls,
+                    request_deserializer=rillet_dot_api_dot_v1_dot_admin__pb2.ListAclsRequest.FromString,
+                    response_serializer=rillet_dot_api_dot_v1_dot_admin__pb2.ListAclsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -396,6 +446,87 @@ class Admin:
             '/rillet.api.v1.Admin/DeleteGroup',
             rillet_dot_api_dot_v1_dot_groups__pb2.DeleteGroupRequest.SerializeToString,
             rillet_dot_api_dot_v1_dot_groups__pb2.DeleteGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddAcl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rillet.api.v1.Admin/AddAcl',
+            rillet_dot_api_dot_v1_dot_admin__pb2.AddAclRequest.SerializeToString,
+            rillet_dot_api_dot_v1_dot_admin__pb2.AddAclResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveAcl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rillet.api.v1.Admin/RemoveAcl',
+            rillet_dot_api_dot_v1_dot_admin__pb2.RemoveAclRequest.SerializeToString,
+            rillet_dot_api_dot_v1_dot_admin__pb2.RemoveAclResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAcls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rillet.api.v1.Admin/ListAcls',
+            rillet_dot_api_dot_v1_dot_admin__pb2.ListAclsRequest.SerializeToString,
+            rillet_dot_api_dot_v1_dot_admin__pb2.ListAclsResponse.FromString,
             options,
             channel_credentials,
             insecure,
