@@ -392,7 +392,7 @@ ACL_OPERATIONS_ON: dict[str, frozenset[str]] = {
     "cluster": frozenset({"cluster_admin"}),
 }
 ACL_PATTERNS = ("literal", "prefix")
-MAX_ACL_PRINCIPAL_CHARS = 255
+MAX_ACL_PRINCIPAL_CHARS = 256
 _ACL_NAME_RE = re.compile(r"[a-zA-Z0-9._-]{0,249}")
 
 COMMAND_TYPES: dict[str, type[Command]] = {

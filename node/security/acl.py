@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 ANY_PRINCIPAL = "*"
-MAX_PRINCIPAL_CHARS = 255
+MAX_PRINCIPAL_CHARS = 256
 MAX_RESOURCE_CHARS = 249
 _NAME_RE = re.compile(r"[a-zA-Z0-9._-]*")
 
