@@ -3,6 +3,7 @@ blocking wrappers in .sync)."""
 
 from rillet.client.accumulator import ChunkAck, RecordFuture, RecordMetadata
 from rillet.client.admin import Admin, BrokerInfo, ClusterDescription
+from rillet.client.connection import Credentials
 from rillet.client.consumer import Consumer, Replay, Timestamp
 from rillet.client.errors import RilletError
 from rillet.client.group import GroupConsumer, TopicPartition
@@ -13,6 +14,7 @@ from rillet.client.table import SyncTable, Table
 
 __all__ = [
     "Admin", "BrokerInfo", "ChunkAck", "ClusterDescription", "ClusterMetadata", "Consumer",
-    "ConsumerRecord", "GroupConsumer", "Producer", "RecordBatch", "RecordFuture", "RecordMetadata",
-    "Replay", "RilletError", "SyncTable", "Table", "Timestamp", "TopicPartition",
+    "ConsumerRecord", "Credentials", "GroupConsumer", "Producer", "RecordBatch", "RecordFuture",
+    "RecordMetadata", "Replay", "RilletError", "SyncTable", "Table", "Timestamp",
+    "TopicPartition",
 ]

@@ -20,6 +20,7 @@ from rillet.api.v1 import admin_pb2, admin_pb2_grpc, common_pb2, groups_pb2
 from rillet.client.connection import (
     METADATA_ROUNDS,
     ChannelPool,
+    Credentials,
     fetch_metadata,
     make_stub,
     parse_bootstrap,
@@ -115,10 +116,10 @@ class Admin:
     """Create, delete, list and describe topics; read cluster metadata."""
 
     def __init__(self, bootstrap: str | Sequence[str] = "127.0.0.1:9091", *,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, credentials: Credentials | None = None) -> None:
         self._addresses = parse_bootstrap(bootstrap)
         self._metadata = ClusterMetadata(self._addresses)
-        self._pool = ChannelPool()
+        self._pool = ChannelPool(credentials)
         self.timeout = timeout
 
     async def __aenter__(self) -> Admin:

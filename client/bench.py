@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rillet.client.admin import Admin
+from rillet.client.connection import Credentials
 from rillet.client.consumer import Consumer
 from rillet.client.errors import TopicExistsError, UnknownTopicError
 from rillet.client.producer import Producer
@@ -75,9 +76,10 @@ def percentiles(samples: Sequence[float], points: Sequence[float] = (50, 99, 99.
     return out
 
 
-async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> int:
+async def ensure_topic(bootstrap: str, topic: str, partitions: int,
+                       credentials: Credentials | None = None) -> int:
     """Create the bench topic unless it exists; returns its partition count."""
-    async with Admin(bootstrap) as admin:
+    async with Admin(bootstrap, credentials=credentials) as admin:
         try:
             desc = await admin.describe_topic(topic)
             return len(desc.partitions)
@@ -95,6 +97,7 @@ async def bench_produce(
     partitions: int = 1, linger_ms: float = 5.0, batch_bytes: int = 1_000_000,
     max_in_flight: int = 5, sample_every: int = 10, api: str = "record",
     chunk: int = 1000, buffer_bytes: int = 8 * 1024 * 1024, idempotent: bool = True,
+    credentials: Credentials | None = None,
 ) -> BenchResult:
     """Produce `count` records; `api` is "record" (`send()` per record, a RecordFuture each) or
     "many" (`send_many()` with `chunk` records per call, one future per call).
@@ -102,14 +105,14 @@ async def bench_produce(
     The load is open-loop up to `buffer_bytes` of unacknowledged records, so ack latency
     includes the time a record waits in that buffer; a smaller buffer shows the pipeline's
     own latency at some cost in throughput."""
-    n_parts = await ensure_topic(bootstrap, topic, partitions)
+    n_parts = await ensure_topic(bootstrap, topic, partitions, credentials)
     value = os.urandom(record_bytes)
     latencies: list[float] = []
     clock = time.perf_counter
 
     async with Producer(bootstrap, acks=acks, linger_ms=linger_ms, batch_bytes=batch_bytes,
                         max_in_flight=max_in_flight, buffer_bytes=buffer_bytes,
-                        idempotent=idempotent) as producer:
+                        idempotent=idempotent, credentials=credentials) as producer:
         # Warm the metadata cache and the stream so the timing starts with a live connection.
         await (await producer.send(topic, value))
         start = clock()
@@ -140,20 +143,22 @@ async def bench_produce(
 async def bench_consume(
     bootstrap: str, topic: str, *, count: int, record_bytes: int, partitions: int = 1,
     max_bytes: int = 1024 * 1024, read_values: bool = True, timeout_s: float = 60.0,
+    credentials: Credentials | None = None,
 ) -> BenchResult:
     """Consume `count` records from earliest, producing them first if the topic has fewer."""
-    n_parts = await ensure_topic(bootstrap, topic, partitions)
-    async with Admin(bootstrap) as admin:
+    n_parts = await ensure_topic(bootstrap, topic, partitions, credentials)
+    async with Admin(bootstrap, credentials=credentials) as admin:
         desc = await admin.describe_topic(topic)
     stored = sum(p.high_watermark - p.log_start_offset for p in desc.partitions)
     if stored < count:
         log.info("bench consume: producing %d records first", count - stored)
         await bench_produce(bootstrap, topic, count=count - stored, record_bytes=record_bytes,
-                            acks="leader", partitions=partitions)
+                            acks="leader", partitions=partitions, credentials=credentials)
     got = 0
     value_bytes = 0
     clock = time.perf_counter
-    async with Consumer(bootstrap, topic, start="earliest", max_bytes=max_bytes) as consumer:
+    async with Consumer(bootstrap, topic, start="earliest", max_bytes=max_bytes,
+                        credentials=credentials) as consumer:
         start = clock()
         deadline = start + timeout_s
         while got < count and clock() < deadline:

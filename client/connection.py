@@ -2,13 +2,22 @@
 
 Every channel sets its message size limits explicitly: the 4 MiB default counts framing, and a
 1 MiB batch plus a full consume response must both fit (PERFORMANCE.md).
+
+Every channel of every client object comes from `ChannelPool`, built with one `Credentials`:
+TLS (a CA to trust, and a client certificate and key for mutual TLS) and/or a bearer token.
+A client object given no credentials takes them from RILLET_TLS_CA, RILLET_TLS_CERT,
+RILLET_TLS_KEY and RILLET_TOKEN, so a script run against a secured cluster needs no code change.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -81,16 +90,149 @@ class AsyncResource:
         await self.close()
 
 
-class ChannelPool:
-    """One grpc.aio channel per address, shared by every stream to that node."""
+#: Environment variables a client reads when it is given no credentials.
+ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ENV_TOKEN = (
+    "RILLET_TLS_CA", "RILLET_TLS_CERT", "RILLET_TLS_KEY", "RILLET_TOKEN")
 
-    def __init__(self) -> None:
+
+@dataclass(frozen=True)
+class Credentials:
+    """How a client proves itself and checks the server: the one description every client
+    object (Producer, Consumer, Replay, Admin, GroupConsumer, Table) accepts as
+    `credentials=`.
+
+    `tls_ca`: PEM file of the CA that signed the nodes' certificates (None with TLS: the
+    system's trusted CAs). `tls_cert` + `tls_key`: this client's certificate and key, for
+    clusters that use mutual TLS (the certificate's common name is the principal). Any of the
+    three turns TLS on. `token`: a bearer token (from `rillet token create`), sent with every
+    call as `authorization: Bearer <token>`. All None: plaintext, no identity.
+    """
+
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    token: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Credentials:
+        """Credentials from RILLET_TLS_CA, RILLET_TLS_CERT, RILLET_TLS_KEY, RILLET_TOKEN."""
+        env = os.environ if env is None else env
+        return cls(tls_ca=env.get(ENV_TLS_CA) or None, tls_cert=env.get(ENV_TLS_CERT) or None,
+                   tls_key=env.get(ENV_TLS_KEY) or None, token=env.get(ENV_TOKEN) or None)
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_ca or self.tls_cert or self.tls_key)
+
+    @functools.cached_property
+    def _channel_credentials(self) -> grpc.ChannelCredentials | None:
+        """Read the PEM files once; ValueError names the option and file that is wrong."""
+        if not self.tls:
+            return None
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("a client certificate needs both --tls-cert and --tls-key "
+                             "(RILLET_TLS_CERT, RILLET_TLS_KEY)")
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read_pem("--tls-ca", self.tls_ca),
+            private_key=_read_pem("--tls-key", self.tls_key),
+            certificate_chain=_read_pem("--tls-cert", self.tls_cert))
+
+    @functools.cached_property
+    def _interceptors(self) -> Any:
+        if not self.token:
+            return None
+        if any(c.isspace() for c in self.token):
+            raise ValueError("the token must not contain spaces or line breaks")
+        return bearer_interceptors(self.token)
+
+    def channel(self, address: str,
+                options: Iterable[tuple[str, Any]] = CHANNEL_OPTIONS) -> grpc.aio.Channel:
+        """A new channel to `address`: TLS when configured, the token on every call."""
+        creds = self._channel_credentials
+        if creds is not None:
+            return grpc.aio.secure_channel(address, creds, options=list(options),
+                                           interceptors=self._interceptors)
+        return grpc.aio.insecure_channel(address, options=list(options),
+                                         interceptors=self._interceptors)
+
+    def __repr__(self) -> str:
+        # Never print the token itself.
+        token = "set" if self.token else None
+        return (f"Credentials(tls_ca={self.tls_ca!r}, tls_cert={self.tls_cert!r}, "
+                f"tls_key={self.tls_key!r}, token={token})")
+
+
+def _read_pem(option: str, path: str | None) -> bytes | None:
+    if not path:
+        return None
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"{option}: file {path} does not exist") from None
+    except OSError as exc:
+        raise ValueError(f"{option}: file {path} cannot be read: {exc.strerror or exc}") from None
+    if b"-----BEGIN " not in data:
+        raise ValueError(f"{option}: file {path} is not PEM (no '-----BEGIN' line)")
+    return data
+
+
+class _Bearer:
+    """Adds `authorization: Bearer <token>` to a call's metadata.
+    An interceptor and not gRPC call credentials: gRPC refuses call credentials on a plaintext
+    channel, and a cluster may check tokens without TLS (development, a private network).
+    """
+
+    def __init__(self, token: str) -> None:
+        self._entry = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: Any) -> Any:
+        return details._replace(
+            metadata=grpc.aio.Metadata(*tuple(details.metadata or ()), self._entry))
+
+
+class _BearerUnaryUnary(_Bearer, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._with_token(details), request)
+
+
+class _BearerUnaryStream(_Bearer, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any
+                                     ) -> Any:
+        return await continuation(self._with_token(details), request)
+
+
+class _BearerStreamUnary(_Bearer, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[type-arg]
+    async def intercept_stream_unary(self, continuation: Any, details: Any,
+                                     request_iterator: Any) -> Any:
+        return await continuation(self._with_token(details), request_iterator)
+
+
+class _BearerStreamStream(_Bearer,
+                          grpc.aio.StreamStreamClientInterceptor):  # type: ignore[type-arg]
+    async def intercept_stream_stream(self, continuation: Any, details: Any,
+                                      request_iterator: Any) -> Any:
+        return await continuation(self._with_token(details), request_iterator)
+
+
+def bearer_interceptors(token: str) -> list[Any]:
+    """One interceptor per call kind: a grpc.aio channel files each interceptor under the
+    first kind it implements only, so one object cannot serve all four."""
+    return [kind(token) for kind in (_BearerUnaryUnary, _BearerUnaryStream,
+                                     _BearerStreamUnary, _BearerStreamStream)]
+
+
+class ChannelPool:
+    """One grpc.aio channel per address, shared by every stream to that node; every channel
+    uses `credentials` (None: from the environment, see Credentials.from_env)."""
+
+    def __init__(self, credentials: Credentials | None = None) -> None:
+        self.credentials = credentials if credentials is not None else Credentials.from_env()
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def get(self, address: str) -> grpc.aio.Channel:
         ch = self._channels.get(address)
         if ch is None:
-            ch = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            ch = self.credentials.channel(address, CHANNEL_OPTIONS)
             self._channels[address] = ch
         return ch
 

@@ -28,6 +28,7 @@ from rillet.api.v1 import common_pb2, log_pb2, log_pb2_grpc
 from rillet.client.connection import (
     AsyncResource,
     ChannelPool,
+    Credentials,
     fetch_metadata,
     make_stub,
     parse_bootstrap,
@@ -100,7 +101,7 @@ class _Reader(AsyncResource):
 
     def __init__(self, bootstrap: str | Sequence[str], topic: str,
                  partitions: Sequence[int] | None, max_bytes: int, queue_size: int,
-                 request_timeout_s: float) -> None:
+                 request_timeout_s: float, credentials: Credentials | None = None) -> None:
         self.topic = topic
         self._wanted = list(partitions) if partitions is not None else None
         self.max_bytes = max_bytes
@@ -108,7 +109,7 @@ class _Reader(AsyncResource):
         self._metadata = ClusterMetadata(parse_bootstrap(bootstrap))
         #: Channels; a group consumer passes one pool shared by its per-partition readers
         #: (set before start()), which it closes itself.
-        self._pool = ChannelPool()
+        self._pool = ChannelPool(credentials)
         self._own_pool = True
         self._queue: asyncio.Queue[RecordBatch | BaseException | object] = asyncio.Queue(
             queue_size)
@@ -326,8 +327,10 @@ class Consumer(_Reader):
         reconnect_timeout_s: float = 30.0,
         retry_backoff_ms: float = 100.0,
         group_id: None = None,
+        credentials: Credentials | None = None,
     ) -> None:
-        super().__init__(bootstrap, topic, partitions, max_bytes, queue_size, request_timeout_s)
+        super().__init__(bootstrap, topic, partitions, max_bytes, queue_size, request_timeout_s,
+                         credentials)
         self._start = to_position(start)
         self.max_wait_ms = max_wait_ms
         self.reconnect_timeout_s = reconnect_timeout_s
@@ -411,8 +414,10 @@ class Replay(_Reader):
         request_timeout_s: float = 10.0,
         reconnect_timeout_s: float = 30.0,
         retry_backoff_ms: float = 100.0,
+        credentials: Credentials | None = None,
     ) -> None:
-        super().__init__(bootstrap, topic, partitions, max_bytes, queue_size, request_timeout_s)
+        super().__init__(bootstrap, topic, partitions, max_bytes, queue_size, request_timeout_s,
+                         credentials)
         self._from = to_position(start)
         self._to = to_position(end)
         self.reconnect_timeout_s = reconnect_timeout_s

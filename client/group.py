@@ -33,7 +33,13 @@ import grpc
 import grpc.aio
 
 from rillet.api.v1 import groups_pb2, groups_pb2_grpc
-from rillet.client.connection import AsyncResource, ChannelPool, make_stub, parse_bootstrap
+from rillet.client.connection import (
+    AsyncResource,
+    ChannelPool,
+    Credentials,
+    make_stub,
+    parse_bootstrap,
+)
 from rillet.client.consumer import Consumer
 from rillet.client.errors import (
     ClientClosedError,
@@ -122,6 +128,7 @@ class GroupMember:
         rebalance_timeout_ms: int | None = None,
         reconnect_timeout_s: float = 30.0,
         pool: ChannelPool | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self.addresses = parse_bootstrap(bootstrap)
         self.group = group
@@ -132,7 +139,7 @@ class GroupMember:
         self.rebalance_timeout_ms = rebalance_timeout_ms
         self.reconnect_timeout_s = reconnect_timeout_s
         self._release, self._acquire, self._lost = release, acquire, lost
-        self._pool = pool or ChannelPool()
+        self._pool = pool or ChannelPool(credentials)
         self._own_pool = pool is None
         self.member_id = ""
         self.generation = -1
@@ -433,6 +440,7 @@ class GroupConsumer(AsyncResource):
         queue_size: int = 256,
         request_timeout_s: float = 10.0,
         reconnect_timeout_s: float = 30.0,
+        credentials: Credentials | None = None,
     ) -> None:
         if not group_id:
             raise ValueError("group_id must not be empty")
@@ -452,7 +460,8 @@ class GroupConsumer(AsyncResource):
         self.max_bytes, self.max_wait_ms = max_bytes, max_wait_ms
         self.request_timeout_s = request_timeout_s
         self.reconnect_timeout_s = reconnect_timeout_s
-        self._pool = ChannelPool()
+        # One pool (one set of credentials) for the membership stream and every reader.
+        self._pool = ChannelPool(credentials)
         self._member = GroupMember(
             bootstrap, group_id, self.topics, release=self._release, acquire=self._acquire,
             lost=self._drop_lost, instance_id=instance_id or "", client_id=client_id,
@@ -711,7 +720,8 @@ class GroupConsumer(AsyncResource):
                      start=self.auto_offset_reset if offset is None else offset,
                      max_bytes=self.max_bytes, max_wait_ms=self.max_wait_ms, queue_size=8,
                      request_timeout_s=self.request_timeout_s,
-                     reconnect_timeout_s=self.reconnect_timeout_s)
+                     reconnect_timeout_s=self.reconnect_timeout_s,
+                     credentials=self._pool.credentials)
         c.share_pool(self._pool)
         part = _Partition(tp, c)
         self._parts[tp] = part

@@ -49,7 +49,13 @@ from rillet.client.accumulator import (
     RecordMetadata,
     record_size,
 )
-from rillet.client.connection import ChannelPool, fetch_metadata, make_stub, parse_bootstrap
+from rillet.client.connection import (
+    ChannelPool,
+    Credentials,
+    fetch_metadata,
+    make_stub,
+    parse_bootstrap,
+)
 from rillet.client.errors import (
     BatchTooLargeError,
     ClientClosedError,
@@ -370,6 +376,7 @@ class Producer:
         retry_backoff_max_ms: float = 1000.0,
         delivery_timeout_ms: float = 120_000.0,
         request_timeout_s: float = 10.0,
+        credentials: Credentials | None = None,
     ) -> None:
         """`max_in_flight` bounds unanswered batches per partition (at most 5 when
         idempotent: the leader remembers 5 batches per producer for deduplication).
@@ -377,7 +384,8 @@ class Producer:
         `delivery_timeout_ms` passed since it was sealed.
         `request_timeout_s` bounds metadata calls and how long a stream may stay silent with
         batches in flight before it is replaced. `idempotent=False` gives at-least-once
-        delivery (docs/decisions/0302, 0403)."""
+        delivery (docs/decisions/0302, 0403). `credentials`: TLS and token
+        (rillet.client.Credentials; None: from RILLET_TLS_* and RILLET_TOKEN)."""
         if acks not in ACKS:
             raise ValueError(f"acks must be one of {sorted(ACKS)}, not {acks!r}")
         if not 0 < batch_bytes <= MAX_BATCH_BYTES:
@@ -404,7 +412,7 @@ class Producer:
         #: producer is not idempotent, or the broker cannot hand out ids).
         self.producer_id = codec.NO_PRODUCER
         self._metadata = ClusterMetadata(parse_bootstrap(bootstrap))
-        self._pool = ChannelPool()
+        self._pool = ChannelPool(credentials)
         self._acc = Accumulator(batch_bytes)
         self._senders: dict[str, _Sender] = {}
         self._states: dict[tuple[str, int], _PartitionState] = {}

@@ -22,6 +22,7 @@ from rillet.client import consumer as _consumer
 from rillet.client import group as _group
 from rillet.client import producer as _producer
 from rillet.client.accumulator import RecordMetadata
+from rillet.client.connection import Credentials
 from rillet.client.metadata import ClusterMetadata
 from rillet.client.records import ConsumerRecord
 
@@ -188,9 +189,9 @@ class Admin(_Wrapper):
     """Blocking admin calls."""
 
     def __init__(self, bootstrap: str | Sequence[str] = "127.0.0.1:9091", *,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, credentials: Credentials | None = None) -> None:
         self._lt = _LoopThread("rillet-sync-admin")
-        self._a = _admin.Admin(bootstrap, timeout=timeout)
+        self._a = _admin.Admin(bootstrap, timeout=timeout, credentials=credentials)
 
     def create_topic(self, name: str, partitions: int = 1, replication_factor: int = 1,
                      config: Mapping[str, str | int] | None = None,

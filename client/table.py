@@ -32,6 +32,7 @@ from rillet.api.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 from rillet.client.connection import (
     AsyncResource,
     ChannelPool,
+    Credentials,
     fetch_metadata,
     make_stub,
     parse_bootstrap,
@@ -104,6 +105,7 @@ class Table(AsyncResource, Generic[K, V]):
         on_change: ChangeCallback | None = None,
         request_timeout_s: float = 10.0,
         max_wait_ms: int = 500,
+        credentials: Credentials | None = None,
         **consumer_options: Any,
     ) -> None:
         self.topic = topic
@@ -113,9 +115,9 @@ class Table(AsyncResource, Generic[K, V]):
         self.request_timeout_s = request_timeout_s
         self._consumer = _TableConsumer(
             self._notify, bootstrap, topic, start="earliest", max_wait_ms=max_wait_ms,
-            request_timeout_s=request_timeout_s, **consumer_options)
+            request_timeout_s=request_timeout_s, credentials=credentials, **consumer_options)
         self._metadata = ClusterMetadata(parse_bootstrap(bootstrap))
-        self._pool = ChannelPool()
+        self._pool = ChannelPool(credentials)
         self._data: dict[K, V] = {}
         #: Per partition: the offset after the last record applied from a batch.
         self._applied: dict[int, int] = {}

@@ -98,11 +98,11 @@ class Authenticator:
         if scheme.lower() != "bearer" or not token:
             raise UnauthenticatedError(
                 "the authorization metadata must be 'Bearer <token>'")
-        name = self.tokens.principal_for(token)
-        if name is None:
+        owner = self.tokens.principal_for(token)
+        if owner is None:
             raise UnauthenticatedError(
                 "the bearer token is not known to this node (not in its token file)")
-        return Principal(name, "token", peer=matches_any(name, self.peer_principals))
+        return Principal(owner, "token", peer=matches_any(owner, self.peer_principals))
 
     def authenticate(self, method: str, metadata: Iterable[tuple[str, Any]] | None,
                      auth_context: Mapping[str, Iterable[bytes]]) -> Principal:

@@ -54,33 +54,47 @@ def server_credentials(config: BrokerConfig) -> grpc.ServerCredentials | None:
         [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
-class _Bearer(grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
-              grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
-              grpc.aio.StreamUnaryClientInterceptor,  # type: ignore[type-arg]
-              grpc.aio.StreamStreamClientInterceptor):  # type: ignore[type-arg]
-    """Adds `authorization: Bearer <token>` to every call of a channel, of all four kinds."""
+class _Bearer:
+    """Adds `authorization: Bearer <token>` to a call's metadata.
+    """
 
     def __init__(self, token: str) -> None:
         self._entry = ("authorization", f"Bearer {token}")
 
-    def _with_token(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        metadata = grpc.aio.Metadata(*tuple(details.metadata or ()), self._entry)
-        return details._replace(metadata=metadata)  # type: ignore[attr-defined, no-any-return]
+    def _with_token(self, details: Any) -> Any:
+        return details._replace(
+            metadata=grpc.aio.Metadata(*tuple(details.metadata or ()), self._entry))
 
+
+class _BearerUnaryUnary(_Bearer, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._with_token(details), request)
 
+
+class _BearerUnaryStream(_Bearer, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any
                                      ) -> Any:
         return await continuation(self._with_token(details), request)
 
+
+class _BearerStreamUnary(_Bearer, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[type-arg]
     async def intercept_stream_unary(self, continuation: Any, details: Any,
                                      request_iterator: Any) -> Any:
         return await continuation(self._with_token(details), request_iterator)
 
+
+class _BearerStreamStream(_Bearer,
+                          grpc.aio.StreamStreamClientInterceptor):  # type: ignore[type-arg]
     async def intercept_stream_stream(self, continuation: Any, details: Any,
                                       request_iterator: Any) -> Any:
         return await continuation(self._with_token(details), request_iterator)
+
+
+def bearer_interceptors(token: str) -> list[Any]:
+    """One interceptor per call kind: a grpc.aio channel files each interceptor under the
+    first kind it implements only, so one object cannot serve all four."""
+    return [kind(token) for kind in (_BearerUnaryUnary, _BearerUnaryStream,
+                                     _BearerStreamUnary, _BearerStreamStream)]
 
 
 class PeerDialer:
@@ -96,7 +110,8 @@ class PeerDialer:
                 root_certificates=root,
                 private_key=read_pem("tls_key", config.tls_key),
                 certificate_chain=read_pem("tls_cert", config.tls_cert))
-        self._interceptors: Any = [_Bearer(config.peer_token)] if config.peer_token else None
+        self._interceptors: Any = (bearer_interceptors(config.peer_token) if config.peer_token
+                                   else None)
 
     @property
     def secure(self) -> bool:
