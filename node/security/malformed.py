@@ -1,0 +1,134 @@
+"""Requests whose bytes do not parse end with INVALID_ARGUMENT, not UNKNOWN.
+
+gRPC Python parses each request message with the method's `request_deserializer` before any
+handler runs; when that raises (bytes that are not the message, a string field that is not
+UTF-8), the server logs a traceback at ERROR and ends the call with UNKNOWN "Unexpected
+DecodeError". Any client can send such bytes, so that would make a hostile or broken client
+both an error status we promise never to send and a way to flood the node's log.
+
+`MalformedRequestInterceptor` swaps in a deserializer that never raises: it returns a
+`Malformed` marker instead, and the method's behaviour is wrapped to notice it:
+- one request (unary, server streaming): the call ends INVALID_ARGUMENT at once, the handler
+  never runs;
+- a request stream (Produce, Join): the handler sees the stream end at the message before the
+  bad one (its earlier requests are answered as usual), then the call ends INVALID_ARGUMENT.
+The status details name the message type and what the parser said. A malformed request is
+logged at INFO (it is the client's fault, not the node's).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc import aio
+
+log = logging.getLogger(__name__)
+
+
+class Malformed:
+    """What the safe deserializer returns for bytes that do not parse."""
+
+    __slots__ = ("reason", "size")
+
+    def __init__(self, reason: str, size: int) -> None:
+        self.reason = reason
+        self.size = size
+
+
+def safe_deserializer(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """`parse`, returning a Malformed marker where it would raise."""
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return parse(raw)
+        except Exception as exc:  # protobuf's DecodeError, or anything a parser raises
+            return Malformed(f"{type(exc).__name__}: {exc}", len(raw))
+
+    return deserialize
+
+
+async def _refuse(context: Any, method: str, bad: Malformed) -> None:
+    log.info("malformed request to %s (%d bytes): %s", method, bad.size, bad.reason)
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                        f"malformed request to {method}: {bad.reason}")
+
+
+def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """`handler` with the safe deserializer and a behaviour that refuses Malformed."""
+    if handler.request_deserializer is None:
+        return handler
+    fields: dict[str, Any] = {
+        "request_deserializer": safe_deserializer(handler.request_deserializer)}
+    if handler.unary_unary is not None:
+        inner_uu = handler.unary_unary
+
+        async def unary_unary(request: Any, context: Any) -> Any:
+            if isinstance(request, Malformed):
+                await _refuse(context, method, request)
+            return await inner_uu(request, context)
+
+        fields["unary_unary"] = unary_unary
+    elif handler.unary_stream is not None:
+        inner_us = handler.unary_stream
+
+        async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            if isinstance(request, Malformed):
+                await _refuse(context, method, request)
+            async for response in inner_us(request, context):
+                yield response
+
+        fields["unary_stream"] = unary_stream
+    elif handler.stream_stream is not None or handler.stream_unary is not None:
+        fields.update(_wrap_request_stream(handler, method))
+    return handler._replace(**fields)  # type: ignore[attr-defined,no-any-return]
+
+
+def _wrap_request_stream(handler: grpc.RpcMethodHandler, method: str) -> dict[str, Any]:
+    def checked(requests: AsyncIterator[Any], found: list[Malformed]) -> AsyncIterator[Any]:
+        async def gen() -> AsyncIterator[Any]:
+            async for request in requests:
+                if isinstance(request, Malformed):
+                    found.append(request)
+                    return  # to the handler: the client half-closed here
+                yield request
+        return gen()
+
+    if handler.stream_stream is not None:
+        inner_ss = handler.stream_stream
+
+        async def stream_stream(requests: AsyncIterator[Any], context: Any
+                                ) -> AsyncIterator[Any]:
+            bad: list[Malformed] = []
+            async for response in inner_ss(checked(requests, bad), context):
+                yield response
+            if bad:
+                await _refuse(context, method, bad[0])
+
+        return {"stream_stream": stream_stream}
+    inner_su = handler.stream_unary
+
+    async def stream_unary(requests: AsyncIterator[Any], context: Any) -> Any:
+        bad: list[Malformed] = []
+        response = await inner_su(checked(requests, bad), context)
+        if bad:
+            await _refuse(context, method, bad[0])
+        return response
+
+    return {"stream_unary": stream_unary}
+
+
+class MalformedRequestInterceptor(aio.ServerInterceptor):
+    """Install on the server (grpc.aio.server(interceptors=[...])); see the module doc."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler  # unknown method: gRPC answers UNIMPLEMENTED
+        return _wrap(handler, handler_call_details.method)
