@@ -105,7 +105,7 @@ def test_file_store_survives_a_reload(tmp_path: Path) -> None:
 
 def test_file_store_refuses_a_damaged_file(tmp_path: Path) -> None:
     (tmp_path / "acls.json").write_text('{"acls": [["alice", "fly", "topic", "t", "literal"]]}')
-    with pytest.raises(ValueError, match="acls.json: not an ACL file: unknown operation"):
+    with pytest.raises(ValueError, match=r"acls\.json: not an ACL file: unknown operation"):
         FileAclStore(tmp_path).load()
 
 
