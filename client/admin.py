@@ -77,6 +77,50 @@ def config_dict(cfg: admin_pb2.TopicConfig) -> dict[str, str | int]:
     return out
 
 
+#: ACL vocabulary (docs/security.md): operations, resource types, pattern types.
+ACL_OPERATIONS = ("produce", "consume", "replay", "describe", "create", "delete", "alter",
+                  "group", "cluster_admin")
+ACL_RESOURCE_TYPES = ("topic", "group", "cluster")
+
+
+@dataclass(frozen=True, slots=True)
+class Acl:
+    """One allow rule: `principal` ("*": any authenticated principal) may do `operation` on
+    the `resource_type` resources `resource_name` names, exactly (`prefix` False) or as a
+    prefix. The cluster has the empty name."""
+
+    principal: str
+    operation: str
+    resource_type: str
+    resource_name: str = ""
+    prefix: bool = False
+
+    def to_proto(self) -> admin_pb2.AclRule:
+        """The wire form; InvalidConfigError for an unknown operation or resource type."""
+        op = self.operation.strip().lower().replace("-", "_")
+        rtype = self.resource_type.strip().lower()
+        if op not in ACL_OPERATIONS:
+            raise InvalidConfigError(f"unknown ACL operation {self.operation!r}; known: "
+                                     f"{', '.join(ACL_OPERATIONS)}")
+        if rtype not in ACL_RESOURCE_TYPES:
+            raise InvalidConfigError(f"unknown ACL resource type {self.resource_type!r}; "
+                                     f"known: {', '.join(ACL_RESOURCE_TYPES)}")
+        return admin_pb2.AclRule(
+            principal=self.principal, operation="ACL_OPERATION_" + op.upper(),
+            resource_type="ACL_RESOURCE_TYPE_" + rtype.upper(),
+            resource_name=self.resource_name,
+            pattern="ACL_PATTERN_TYPE_" + ("PREFIX" if self.prefix else "LITERAL"))
+
+    @classmethod
+    def from_proto(cls, rule: admin_pb2.AclRule) -> Acl:
+        return cls(rule.principal,
+                   admin_pb2.AclOperation.Name(rule.operation).removeprefix(
+                       "ACL_OPERATION_").lower(),
+                   admin_pb2.AclResourceType.Name(rule.resource_type).removeprefix(
+                       "ACL_RESOURCE_TYPE_").lower(),
+                   rule.resource_name, rule.pattern == admin_pb2.ACL_PATTERN_TYPE_PREFIX)
+
+
 @dataclass(frozen=True, slots=True)
 class BrokerInfo:
     """One broker of `describe_cluster()`."""
@@ -254,6 +298,38 @@ class Admin:
             brokers=tuple(BrokerInfo(b.node_id, b.address, ok)
                           for b, ok in zip(brokers, alive, strict=True)),
             topics=dict(sorted(topics.items())))
+
+    # -- access control (needs cluster_admin on the cluster, or a super user)
+
+    async def add_acl(self, acl: Acl) -> bool:
+        """Add an allow rule; False when it existed already. Applies on every node once the
+        call returns on this one (replicated through the metadata group)."""
+        request = admin_pb2.AddAclRequest(rule=acl.to_proto())
+        response: admin_pb2.AddAclResponse = await self._call(
+            lambda ch: self._stub(ch).AddAcl(request, timeout=self.timeout))
+        return response.added
+
+    async def remove_acl(self, acl: Acl) -> bool:
+        """Remove the rule with exactly these fields; False when there was none."""
+        request = admin_pb2.RemoveAclRequest(rule=acl.to_proto())
+        response: admin_pb2.RemoveAclResponse = await self._call(
+            lambda ch: self._stub(ch).RemoveAcl(request, timeout=self.timeout))
+        return response.removed
+
+    async def list_acls(self, principal: str = "", resource_type: str = "",
+                        resource_name: str = "") -> list[Acl]:
+        """Rules, optionally only a principal's, a resource type's, or those that concern
+        one resource (rules naming it and prefixes covering it)."""
+        rtype = resource_type.strip().lower()
+        if rtype and rtype not in ACL_RESOURCE_TYPES:
+            raise InvalidConfigError(f"unknown ACL resource type {resource_type!r}; known: "
+                                     f"{', '.join(ACL_RESOURCE_TYPES)}")
+        request = admin_pb2.ListAclsRequest(
+            principal=principal, resource_name=resource_name,
+            resource_type="ACL_RESOURCE_TYPE_" + (rtype.upper() or "UNSPECIFIED"))
+        response: admin_pb2.ListAclsResponse = await self._call(
+            lambda ch: self._stub(ch).ListAcls(request, timeout=self.timeout))
+        return [Acl.from_proto(r) for r in response.rules]
 
     async def metadata(self, topics: Sequence[str] = ()) -> ClusterMetadata:
         """Fetch metadata into the cached ClusterMetadata and return it."""
