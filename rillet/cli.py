@@ -12,10 +12,12 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
+import hashlib
 import importlib
 import json
 import os
 import re
+import secrets
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -33,7 +35,12 @@ from rillet.client.admin import config_dict
 from rillet.client.bench import bench_consume, bench_produce
 from rillet.client.connection import (
     DEFAULT_BOOTSTRAP,
+    ENV_TLS_CA,
+    ENV_TLS_CERT,
+    ENV_TLS_KEY,
+    ENV_TOKEN,
     ChannelPool,
+    Credentials,
     describe,
     fetch_metadata,
     make_stub,
@@ -77,7 +84,44 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         _fail(describe(exc))
 
 
+_CREDENTIALS_KEY = "rillet.credentials"
+
+
+def _store_credential(ctx: click.Context, param: click.Parameter, value: str | None
+                      ) -> str | None:
+    ctx.meta.setdefault(_CREDENTIALS_KEY, {})[param.name] = value or None
+    return value
+
+
+def _credentials() -> Credentials:
+    """The command's --tls-ca, --tls-cert, --tls-key and --token (or their environment
+    variables), as the client's Credentials."""
+    given = click.get_current_context().meta.get(_CREDENTIALS_KEY, {})
+    return Credentials(**given)
+
+
+def _admin(bootstrap: str, timeout: float) -> Admin:
+    """An Admin client for a command's --bootstrap, --timeout and credentials."""
+    return Admin(_check_bootstrap(bootstrap), timeout=timeout, credentials=_credentials())
+
+
 def client_options(f: F) -> F:
+    """--bootstrap, --timeout and the credentials: every client command takes them. The
+    credentials are not passed as arguments (every command would repeat four parameters);
+    `_credentials()` reads them from the click context."""
+    f = click.option("--token", envvar=ENV_TOKEN, default=None, expose_value=False,
+                     callback=_store_credential, metavar="TOKEN",
+                     help=f"Bearer token (from `rillet token create`) [env {ENV_TOKEN}].")(f)
+    f = click.option("--tls-key", envvar=ENV_TLS_KEY, default=None, expose_value=False,
+                     callback=_store_credential, metavar="FILE",
+                     help=f"Key of --tls-cert (PEM) [env {ENV_TLS_KEY}].")(f)
+    f = click.option("--tls-cert", envvar=ENV_TLS_CERT, default=None, expose_value=False,
+                     callback=_store_credential, metavar="FILE",
+                     help=f"Client certificate (PEM), for mutual TLS [env {ENV_TLS_CERT}].")(f)
+    f = click.option("--tls-ca", envvar=ENV_TLS_CA, default=None, expose_value=False,
+                     callback=_store_credential, metavar="FILE",
+                     help=f"CA certificate(s) (PEM) the nodes' certificates are signed by; "
+                          f"any --tls-* option turns TLS on [env {ENV_TLS_CA}].")(f)
     f = click.option("--timeout", type=float, default=5.0, show_default=True,
                      help="Seconds to wait for the cluster before giving up.")(f)
     f = click.option("--bootstrap", envvar="RILLET_BOOTSTRAP", default=DEFAULT_BOOTSTRAP,
@@ -186,7 +230,7 @@ def topic_create(name: str, partitions: int, replication_factor: int, configs: S
         settings[key.strip()] = value.strip()
 
     async def go() -> None:
-        async with Admin(_check_bootstrap(bootstrap), timeout=timeout) as admin:
+        async with _admin(bootstrap, timeout) as admin:
             desc = await admin.create_topic(name, partitions, replication_factor, settings)
         click.echo(f"created topic {desc.name} with {len(desc.partitions)} partitions", err=True)
     _run(go())
@@ -197,7 +241,7 @@ def topic_create(name: str, partitions: int, replication_factor: int, configs: S
 def topic_list(bootstrap: str, timeout: float) -> None:
     """List topics: name, partitions, replication factor."""
     async def go() -> None:
-        async with Admin(_check_bootstrap(bootstrap), timeout=timeout) as admin:
+        async with _admin(bootstrap, timeout) as admin:
             topics = await admin.list_topics()
         for t in sorted(topics, key=lambda t: t.name):
             click.echo(f"{t.name}\tpartitions={t.partitions}\t"
@@ -220,7 +264,7 @@ def topic_describe(name: str, fmt: str, as_json: bool, bootstrap: str, timeout: 
     """
     async def go() -> None:
         bs = _check_bootstrap(bootstrap)
-        pool = ChannelPool()
+        pool = ChannelPool(_credentials())
         try:
             desc, _ = await _describe_topics(pool, bs, [name], timeout)
         finally:
@@ -327,7 +371,7 @@ async def _describe_topics(pool: ChannelPool, bootstrap: str, names: Sequence[st
 def topic_delete(name: str, bootstrap: str, timeout: float) -> None:
     """Delete topic NAME and all its data."""
     async def go() -> None:
-        async with Admin(_check_bootstrap(bootstrap), timeout=timeout) as admin:
+        async with _admin(bootstrap, timeout) as admin:
             await admin.delete_topic(name)
         click.echo(f"deleted topic {name}", err=True)
     _run(go())
@@ -385,7 +429,7 @@ def produce(topic_name: str, key_separator: str | None, acks: str, partition: in
                 first_error = exc
 
         async with Producer(_check_bootstrap(bootstrap), acks=acks, linger_ms=linger_ms,
-                            request_timeout_s=timeout) as producer:
+                            request_timeout_s=timeout, credentials=_credentials()) as producer:
             async for lines in _read_lines(stdin):
                 if sep is None:
                     # No keys: the bulk path, one future per chunk of lines.
@@ -523,7 +567,7 @@ def consume(topic_name: str, start: PositionSpec, group_id: str | None,
     async def go() -> None:
         async with Consumer(_check_bootstrap(bootstrap), topic_name, start=start,
                             partitions=list(partitions) or None,
-                            request_timeout_s=timeout) as consumer:
+                            request_timeout_s=timeout, credentials=_credentials()) as consumer:
             await _pump(consumer, sys.stdout.buffer, fmt, max_records, idle_timeout)
     _run(go())
 
@@ -543,7 +587,7 @@ async def _consume_group(bootstrap: str, topic_name: str, group_id: str,
     write = _writer(out, fmt)
     printed: dict[TopicPartition, int] = {}
     consumer = GroupConsumer(bootstrap, topic_name, group_id=group_id, auto_offset_reset=reset,
-                             request_timeout_s=timeout_s)
+                             request_timeout_s=timeout_s, credentials=_credentials())
     await consumer.start()
     seen = 0
     # SIGTERM (a supervisor stopping us) ends the run like the idle timeout: commit, leave.
@@ -618,7 +662,7 @@ def replay(topic_name: str, start: PositionSpec, end: PositionSpec, output: Path
         try:
             async with Replay(bs, topic_name, start=start, end=end,
                               partitions=list(partitions) or None,
-                              request_timeout_s=timeout) as reader:
+                              request_timeout_s=timeout, credentials=_credentials()) as reader:
                 n = await _pump(reader, out, fmt, max_records, idle_timeout, progress)
         finally:
             if output:
@@ -635,7 +679,7 @@ async def _replay_total(bootstrap: str, topic_name: str, start: PositionSpec,
     """How many records the range holds, when offsets alone decide it (for the bar)."""
     if isinstance(start, Timestamp) or isinstance(end, Timestamp):
         return None
-    async with Admin(bootstrap, timeout=timeout_s) as admin:
+    async with Admin(bootstrap, timeout=timeout_s, credentials=_credentials()) as admin:
         desc = await admin.describe_topic(topic_name)
     total = 0
     for p in desc.partitions:
@@ -686,7 +730,7 @@ def cluster_status(fmt: str, bootstrap: str, timeout: float) -> None:
     """
     async def go() -> None:
         bs = _check_bootstrap(bootstrap)
-        pool = ChannelPool()
+        pool = ChannelPool(_credentials())
         try:
             topics, meta = await _describe_topics(pool, bs, [], timeout)
             brokers = sorted(meta.brokers.items())
@@ -735,7 +779,7 @@ def _fmt_option(f: F) -> F:
 def group_list(fmt: str, bootstrap: str, timeout: float) -> None:
     """Groups with their state (stable, rebalancing, empty) and member count."""
     async def go() -> None:
-        async with Admin(_check_bootstrap(bootstrap), timeout=timeout) as admin:
+        async with _admin(bootstrap, timeout) as admin:
             groups = await admin.list_groups()
         if fmt == "json":
             click.echo(json.dumps([{"group": g.group, "state": g.state, "members": g.members}
@@ -775,7 +819,7 @@ def group_describe(group_id: str, fmt: str, bootstrap: str, timeout: float) -> N
     """Members, and per partition: committed offset, high watermark, lag in offsets and in
     seconds (age of the oldest record not yet consumed), owner."""
     async def go() -> None:
-        async with Admin(_check_bootstrap(bootstrap), timeout=timeout) as admin:
+        async with _admin(bootstrap, timeout) as admin:
             desc = await admin.describe_group(group_id)
         doc = group_doc(desc)
         if fmt == "json":
@@ -813,7 +857,7 @@ def group_reset_offsets(group_id: str, topic_name: str, to: PositionSpec,
                         timeout: float) -> None:
     """Move GROUP's committed offsets on a topic (only while the group has no members)."""
     async def go() -> None:
-        async with Admin(_check_bootstrap(bootstrap), timeout=timeout) as admin:
+        async with _admin(bootstrap, timeout) as admin:
             offsets = await admin.reset_group_offsets(group_id, topic_name, to_position(to),
                                                       list(partitions), dry_run=dry_run)
         if fmt == "json":
@@ -833,10 +877,50 @@ def group_reset_offsets(group_id: str, topic_name: str, to: PositionSpec,
 def group_delete(group_id: str, bootstrap: str, timeout: float) -> None:
     """Forget GROUP and its committed offsets (only while it has no members)."""
     async def go() -> None:
-        async with Admin(_check_bootstrap(bootstrap), timeout=timeout) as admin:
+        async with _admin(bootstrap, timeout) as admin:
             await admin.delete_group(group_id)
         click.echo(f"deleted group {group_id}", err=True)
     _run(go())
+
+
+# ------------------------------------------------------------------------------------ tokens
+
+
+@main.group()
+def token() -> None:
+    """Bearer tokens for nodes started with --token-file."""
+
+
+#: A principal name, as the node's token file accepts it (rillet.node.security.tokens).
+_PRINCIPAL = re.compile(r"^[A-Za-z0-9._@:/=+-]{1,256}$")
+
+
+@token.command("create")
+@click.argument("principal")
+@click.option("--append-to", "append_to", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, metavar="FILE",
+              help="Also append the hashed line to this token file (created if missing).")
+def token_create(principal: str, append_to: Path | None) -> None:
+    """Make a new random token for PRINCIPAL.
+
+    Prints the token (shown this once: the node keeps only its SHA-256) on stdout, and on
+    stderr the line to add to every node's token file: `sha256:<hex> PRINCIPAL`. Nodes read
+    the file when they start.
+    """
+    if not _PRINCIPAL.match(principal):
+        raise click.BadParameter("1-256 characters of letters, digits and . _ @ : / = + -",
+                                 param_hint="PRINCIPAL")
+    new = secrets.token_urlsafe(32)
+    line = f"sha256:{hashlib.sha256(new.encode()).hexdigest()} {principal}"
+    click.echo(new)
+    if append_to is not None:
+        # A new file is readable by its owner only; an existing one keeps its mode.
+        fd = os.open(append_to, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+        click.echo(f"added to {append_to}: {line}", err=True)
+    else:
+        click.echo(f"add this line to the nodes' token file:\n{line}", err=True)
 
 
 # ------------------------------------------------------------------------------------ bench
@@ -893,7 +977,8 @@ def bench_produce_cmd(topic_name: str, record_size: int, count: int, partitions:
         result = await bench_produce(
             bs, topic_name, count=count, record_bytes=record_size, acks=acks,
             partitions=partitions, linger_ms=linger_ms, batch_bytes=batch_bytes,
-            max_in_flight=max_in_flight, api=api, chunk=chunk, buffer_bytes=buffer_bytes)
+            max_in_flight=max_in_flight, api=api, chunk=chunk, buffer_bytes=buffer_bytes,
+            credentials=_credentials())
         click.echo(json.dumps(result.as_dict()) if as_json else result.summary())
     _run(go())
 
@@ -916,7 +1001,7 @@ def bench_consume_cmd(topic_name: str, record_size: int, count: int, partitions:
                                            timeout)
         result = await bench_consume(
             bs, topic_name, count=count, record_bytes=record_size, partitions=partitions,
-            max_bytes=max_bytes, read_values=not no_values)
+            max_bytes=max_bytes, read_values=not no_values, credentials=_credentials())
         click.echo(json.dumps(result.as_dict()) if as_json else result.summary())
     _run(go())
 
@@ -926,7 +1011,7 @@ async def _ensure_replicated_topic(bootstrap: str, topic_name: str, partitions: 
     """Create the bench topic with a replication factor (the bench itself creates RF 1),
     kept forever like the bench's own, then wait until every partition has a leader so the
     timing does not include elections. An existing topic is used as it is."""
-    async with Admin(bootstrap, timeout=max(timeout_s, 30.0)) as admin:
+    async with Admin(bootstrap, timeout=max(timeout_s, 30.0), credentials=_credentials()) as admin:
         try:
             await admin.create_topic(topic_name, partitions, replication_factor,
                                      {"retention.ms": -1})
@@ -945,7 +1030,7 @@ async def _ensure_replicated_topic(bootstrap: str, topic_name: str, partitions: 
 
 
 async def _reachable(bootstrap: str, timeout_s: float) -> None:
-    pool = ChannelPool()
+    pool = ChannelPool(_credentials())
     try:
         await fetch_metadata(pool, ClusterMetadata(parse_bootstrap(bootstrap)),
                              timeout_s=timeout_s)
