@@ -20,22 +20,10 @@ from typing import Any, TypeVar
 
 import click
 
-from rillet.cli import _check_bootstrap, _fail, _run, client_options
-from rillet.client import Admin
+from rillet.cli import _admin, _fail, _run, client_options
 from rillet.client.admin import ACL_OPERATIONS, Acl
-from rillet.client.connection import Credentials
 
 F = TypeVar("F", bound=Callable[..., Any])
-_CREDENTIAL_OPTIONS = ("tls_ca", "tls_cert", "tls_key", "token")
-
-
-def _admin(bootstrap: str, timeout: float, options: dict[str, Any]) -> Admin:
-    """An Admin client with whatever credentials the client options gave (the environment's
-    when none)."""
-    creds = options.get("credentials")
-    if creds is None and any(options.get(k) for k in _CREDENTIAL_OPTIONS):
-        creds = Credentials(**{k: options.get(k) or None for k in _CREDENTIAL_OPTIONS})
-    return Admin(_check_bootstrap(bootstrap), timeout=timeout, credentials=creds)
 
 
 def _resource_options(f: F) -> F:
@@ -108,13 +96,13 @@ def acl() -> None:
 @_resource_options
 @client_options
 def acl_add(principal: str, operation: str, topic_name: str | None, group_name: str | None,
-            on_cluster: bool, prefix: bool, bootstrap: str, timeout: float,
-            **options: Any) -> None:
+            on_cluster: bool, prefix: bool, bootstrap: str, timeout: float) -> None:
     """Allow PRINCIPAL to do OPERATION on a topic, a group (name or --prefix) or the cluster."""
     rule = _rule(principal, operation, topic_name, group_name, on_cluster, prefix)
+    admin = _admin(bootstrap, timeout)
 
     async def go() -> None:
-        async with _admin(bootstrap, timeout, options) as admin:
+        async with admin:
             added = await admin.add_acl(rule)
         click.echo(f"{'added' if added else 'already present'}: {_text(rule)}", err=True)
     _run(go())
@@ -127,12 +115,13 @@ def acl_add(principal: str, operation: str, topic_name: str | None, group_name: 
 @client_options
 def acl_remove(principal: str, operation: str, topic_name: str | None,
                group_name: str | None, on_cluster: bool, prefix: bool, bootstrap: str,
-               timeout: float, **options: Any) -> None:
+               timeout: float) -> None:
     """Remove the rule with exactly these fields (exit 1 when there is none)."""
     rule = _rule(principal, operation, topic_name, group_name, on_cluster, prefix)
+    admin = _admin(bootstrap, timeout)
 
     async def go() -> bool:
-        async with _admin(bootstrap, timeout, options) as admin:
+        async with admin:
             return await admin.remove_acl(rule)
     if not _run(go()):
         _fail(f"no such rule: {_text(rule)} (see `rillet acl list`)")
@@ -150,13 +139,13 @@ def acl_remove(principal: str, operation: str, topic_name: str | None,
               show_default=True)
 @client_options
 def acl_list(principal: str, topic_name: str | None, group_name: str | None,
-             on_cluster: bool, fmt: str, bootstrap: str, timeout: float,
-             **options: Any) -> None:
+             on_cluster: bool, fmt: str, bootstrap: str, timeout: float) -> None:
     """Rules, one per line: PRINCIPAL, OPERATION, RESOURCE (a trailing * marks a prefix)."""
     rtype, name = _resource(topic_name, group_name, on_cluster, required=False)
+    admin = _admin(bootstrap, timeout)
 
     async def go() -> list[Acl]:
-        async with _admin(bootstrap, timeout, options) as admin:
+        async with admin:
             return await admin.list_acls(principal, rtype, name)
     rules = _run(go())
     if fmt == "json":
