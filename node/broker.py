@@ -17,7 +17,7 @@ import fcntl
 import logging
 import os
 import signal
-from typing import IO
+from typing import IO, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -40,6 +40,7 @@ from rillet.node.partition import GroupCommitter
 from rillet.node.producer_ids import ProducerIdAllocator
 from rillet.node.security import tls
 from rillet.node.security.authn import AuthInterceptor, authenticator_for
+from rillet.node.security.malformed import MalformedRequestInterceptor
 from rillet.node.services.admin import AdminService, MetadataService
 from rillet.node.services.common import NodeContext
 from rillet.node.services.groups import GroupsHost, GroupsService
@@ -136,9 +137,12 @@ class Broker:
         else:
             self.registry.load()
         self.committer.start()
-        # No interceptor when the node authenticates no one: the plaintext path costs nothing.
-        interceptors = None if self._authenticator is None else [
-            AuthInterceptor(self._authenticator)]
+        # Always: request bytes that do not parse end INVALID_ARGUMENT, not UNKNOWN
+        # (malformed.py). Authentication, when on, runs first (outermost), so a stranger is
+        # UNAUTHENTICATED whatever it sent; a node that authenticates no one has no AuthInterceptor.
+        interceptors: list[Any] = [MalformedRequestInterceptor()]
+        if self._authenticator is not None:
+            interceptors.insert(0, AuthInterceptor(self._authenticator))
         server = grpc.aio.server(options=self._server_options(), interceptors=interceptors)
         if self.cluster is not None:
             self._peer_service = PeerService(self.cluster.raft_id, self.cluster.driver.receive)

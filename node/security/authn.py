@@ -123,7 +123,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     def __init__(self, authenticator: Authenticator) -> None:
         self.authenticator = authenticator
-        self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
             self, continuation: Callable[[grpc.HandlerCallDetails],
@@ -132,15 +131,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         method: str = handler_call_details.method
         if method.startswith(OPEN_PREFIXES):
             return await continuation(handler_call_details)
-        wrapped = self._wrapped.get(method)
-        if wrapped is None:
-            handler = await continuation(handler_call_details)
-            if handler is None:
-                return None  # unknown method: gRPC answers UNIMPLEMENTED
-            # A service's handlers are fixed once registered, so one wrapper per method serves
-            # every later call; the call's own metadata and certificate come from its context.
-            wrapped = self._wrapped[method] = self._wrap(method, handler)
-        return wrapped
+        # Wrapped per call, not cached per method: interceptors inside this one (and the
+        # server's lookup) then run for every call, as they expect. It costs two closures.
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None  # unknown method: gRPC answers UNIMPLEMENTED
+        return self._wrap(method, handler)
 
     async def _admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         try:
