@@ -25,7 +25,12 @@ from rillet.client.connection import (
     make_stub,
     parse_bootstrap,
 )
-from rillet.client.errors import ClusterUnreachableError, InvalidConfigError, from_rpc_error
+from rillet.client.errors import (
+    ClusterUnreachableError,
+    InvalidConfigError,
+    TLSError,
+    from_rpc_error,
+)
 from rillet.client.metadata import NO_LEADER, ClusterMetadata, PartitionInfo
 
 log = logging.getLogger(__name__)
@@ -193,14 +198,15 @@ class Admin:
                     if exc.code() not in (grpc.StatusCode.UNAVAILABLE,
                                           grpc.StatusCode.DEADLINE_EXCEEDED):
                         raise from_rpc_error(exc) from exc
-                    last = exc
+                    last = self._pool.diagnose(addr, exc) or exc
                     log.debug("admin call to %s failed: %s", addr, exc.details())
             if isinstance(last, grpc.aio.AioRpcError) and (
                     last.code() == grpc.StatusCode.DEADLINE_EXCEEDED):
                 break  # a node that hangs would cost a whole deadline per round
-        detail = last.details() if isinstance(last, grpc.aio.AioRpcError) else "no address"
-        raise ClusterUnreachableError(
-            f"cannot reach cluster at {','.join(self._addresses)}: {detail}")
+        detail = (last.details() if isinstance(last, grpc.aio.AioRpcError)
+                  else str(last) if last else "no address")
+        cls = TLSError if isinstance(last, TLSError) else ClusterUnreachableError
+        raise cls(f"cannot reach cluster at {','.join(self._addresses)}: {detail}")
 
     def _stub(self, ch: grpc.aio.Channel) -> Any:
         return make_stub(admin_pb2_grpc.AdminStub, ch)

@@ -25,7 +25,13 @@ import grpc
 import grpc.aio
 
 from rillet.api.v1 import admin_pb2, admin_pb2_grpc
-from rillet.client.errors import ClusterUnreachableError, RilletError, from_rpc_error
+from rillet.client.errors import (
+    ClusterUnreachableError,
+    RilletError,
+    TLSError,
+    from_rpc_error,
+    tls_problem,
+)
 from rillet.client.metadata import ClusterMetadata
 
 log = logging.getLogger(__name__)
@@ -236,6 +242,18 @@ class ChannelPool:
             self._channels[address] = ch
         return ch
 
+    def diagnose(self, address: str, exc: grpc.aio.AioRpcError) -> TLSError | None:
+        """A TLSError saying what went wrong when `exc` is a failed TLS handshake (or a
+        plaintext/TLS mismatch) with `address`; None for any other failure."""
+        if exc.code() != grpc.StatusCode.UNAVAILABLE:
+            return None
+        problem = tls_problem(exc.details() or "", tls=self.credentials.tls,
+                              client_cert=bool(self.credentials.tls_cert))
+        if problem is None:
+            return None
+        what = "TLS handshake with" if self.credentials.tls else "connection to"
+        return TLSError(f"{what} {address} failed: {problem}")
+
     async def close(self) -> None:
         channels, self._channels = list(self._channels.values()), {}
         for ch in channels:
@@ -279,13 +297,15 @@ async def fetch_metadata(
                 if not err.retriable and exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
                     raise err from exc
                 log.debug("metadata from %s failed: %s", addr, exc.details())
-                last = err
+                # Keep trying the others (the cause may be one node), but say it if it was TLS.
+                last = pool.diagnose(addr, exc) or err
                 continue
             metadata.update(response)
             return response
     reason = str(last) if last else "no address answered"
-    raise ClusterUnreachableError(
-        f"cannot reach cluster at {','.join(metadata.bootstrap)}: {reason}")
+    # A TLS failure stays a TLSError (not retriable: the credentials must change).
+    cls = TLSError if isinstance(last, TLSError) else ClusterUnreachableError
+    raise cls(f"cannot reach cluster at {','.join(metadata.bootstrap)}: {reason}")
 
 
 def describe(exc: BaseException) -> str:

@@ -128,6 +128,26 @@ class GroupNotEmptyError(RilletError):
     code = common_pb2.ERROR_CODE_GROUP_NOT_EMPTY
 
 
+class AuthenticationError(RilletError):
+    """The node did not accept who we are: no token or certificate, an unknown token, a
+    certificate without a common name. The message says which."""
+
+    code = common_pb2.ERROR_CODE_UNAUTHENTICATED
+
+
+class AuthorizationError(RilletError):
+    """Authenticated, but not allowed: the message names the principal, the operation and
+    the resource."""
+
+    code = common_pb2.ERROR_CODE_PERMISSION_DENIED
+
+
+class TLSError(RilletError):
+    """The TLS handshake failed: the server's certificate is not trusted, the server wants a
+    client certificate, or one side does not speak TLS. Retrying does not help; the
+    credentials (or the server's settings) need to change."""
+
+
 class ClusterUnreachableError(RilletError):
     """No bootstrap address answered before the deadline."""
 
@@ -153,6 +173,7 @@ _BY_CODE: dict[int, type[RilletError]] = {
         TopicExistsError, NotLeaderError, BrokerStorageError, UnavailableError,
         InvalidRequestError, OutOfOrderSequenceError, DuplicateSequenceError,
         UnknownGroupError, InvalidGroupError, GroupFencedError, GroupNotEmptyError,
+        AuthenticationError, AuthorizationError,
     )
 }
 
@@ -168,7 +189,43 @@ _BY_STATUS: dict[grpc.StatusCode, type[RilletError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: OutOfOrderSequenceError,
     grpc.StatusCode.DEADLINE_EXCEEDED: RequestTimeoutError,
     grpc.StatusCode.CANCELLED: ClientClosedError,
+    grpc.StatusCode.UNAUTHENTICATED: AuthenticationError,
+    grpc.StatusCode.PERMISSION_DENIED: AuthorizationError,
 }
+
+
+def tls_problem(details: str, *, tls: bool, client_cert: bool) -> str | None:
+    """What went wrong in a connection that failed with `details`, for a client that used TLS
+    (`tls`) with or without a certificate of its own; None when it is not a TLS matter.
+
+    gRPC reports a refused handshake in two ways. When the client rejects the server, the
+    details carry the SSL reason (certificate verify failed, wrong version number: the server
+    is plaintext). When the server rejects the client (no certificate under mutual TLS, one it
+    does not trust) or a plaintext client reaches a TLS port, the client only sees the
+    connection closed ("Socket closed"); which of those it was follows from what the client
+    itself sent, so the message names the likeliest cause.
+    """
+    text = details.lower()
+    if "certificate_verify_failed" in text or "unable to get local issuer" in text:
+        return ("the server's certificate is not signed by the CA in --tls-ca "
+                "(RILLET_TLS_CA)")
+    if "not in peer certificate" in text or "hostname mismatch" in text:
+        return "the server's certificate does not name the address dialed (subject alt names)"
+    if "wrong_version_number" in text:
+        return "the server does not speak TLS (a plaintext node?): drop --tls-ca/--tls-cert"
+    if "handshake" in text and ("ssl" in text or "tls" in text):
+        reason = details.rsplit("SSL_ERROR_SSL:", 1)[-1].strip()
+        return f"the TLS handshake failed: {reason}"
+    if "socket closed" in text:
+        if not tls:
+            return ("the server closed the connection at once: it probably requires TLS "
+                    "(--tls-ca, RILLET_TLS_CA)")
+        if not client_cert:
+            return ("the server closed the connection during the TLS handshake: it probably "
+                    "requires a client certificate (--tls-cert and --tls-key)")
+        return ("the server closed the connection during the TLS handshake: it probably "
+                "refused the client certificate (not signed by the CA it trusts for clients)")
+    return None
 
 
 def for_code(code: int) -> type[RilletError]:
