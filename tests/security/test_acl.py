@@ -31,7 +31,8 @@ from rillet.api.v1 import (
 )
 from rillet.client.admin import Acl, Admin
 from rillet.client.connection import Credentials
-from rillet.client.errors import RilletError
+from rillet.client.errors import AuthorizationError, RilletError
+from rillet.client.producer import Producer
 from rillet.node.security.tokens import file_line, new_token
 from tests.integration.conftest import (  # noqa: F401 (fixtures)
     FAST_RAFT_ENV,
@@ -159,6 +160,17 @@ async def test_single_node_acls(broker_factory, tmp_path: Path) -> None:  # noqa
                                             metadata=alice.md))
         await alice.meta.InitProducer(admin_pb2.InitProducerRequest(), metadata=alice.md)
         await denied(bob.meta.InitProducer(admin_pb2.InitProducerRequest(), metadata=bob.md))
+        # The Python client (idempotent: InitProducer, then metadata, then Produce) works
+        # with the one rule, and reports a denial as AuthorizationError.
+        async with Producer(node.address, credentials=Credentials(token=tokens["alice"]),
+                            request_timeout_s=10) as producer:
+            assert (await producer.send_and_wait("orders", b"c")).offset == 1
+        with pytest.raises(AuthorizationError, match="may not describe topic 'other'"):
+            async with Producer(node.address, credentials=Credentials(token=tokens["alice"]),
+                                request_timeout_s=10) as producer:
+                await producer.send_and_wait("other", b"c")
+        with pytest.raises(RilletError, match="operation produce does not apply to a group"):
+            await admin.add_acl(Acl("alice", "produce", "group", "g1"))
         # Producing does not allow consuming.
         await denied(alice.consume_first("orders"))
 
