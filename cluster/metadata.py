@@ -1,5 +1,5 @@
-"""The metadata state machine: brokers, topics, partition assignments, producer ids and group
-offsets, as the metadata Raft group (the controller) applies them on every node.
+"""The metadata state machine: brokers, topics, partition assignments, producer ids, group
+offsets and ACL rules, as the metadata Raft group (the controller) applies them on every node.
 
 PURE: standard library only (plus the pure raft types for the driver adapter), no I/O, no
 clock, no randomness. Time only arrives inside commands. Two nodes that apply the same
