@@ -207,6 +207,9 @@ class BrokerConfig:
             if getattr(self, name) and not self.tls_cert:
                 raise ConfigError(f"{name} is set but tls_cert and tls_key are not: a node "
                                   f"needs its own certificate to use TLS")
+        if self.acl and not self.authenticates:
+            raise ConfigError("acl needs authentication: set token_file or tls_client_ca "
+                              "(without it every caller, peers included, is anonymous)")
         if not self.clustered:
             return
         if self.authenticates and not self.peer_principals.strip():

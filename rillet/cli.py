@@ -181,6 +181,7 @@ class _LazyGroup(click.Group):
     lazy: dict[str, tuple[str, str]] = {
         "serve": ("rillet.node.cli", "serve"),  # absent in a client-only install
         "chaos": ("rillet.chaos.cli", "chaos"),
+        "acl": ("rillet.acl_cli", "acl"),  # imports rillet.cli itself
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
