@@ -13,12 +13,16 @@ S2 and S3 may import these fixtures (pytest finds them for every test under test
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
+import os
+import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -28,8 +32,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from rillet.client import Credentials
+from rillet.client import Admin, Credentials
 from tests.integration.conftest import (
+    FAST_RAFT_ENV,
     START_TIMEOUT_S,
     BrokerProcess,
     broker_factory,
@@ -179,6 +184,10 @@ def write_tokens(path: Path, tokens: dict[str, str]) -> Path:
     return path
 
 
+def _read(path: str | None) -> bytes | None:
+    return Path(path).read_bytes() if path else None
+
+
 class SecureBroker(BrokerProcess):
     """A BrokerProcess whose readiness probe uses `probe` credentials (TLS, a certificate,
     a token: health is open, but the TLS handshake still needs them)."""
@@ -192,8 +201,7 @@ class SecureBroker(BrokerProcess):
         p = self.probe
         if not p.tls:
             return grpc.insecure_channel(self.address)
-        read = (lambda s: Path(s).read_bytes() if s else None)
-        creds = grpc.ssl_channel_credentials(read(p.tls_ca), read(p.tls_key), read(p.tls_cert))
+        creds = grpc.ssl_channel_credentials(_read(p.tls_ca), _read(p.tls_key), _read(p.tls_cert))
         return grpc.secure_channel(self.address, creds)
 
     def wait_serving(self, timeout_s: float = START_TIMEOUT_S) -> None:
@@ -219,9 +227,9 @@ class SecureBroker(BrokerProcess):
 
 
 @pytest.fixture
-def secure_broker_factory(tmp_path: Path) -> Iterator[object]:
+def secure_broker_factory(tmp_path: Path) -> Iterator[Any]:
     """`secure_broker_factory(extra_args=[...], probe=Credentials(...), node_id=0, host=...,
-    peers=None, env={}, start=True)`; every node is stopped by PID at teardown."""
+    env={}, start=True)`; every node is killed by PID at teardown."""
     started: list[SecureBroker] = []
 
     def make(*, node_id: int = 0, extra_args: Sequence[str] = (),
@@ -239,5 +247,44 @@ def secure_broker_factory(tmp_path: Path) -> Iterator[object]:
     try:
         yield make
     finally:
+        # SIGKILL by PID, all first, then reap: a graceful stop of every cluster node at once
+        # would wait out each one's leadership hand-over (no peer is left to take over).
         for proc in started:
-            proc.cleanup()
+            if proc.running:
+                os.kill(proc.pid, signal.SIGKILL)
+        for proc in started:
+            if proc.proc is not None:
+                proc.proc.wait(timeout=20)
+
+
+async def start_secure_cluster(factory: Any, n: int, *, args_for: Callable[[int], list[str]],
+                               probe: Credentials,
+                               env_for: Callable[[int], dict[str, str]] | None = None,
+                               timeout_s: float = 45.0) -> list[SecureBroker]:
+    """n secured nodes from `secure_broker_factory` with `--peers` naming each other (node i
+    on 127.0.0.(i+1), fast Raft ticks); returns once every node's metadata, asked with
+    `probe` credentials, lists all n brokers (which needs working peer links)."""
+    hosts = [f"127.0.0.{i + 1}" for i in range(n)]
+    ports = [free_port(h) for h in hosts]
+    peers = ",".join(f"{i}={h}:{p}" for i, (h, p) in enumerate(zip(hosts, ports, strict=True)))
+    nodes: list[SecureBroker] = [
+        factory(node_id=i, host=hosts[i], port=ports[i], probe=probe, start=False,
+                extra_args=[*args_for(i), "--peers", peers],
+                env={**FAST_RAFT_ENV, **(env_for(i) if env_for else {})})
+        for i in range(n)]
+    for node in nodes:
+        node.start(wait=False)
+    for node in nodes:
+        node.wait_serving(timeout_s)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    for node in nodes:
+        async with Admin(node.address, credentials=probe, timeout=2) as admin:
+            while len((await admin.metadata()).brokers) < n:
+                if loop.time() > deadline:
+                    tails = "\n".join(f"--- node {x.node_id}:\n{x.log_text()[-2000:]}"
+                                      for x in nodes)
+                    raise AssertionError(f"node {node.node_id} does not list {n} brokers "
+                                         f"after {timeout_s}s\n{tails}")
+                await asyncio.sleep(0.1)
+    return nodes

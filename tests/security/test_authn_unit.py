@@ -170,7 +170,7 @@ def test_client_credentials_default_from_the_environment() -> None:
 
 
 def test_client_credentials_name_the_file_or_option_that_is_wrong(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="--tls-ca: file .*nope.pem does not exist"):
+    with pytest.raises(ValueError, match=r"--tls-ca: file .*nope\.pem does not exist"):
         Credentials(tls_ca=str(tmp_path / "nope.pem")).channel("127.0.0.1:1")
     with pytest.raises(ValueError, match="needs both --tls-cert and --tls-key"):
         Credentials(tls_cert="c.pem").channel("127.0.0.1:1")

@@ -22,6 +22,8 @@ from rillet.client.errors import AuthenticationError, TLSError
 from rillet.node.security.tokens import new_token
 from tests.security.conftest import Pki, SecureBroker, write_tokens
 
+pytestmark = pytest.mark.integration
+
 
 async def _roundtrip(address: str, creds: Credentials, topic: str, n: int = 20) -> None:
     """Create a topic, produce n records (acks=all) and read them all back."""
@@ -46,7 +48,7 @@ async def _roundtrip(address: str, creds: Credentials, topic: str, n: int = 20) 
 
 async def _refused(address: str, creds: Credentials) -> Exception:
     """The error a client with `creds` gets from its first call (it must get one)."""
-    with pytest.raises(Exception) as info:  # noqa: PT011 - the test checks type and text
+    with pytest.raises(Exception) as info:  # the caller checks the type and the text
         async with Admin(address, credentials=creds, timeout=2) as admin:
             await admin.list_topics()
     return info.value
