@@ -29,8 +29,10 @@ class AclError(ValueError):
     """A rule (or a part of one) that does not make sense; the message says which part."""
 
 
-class Operation(enum.Enum):
-    """What a rule allows (the values are the names used by the CLI, files and commands)."""
+class Operation(enum.StrEnum):
+    """What a rule allows (the values are the names used by the CLI, files and commands).
+    String enums: their hash is str's (C), where a plain Enum's runs Python code, and the
+    authorizer hashes them on every check."""
 
     PRODUCE = "produce"
     CONSUME = "consume"
@@ -43,13 +45,13 @@ class Operation(enum.Enum):
     CLUSTER_ADMIN = "cluster_admin"
 
 
-class ResourceType(enum.Enum):
+class ResourceType(enum.StrEnum):
     TOPIC = "topic"
     GROUP = "group"
     CLUSTER = "cluster"
 
 
-class PatternType(enum.Enum):
+class PatternType(enum.StrEnum):
     """LITERAL: the resource whose name is exactly the rule's; PREFIX: every resource whose
     name starts with it."""
 

@@ -29,8 +29,10 @@ from rillet.node.errors import PermissionDeniedError, UnavailableError
 from rillet.node.security import principal as principals
 from rillet.node.security.acl import (
     ANY_PRINCIPAL,
+    IMPLIES_DESCRIBE,
     AclRule,
     Operation,
+    PatternType,
     ResourceType,
     denial,
 )
@@ -152,19 +154,34 @@ class MetadataAclStore:
 
 
 class _Index:
-    """Rules by principal, built once per rules object."""
+    """The rules, built once per rules object for cheap lookups: per principal, literal rules
+    as (principal, resource type, name) -> operations allowed (implied describe included),
+    prefix rules as (resource type, prefix, operations allowed)."""
 
     def __init__(self, rules: frozenset[AclRule]) -> None:
         self.source = rules
         self.by_principal: dict[str, list[AclRule]] = {}
+        self.literal: dict[tuple[str, ResourceType, str], set[Operation]] = {}
+        self.prefix: dict[str, list[tuple[ResourceType, str, frozenset[Operation]]]] = {}
         for r in rules:
             self.by_principal.setdefault(r.principal, []).append(r)
+            ops = {r.operation, Operation.DESCRIBE} if r.operation in IMPLIES_DESCRIBE else {
+                r.operation}
+            if r.pattern is PatternType.PREFIX:
+                self.prefix.setdefault(r.principal, []).append(
+                    (r.resource_type, r.resource_name, frozenset(ops)))
+            else:
+                self.literal.setdefault((r.principal, r.resource_type, r.resource_name),
+                                        set()).update(ops)
 
     def allows(self, name: str, anyone: bool, op: Operation, rtype: ResourceType,
                resource: str) -> bool:
         for key in (name, ANY_PRINCIPAL) if anyone else (name,):
-            for r in self.by_principal.get(key, ()):
-                if r.matches(name, op, rtype, resource):
+            ops = self.literal.get((key, rtype, resource))
+            if ops is not None and op in ops:
+                return True
+            for rt, prefix, allowed in self.prefix.get(key, ()):
+                if rt is rtype and op in allowed and resource.startswith(prefix):
                     return True
         return False
 

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rillet.cluster import metadata as md
 from rillet.node.errors import PermissionDeniedError
@@ -228,3 +230,32 @@ def test_stream_checker_caches_until_the_rules_change() -> None:
     asyncio.run(store.remove(rule))
     with pytest.raises(PermissionDeniedError, match="produce to topic 'orders'"):
         check("orders")
+
+
+_rules = st.builds(
+    lambda p, op, rt, name, prefix: (p, op, rt, name, prefix),
+    st.sampled_from(["alice", "bob", "*"]), st.sampled_from(list(Operation)),
+    st.sampled_from([TOPIC, GROUP, CLUSTER]), st.sampled_from(["a", "ab", "abc", "b"]),
+    st.booleans())
+
+
+@given(raw=st.lists(_rules, max_size=12), who=st.sampled_from(["alice", "bob"]),
+       op=st.sampled_from(list(Operation)), rtype=st.sampled_from([TOPIC, GROUP, CLUSTER]),
+       name=st.sampled_from(["a", "ab", "abc", "b", "c"]), anonymous=st.booleans())
+def test_authorizer_agrees_with_matching_every_rule(
+        raw: list[tuple[str, Operation, ResourceType, str, bool]], who: str, op: Operation,
+        rtype: ResourceType, name: str, anonymous: bool) -> None:
+    """The Authorizer's index gives the answer of trying every rule one by one."""
+    rules = []
+    for p, rop, rt, rname, prefix in raw:
+        try:
+            rules.append(AclRule.parse(p, rop, rt, "" if rt is CLUSTER else rname,
+                                       "prefix" if prefix and rt is not CLUSTER else "literal"))
+        except ValueError:
+            continue
+    principal = ANONYMOUS if anonymous else Principal(who, "token")
+    asked = "" if rtype is CLUSTER else name
+    expected = any(r.matches(principal.name, op, rtype, asked) for r in rules
+                   if not (anonymous and r.principal == "*"))
+    _as(principal)
+    assert _authz(*rules).allowed(op, rtype, asked) is expected
