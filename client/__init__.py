@@ -2,10 +2,15 @@
 blocking wrappers in .sync)."""
 
 from rillet.client.accumulator import ChunkAck, RecordFuture, RecordMetadata
-from rillet.client.admin import Admin, BrokerInfo, ClusterDescription
+from rillet.client.admin import Acl, Admin, BrokerInfo, ClusterDescription
 from rillet.client.connection import Credentials
 from rillet.client.consumer import Consumer, Replay, Timestamp
-from rillet.client.errors import RilletError
+from rillet.client.errors import (
+    AuthenticationError,
+    AuthorizationError,
+    RilletError,
+    TLSError,
+)
 from rillet.client.group import GroupConsumer, TopicPartition
 from rillet.client.metadata import ClusterMetadata
 from rillet.client.producer import Producer
@@ -13,8 +18,8 @@ from rillet.client.records import ConsumerRecord, RecordBatch
 from rillet.client.table import SyncTable, Table
 
 __all__ = [
-    "Admin", "BrokerInfo", "ChunkAck", "ClusterDescription", "ClusterMetadata", "Consumer",
-    "ConsumerRecord", "Credentials", "GroupConsumer", "Producer", "RecordBatch", "RecordFuture",
-    "RecordMetadata", "Replay", "RilletError", "SyncTable", "Table", "Timestamp",
-    "TopicPartition",
+    "Acl", "Admin", "AuthenticationError", "AuthorizationError", "BrokerInfo", "ChunkAck",
+    "ClusterDescription", "ClusterMetadata", "Consumer", "ConsumerRecord", "Credentials",
+    "GroupConsumer", "Producer", "RecordBatch", "RecordFuture", "RecordMetadata", "Replay",
+    "RilletError", "SyncTable", "TLSError", "Table", "Timestamp", "TopicPartition",
 ]
