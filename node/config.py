@@ -207,6 +207,12 @@ class BrokerConfig:
             if getattr(self, name) and not self.tls_cert:
                 raise ConfigError(f"{name} is set but tls_cert and tls_key are not: a node "
                                   f"needs its own certificate to use TLS")
+        if self.token_file and self.tls_client_ca:
+            # Refused rather than ignored: under mutual TLS every connection shows a
+            # certificate and its common name is the principal; no token would ever be read.
+            raise ConfigError("token_file and tls_client_ca are both set: under mutual TLS the "
+                              "client certificate names the principal and tokens are never "
+                              "read; use one of them")
         if self.acl and not self.authenticates:
             raise ConfigError("acl needs authentication: set token_file or tls_client_ca "
                               "(without it every caller, peers included, is anonymous)")

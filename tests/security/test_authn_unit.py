@@ -131,6 +131,8 @@ def test_principal_patterns() -> None:
     ({"tls_key": "k.pem"}, "tls_key is set but tls_cert is not"),
     ({"tls_client_ca": "ca.pem"}, "tls_client_ca is set but tls_cert and tls_key are not"),
     ({"tls_peer_ca": "ca.pem"}, "tls_peer_ca is set but tls_cert and tls_key are not"),
+    ({"token_file": "t", "tls_cert": "c", "tls_key": "k", "tls_client_ca": "ca"},
+     "token_file and tls_client_ca are both set"),
     ({"token_file": "t", "peers": "0=127.0.0.1:1", "peer_token": "x"},
      "peer_principals must name the cluster's nodes"),
     ({"tls_cert": "c", "tls_key": "k", "peers": "0=127.0.0.1:1"}, "needs tls_peer_ca"),
