@@ -56,10 +56,12 @@ async def _refuse(context: Any, method: str, bad: Malformed) -> None:
                         f"malformed request to {method}: {bad.reason}")
 
 
-def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-    """`handler` with the safe deserializer and a behaviour that refuses Malformed."""
+def _wrap(original: grpc.RpcMethodHandler[Any, Any], method: str
+          ) -> grpc.RpcMethodHandler[Any, Any]:
+    """`original` with the safe deserializer and a behaviour that refuses Malformed."""
+    handler: Any = original  # the grpc stubs do not type the namedtuple's fields
     if handler.request_deserializer is None:
-        return handler
+        return original
     fields: dict[str, Any] = {
         "request_deserializer": safe_deserializer(handler.request_deserializer)}
     if handler.unary_unary is not None:
@@ -83,10 +85,10 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         fields["unary_stream"] = unary_stream
     elif handler.stream_stream is not None or handler.stream_unary is not None:
         fields.update(_wrap_request_stream(handler, method))
-    return handler._replace(**fields)  # type: ignore[attr-defined,no-any-return]
+    return handler._replace(**fields)  # type: ignore[no-any-return]
 
 
-def _wrap_request_stream(handler: grpc.RpcMethodHandler, method: str) -> dict[str, Any]:
+def _wrap_request_stream(handler: Any, method: str) -> dict[str, Any]:
     def checked(requests: AsyncIterator[Any], found: list[Malformed]) -> AsyncIterator[Any]:
         async def gen() -> AsyncIterator[Any]:
             async for request in requests:
@@ -120,14 +122,15 @@ def _wrap_request_stream(handler: grpc.RpcMethodHandler, method: str) -> dict[st
     return {"stream_unary": stream_unary}
 
 
-class MalformedRequestInterceptor(aio.ServerInterceptor):
+class MalformedRequestInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     """Install on the server (grpc.aio.server(interceptors=[...])); see the module doc."""
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails],
+                               Awaitable[grpc.RpcMethodHandler[Any, Any]]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler  # unknown method: gRPC answers UNIMPLEMENTED
