@@ -73,6 +73,9 @@ RESTART_S = 1.0
 RUNTIME_WAIT_S = 5.0
 FORWARD_TIMEOUT_S = 30.0
 MAX_METADATA_CHARS = 4096
+#: Events queued to one member stream that its transport has not taken yet (flow control
+#: holds them); one more and the stream ends (docs/security.md, limits).
+MAX_UNSENT_EVENTS = 64
 LAG_READ_BYTES = 64 * 1024
 REMOTE_READ_TIMEOUT_S = 5.0
 _T = TypeVar("_T")
@@ -170,8 +173,18 @@ class GroupRuntime:
                     f"{why}; join again"))
         for a in out.assignments:
             entry = self.streams.get((a.group, a.member_id))
-            if entry is not None:
-                entry[1].queue.put_nowait(_event(a))
+            if entry is None:
+                continue
+            if entry[1].queue.qsize() >= MAX_UNSENT_EVENTS:
+                # The member's transport takes nothing (its flow-control window is full):
+                # end its stream rather than queue events for it without bound.
+                del self.streams[(a.group, a.member_id)]
+                entry[1].queue.put_nowait(_End(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"member {a.member_id!r} of group {a.group!r} left {MAX_UNSENT_EVENTS} "
+                    "group events unread; its stream ends: join again"))
+                continue
+            entry[1].queue.put_nowait(_event(a))
         if self.on_change is not None and (out.generations or out.expired):
             self.on_change()
 
