@@ -28,6 +28,7 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -40,13 +41,8 @@ from hypothesis import strategies as st
 
 from rillet import batch as batch_codec
 from rillet.api.v1 import admin_pb2, common_pb2, groups_pb2, log_pb2
-from tests.integration.conftest import (  # noqa: F401  (fixtures used by name)
-    BrokerFactory,
-    BrokerProcess,
-    ClusterFactory,
-    broker_factory,
-    cluster_factory,
-)
+from tests.integration.conftest import BrokerFactory, BrokerProcess, ClusterFactory
+from tests.security.conftest import write_tokens
 
 pytestmark = pytest.mark.integration
 
@@ -57,6 +53,9 @@ GROUPS = ("fg", "fg-b")
 #: The node's settings during the fuzz: few partitions per topic, so that a CreateTopic the fuzz
 #: sends does not spend seconds creating a thousand partition logs.
 FUZZ_ENV = {"RILLET_MAX_PARTITIONS": "8"}
+
+#: Call metadata (None: no credentials).
+Metadata = tuple[tuple[str, str], ...] | None
 
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
                    ("grpc.max_send_message_length", 64 * 1024 * 1024)]
@@ -335,9 +334,11 @@ class Tally:
 class Driver:
     """Sends one fuzzed call at a time on a sync channel and checks the status it ends with."""
 
-    def __init__(self, addresses: Sequence[str], tally: Tally) -> None:
+    def __init__(self, addresses: Sequence[str], tally: Tally,
+                 credentials: Sequence[Metadata] = (None,)) -> None:
         self.channels = [grpc.insecure_channel(a, options=CHANNEL_OPTIONS) for a in addresses]
         self.tally = tally
+        self.credentials = list(credentials)
 
     def close(self) -> None:
         for ch in self.channels:
@@ -356,7 +357,7 @@ class Driver:
 
     def call(self, node: int, method_path: str, requests: list[Any], *, client_streaming: bool,
              server_streaming: bool, serialize: Callable[[Any], bytes] | None,
-             cancel_after_first: bool, label: str) -> None:
+             cancel_after_first: bool, label: str, metadata: Metadata = None) -> None:
         ch = self.channels[node % len(self.channels)]
         long_lived = method_path == "/rillet.api.v1.Consume/Consume"
         timeout = CONSUME_TIMEOUT_S if long_lived else CALL_TIMEOUT_S
@@ -364,19 +365,21 @@ class Driver:
         self.tally.requests += len(requests)
         self.tally.by_method[label] += 1
         kw: dict[str, Any] = {"request_serializer": serialize, "response_deserializer": None}
+        md = {"metadata": metadata} if metadata else {}
         cancelled = False
         started = time.monotonic()
         try:
             if not server_streaming:
                 if client_streaming:
-                    ch.stream_unary(method_path, **kw)(iter(requests), timeout=timeout)
+                    ch.stream_unary(method_path, **kw)(iter(requests), timeout=timeout, **md)
                 else:
-                    ch.unary_unary(method_path, **kw)(requests[0], timeout=timeout)
+                    ch.unary_unary(method_path, **kw)(requests[0], timeout=timeout, **md)
             else:
                 if client_streaming:
-                    it = ch.stream_stream(method_path, **kw)(iter(requests), timeout=timeout)
+                    it = ch.stream_stream(method_path, **kw)(iter(requests), timeout=timeout,
+                                                             **md)
                 else:
-                    it = ch.unary_stream(method_path, **kw)(requests[0], timeout=timeout)
+                    it = ch.unary_stream(method_path, **kw)(requests[0], timeout=timeout, **md)
                 n = 0
                 for raw in it:
                     n += 1
@@ -419,7 +422,8 @@ def _one_method(driver: Driver, method: MethodDescriptor, examples: int, nodes: 
         driver.call(data.draw(st.integers(0, nodes - 1)), path, reqs,
                     client_streaming=method.client_streaming,
                     server_streaming=method.server_streaming, serialize=serialize,
-                    cancel_after_first=data.draw(st.booleans()), label=method.name)
+                    cancel_after_first=data.draw(st.booleans()), label=method.name,
+                    metadata=data.draw(st.sampled_from(driver.credentials)))
         assert not driver.tally.failures, driver.tally.failures
 
     run()
@@ -445,21 +449,25 @@ def _raw(driver: Driver, examples: int, nodes: int, derandomize: bool) -> None:
                     client_streaming=streaming_in,
                     server_streaming=method.server_streaming if method is not None else False,
                     serialize=None, cancel_after_first=False,
-                    label=f"raw {method.name if method else 'unknown path'}")
+                    label=f"raw {method.name if method else 'unknown path'}",
+                    metadata=data.draw(st.sampled_from(driver.credentials)))
         assert not driver.tally.failures, driver.tally.failures
 
     run()
 
 
 def fuzz(addresses: Sequence[str], per_method: int, raw_examples: int, *,
-         derandomize: bool) -> Tally:
-    """Every public method `per_method` times, then `raw_examples` raw-byte calls."""
+         derandomize: bool, credentials: Sequence[Metadata] = (None,),
+         admin: Metadata = None) -> Tally:
+    """Every public method `per_method` times, then `raw_examples` raw-byte calls; each call
+    with one of `credentials` (call metadata; None: none)."""
     tally = Tally()
-    driver = Driver(addresses, tally)
+    driver = Driver(addresses, tally, credentials)
     try:
         for method in METHODS:
             # The fuzz deletes topics too; recreate them so each method meets existing ones.
-            ensure_topics(addresses[0], replication_factor=min(3, len(addresses)))
+            ensure_topics(addresses[0], replication_factor=min(3, len(addresses)),
+                          metadata=admin)
             n = max(3, per_method // 2) if method.name == "Consume" else per_method
             _one_method(driver, method, n, len(addresses), derandomize)
         _raw(driver, raw_examples, len(addresses), derandomize)
@@ -471,7 +479,7 @@ def fuzz(addresses: Sequence[str], per_method: int, raw_examples: int, *,
 # ------------------------------------------------------------------------------ the node side
 
 
-def prepare(address: str, replication_factor: int = 1) -> None:
+def prepare(address: str, replication_factor: int = 1, metadata: Metadata = None) -> None:
     """The seed topic (two partitions, records with keys and headers) and the fuzz topics."""
     with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as ch:
         admin = ch.unary_unary("/rillet.api.v1.Admin/CreateTopic",
@@ -480,7 +488,7 @@ def prepare(address: str, replication_factor: int = 1) -> None:
         for name, parts in ((SEED_TOPIC, 2), (FUZZ_TOPICS[0], 2), (FUZZ_TOPICS[1], 1)):
             admin(admin_pb2.CreateTopicRequest(name=name, partitions=parts,
                                                replication_factor=replication_factor),
-                  timeout=30)
+                  timeout=30, metadata=metadata)
         produce = ch.stream_stream(
             "/rillet.api.v1.Produce/Produce",
             request_serializer=log_pb2.ProduceRequest.SerializeToString,
@@ -492,14 +500,14 @@ def prepare(address: str, replication_factor: int = 1) -> None:
             headers=[[("h", bytes([i, j]))] for j in range(5)])) for i in range(20)]
         deadline = time.monotonic() + 30
         while True:  # in a fresh cluster the first leaders may still be settling
-            resps = list(produce(iter(reqs), timeout=30))
+            resps = list(produce(iter(reqs), timeout=30, metadata=metadata))
             if all(not r.error.code for r in resps):
                 break
             assert time.monotonic() < deadline, [r.error for r in resps if r.error.code]
             reqs = [q for q, r in zip(reqs, resps, strict=True) if r.error.code]
 
 
-def ensure_topics(address: str, replication_factor: int = 1) -> None:
+def ensure_topics(address: str, replication_factor: int = 1, metadata: Metadata = None) -> None:
     """The fuzz topics exist (again): CreateTopic, ALREADY_EXISTS is fine."""
     with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as ch:
         create = ch.unary_unary(
@@ -510,13 +518,13 @@ def ensure_topics(address: str, replication_factor: int = 1) -> None:
             try:
                 create(admin_pb2.CreateTopicRequest(
                     name=name, partitions=parts, replication_factor=replication_factor),
-                    timeout=30)
+                    timeout=30, metadata=metadata)
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.ALREADY_EXISTS:  # type: ignore[attr-defined]
                     raise
 
 
-def read_back(address: str) -> dict[int, bytes]:
+def read_back(address: str, metadata: Metadata = None) -> dict[int, bytes]:
     """Every stored batch of the seed topic, byte for byte, per partition."""
     with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as ch:
         replay = ch.unary_stream(
@@ -527,7 +535,7 @@ def read_back(address: str) -> dict[int, bytes]:
         req = log_pb2.ReplayRequest(topic=SEED_TOPIC, to=common_pb2.Position(
             boundary=common_pb2.BOUNDARY_LATEST))
         getattr(req, "from").boundary = common_pb2.BOUNDARY_EARLIEST
-        for resp in replay(req, timeout=30):
+        for resp in replay(req, timeout=30, metadata=metadata):
             for pd in resp.partitions:
                 out[pd.partition] += pd.batches
     return {p: bytes(b) for p, b in out.items()}
@@ -553,33 +561,36 @@ def since_last_start(text: str) -> str:
     return text.rsplit("--- start #", 1)[-1]
 
 
-def check_node_after(proc: BrokerProcess, before: dict[int, bytes]) -> None:
+def check_node_after(proc: BrokerProcess, before: dict[int, bytes],
+                     metadata: Metadata = None) -> None:
     assert proc.running, f"node {proc.node_id} died:\n{proc.log_text()[-3000:]}"
     assert serving(proc.address)
     assert bad_lines(proc.log_text()) == [], bad_lines(proc.log_text())[:20]
-    assert read_back(proc.address) == before
+    assert read_back(proc.address, metadata) == before
 
 
 def run_single_node(proc: BrokerProcess, per_method: int, raw_examples: int,
-                    derandomize: bool) -> Tally:
-    prepare(proc.address)
-    before = read_back(proc.address)
+                    derandomize: bool, credentials: Sequence[Metadata] = (None,),
+                    admin: Metadata = None, title: str = "fuzz, one node") -> Tally:
+    prepare(proc.address, metadata=admin)
+    before = read_back(proc.address, admin)
     assert sorted(before) == [0, 1] and all(before.values())
-    tally = fuzz([proc.address], per_method, raw_examples, derandomize=derandomize)
-    print("\n" + tally.report("fuzz, one node"))
+    tally = fuzz([proc.address], per_method, raw_examples, derandomize=derandomize,
+                 credentials=credentials, admin=admin)
+    print("\n" + tally.report(title))
     assert tally.failures == [], tally.failures
-    check_node_after(proc, before)
+    check_node_after(proc, before, admin)
     # A crash and restart: recovery checks the logs the fuzz wrote to.
     proc.kill()
     proc.start()
     recovered = since_last_start(proc.log_text())
     assert bad_lines(recovered) == [], bad_lines(recovered)[:20]
-    assert read_back(proc.address) == before
+    assert read_back(proc.address, admin) == before
     assert serving(proc.address)
     return tally
 
 
-def test_fuzz_every_rpc_single_node(broker_factory: BrokerFactory) -> None:  # noqa: F811
+def test_fuzz_every_rpc_single_node(broker_factory: BrokerFactory) -> None:
     """A few hundred requests, the same every run (derandomized): the default-suite variant."""
     proc = broker_factory(env=FUZZ_ENV)
     tally = run_single_node(proc, per_method=14, raw_examples=120, derandomize=True)
@@ -588,7 +599,7 @@ def test_fuzz_every_rpc_single_node(broker_factory: BrokerFactory) -> None:  # n
 
 
 @pytest.mark.slow
-def test_fuzz_every_rpc_single_node_long(broker_factory: BrokerFactory) -> None:  # noqa: F811
+def test_fuzz_every_rpc_single_node_long(broker_factory: BrokerFactory) -> None:
     """Thousands of requests, new ones each run."""
     proc = broker_factory(env=FUZZ_ENV)
     tally = run_single_node(proc, per_method=200, raw_examples=2000, derandomize=False)
@@ -596,7 +607,7 @@ def test_fuzz_every_rpc_single_node_long(broker_factory: BrokerFactory) -> None:
 
 
 @pytest.mark.slow
-async def test_fuzz_every_rpc_three_nodes(cluster_factory: ClusterFactory) -> None:  # noqa: F811
+async def test_fuzz_every_rpc_three_nodes(cluster_factory: ClusterFactory) -> None:
     """The same against a 3-node cluster, each call to a random node (forwarding, proxies)."""
     from tests.integration.conftest import FAST_RAFT_ENV
 
@@ -618,3 +629,21 @@ async def test_fuzz_every_rpc_three_nodes(cluster_factory: ClusterFactory) -> No
         recovered = since_last_start(proc.log_text())
         assert bad_lines(recovered) == [], bad_lines(recovered)[:20]
         assert await asyncio.to_thread(read_back, proc.address) == before
+
+
+@pytest.mark.slow
+def test_fuzz_every_rpc_with_tokens_and_acls(broker_factory: BrokerFactory,
+                                            tmp_path: Path) -> None:
+    """Authentication and ACLs on: each call carries a super user's token, a token with no
+    rules, an unknown token, a malformed header, or nothing."""
+    tokens = write_tokens(tmp_path / "tokens", {"tok-admin": "admin", "tok-bob": "bob"})
+    proc = broker_factory(env={**FUZZ_ENV, "RILLET_TOKEN_FILE": str(tokens),
+                               "RILLET_ACL": "true", "RILLET_SUPER_USERS": "admin"})
+    admin: Metadata = (("authorization", "Bearer tok-admin"),)
+    credentials: list[Metadata] = [
+        admin, admin, (("authorization", "Bearer tok-bob"),),
+        (("authorization", "Bearer nope"),), (("authorization", "tok-admin"),), None]
+    tally = run_single_node(proc, per_method=60, raw_examples=600, derandomize=False,
+                            credentials=credentials, admin=admin,
+                            title="fuzz, one node, tokens and ACLs")
+    assert tally.statuses["UNAUTHENTICATED"] > 0 and tally.statuses["PERMISSION_DENIED"] > 0

@@ -15,11 +15,10 @@ import pytest
 
 from rillet import batch
 from rillet.api.v1 import admin_pb2, common_pb2, groups_pb2, groups_pb2_grpc, log_pb2
-from tests.integration.conftest import (  # noqa: F401  (fixtures used by name)
+from tests.integration.conftest import (
     CHANNEL_OPTIONS,
     BrokerFactory,
     Stubs,
-    broker_factory,
 )
 
 LIMITS = batch.Limits(max_records=10, max_headers=2, max_header_bytes=64)
@@ -88,7 +87,7 @@ LOW_LIMITS_ENV = {
 
 @pytest.mark.integration
 async def test_node_refuses_each_limit_with_its_setting_named(
-        broker_factory: BrokerFactory) -> None:  # noqa: F811
+        broker_factory: BrokerFactory) -> None:
     proc = broker_factory(env=LOW_LIMITS_ENV)
     async with grpc.aio.insecure_channel(proc.address, options=CHANNEL_OPTIONS) as ch:
         stubs = Stubs(ch)
@@ -164,7 +163,7 @@ async def test_node_refuses_each_limit_with_its_setting_named(
 
 @pytest.mark.integration
 async def test_streams_beyond_the_per_connection_limit_wait_for_a_free_one(
-        broker_factory: BrokerFactory) -> None:  # noqa: F811
+        broker_factory: BrokerFactory) -> None:
     """max_streams_per_connection: the server announces it in HTTP/2 SETTINGS; a gRPC client
     queues calls beyond it on that connection (it does not fail them) until a stream ends, so
     a call with a deadline ends DEADLINE_EXCEEDED if none ends in time. Other connections are

@@ -31,12 +31,11 @@ import pytest
 
 from rillet import batch
 from rillet.api.v1 import admin_pb2, common_pb2, log_pb2
-from tests.integration.conftest import (  # noqa: F401  (fixtures used by name)
+from tests.integration.conftest import (
     CHANNEL_OPTIONS,
     BrokerFactory,
     BrokerProcess,
     Stubs,
-    broker_factory,
     free_port,
 )
 
@@ -117,7 +116,7 @@ async def produce(stubs: Stubs, topic: str, data: bytes, count: int) -> int:
 
 
 async def test_consumer_that_stops_reading_does_not_grow_node_memory(
-        broker_factory: BrokerFactory) -> None:  # noqa: F811
+        broker_factory: BrokerFactory) -> None:
     metrics_port = free_port()
     proc = broker_factory(env={"RILLET_METRICS_LISTEN": f"127.0.0.1:{metrics_port}"})
     data = one_batch()
@@ -153,7 +152,7 @@ async def test_consumer_that_stops_reading_does_not_grow_node_memory(
 
 
 async def test_producer_that_never_reads_responses_generated_stub(
-        broker_factory: BrokerFactory) -> None:  # noqa: F811
+        broker_factory: BrokerFactory) -> None:
     proc = broker_factory()
     data = one_batch()
     offered = len(data) * BATCHES
@@ -319,7 +318,7 @@ class StingyProducer:
 
 
 def test_producer_that_grants_no_window_is_stopped_by_back_pressure(
-        broker_factory: BrokerFactory) -> None:  # noqa: F811
+        broker_factory: BrokerFactory) -> None:
     proc: BrokerProcess = broker_factory()
     with grpc.insecure_channel(proc.address) as ch:
         ch.unary_unary("/rillet.api.v1.Admin/CreateTopic",
