@@ -11,9 +11,9 @@ optional per call, so under mutual TLS peers show one too: their own node certif
 Dialing peers (the Raft stream, forwarded produce, admin and group calls, read proxies):
 - with `tls_cert` the node dials with TLS, trusting `tls_peer_ca` (default `tls_client_ca`) and
   presenting its own certificate as a client certificate;
-- with `peer_token` every call carries `authorization: Bearer <peer_token>`, added by a client
-  interceptor rather than gRPC call credentials, because gRPC refuses call credentials on a
-  plaintext channel and a token-only cluster is plaintext.
+- with `peer_token` every call carries `authorization: Bearer <peer_token>`: as gRPC call
+  credentials over TLS, and through client interceptors over plaintext (gRPC refuses call
+  credentials on a plaintext channel, and a token-only cluster may be plaintext).
 """
 
 from __future__ import annotations
@@ -110,8 +110,13 @@ class PeerDialer:
                 root_certificates=root,
                 private_key=read_pem("tls_key", config.tls_key),
                 certificate_chain=read_pem("tls_cert", config.tls_cert))
-        self._interceptors: Any = (bearer_interceptors(config.peer_token) if config.peer_token
-                                   else None)
+        self._interceptors: Any = None
+        if config.peer_token and self._credentials is not None:
+            # Over TLS gRPC adds the token itself (call credentials, nothing per message).
+            self._credentials = grpc.composite_channel_credentials(
+                self._credentials, grpc.access_token_call_credentials(config.peer_token))
+        elif config.peer_token:
+            self._interceptors = bearer_interceptors(config.peer_token)
 
     @property
     def secure(self) -> bool:
@@ -120,8 +125,7 @@ class PeerDialer:
     def channel(self, address: str, options: Sequence[tuple[str, Any]]) -> grpc.aio.Channel:
         """A new channel to a peer at `address` with the given options."""
         if self._credentials is not None:
-            return grpc.aio.secure_channel(address, self._credentials, options=list(options),
-                                           interceptors=self._interceptors)
+            return grpc.aio.secure_channel(address, self._credentials, options=list(options))
         return grpc.aio.insecure_channel(address, options=list(options),
                                          interceptors=self._interceptors)
 

@@ -9,7 +9,6 @@ that is not a cluster member is refused on the internal Peer service.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import grpc
 import pytest
 
 from rillet.client import Admin, Credentials, Producer, Replay
-from rillet.internal.v1 import peer_pb2, peer_pb2_grpc
+from rillet.internal.v1 import peer_pb2_grpc
 from rillet.node.security.tokens import new_token
 from tests.security.conftest import Pki, SecureBroker, start_secure_cluster, write_tokens
 
@@ -61,11 +60,11 @@ async def _exercise(nodes: list[SecureBroker], creds: Credentials, topic: str) -
 
 
 async def _peer_exchange(channel: grpc.aio.Channel) -> grpc.aio.AioRpcError:
-    """Open the internal Peer stream as node 9 would; return how the node refused it."""
-    async def batches() -> AsyncIterator[peer_pb2.PeerBatch]:
-        yield peer_pb2.PeerBatch(from_node=9, to_node=0)
+    """Open the internal Peer stream as a node would; return how the node refused it.
 
-    call = peer_pb2_grpc.PeerStub(channel).Exchange(batches(), timeout=5)  # type: ignore[no-untyped-call]
+    Nothing is sent: the node decides when the stream opens, and a message in flight when it
+    refuses would end the call with the client's own INTERNAL "execute_batch" failure."""
+    call = peer_pb2_grpc.PeerStub(channel).Exchange(timeout=5)  # type: ignore[no-untyped-call]
     with pytest.raises(grpc.aio.AioRpcError) as info:
         async for _ in call:
             pass
@@ -99,24 +98,30 @@ async def test_mutual_tls_cluster_forms_replicates_and_refuses_strangers(
         assert node.running
 
 
+@pytest.mark.parametrize("transport", ["plaintext", "tls"])
 async def test_token_cluster_nodes_show_their_peer_tokens(
-        tmp_path: Path, secure_broker_factory: Any) -> None:
+        transport: str, pki: Pki, tmp_path: Path, secure_broker_factory: Any) -> None:
+    """Peer tokens travel in client interceptors over plaintext, as call credentials over
+    TLS (server-verified only: no client certificates, so tokens name the principals)."""
     node_tokens = [new_token() for _ in range(3)]
     alice = new_token()
     tokens = write_tokens(tmp_path / "tokens", {
         **{t: f"node-{i}" for i, t in enumerate(node_tokens)}, alice: "alice"})
-    creds = Credentials(token=alice)
+    tls = transport == "tls"
+    creds = Credentials(tls_ca=str(pki.ca) if tls else None, token=alice)
     # Health is open, so the readiness probe needs no token; metadata calls use alice's.
     nodes = await start_secure_cluster(
         secure_broker_factory, 3, probe=creds,
-        args_for=lambda i: ["--token-file", str(tokens), "--peer-principals", "node-*"],
+        args_for=lambda i: [*(pki.serve_args(i, mutual=False) if tls else []),
+                            *(["--tls-peer-ca", str(pki.ca)] if tls else []),
+                            "--token-file", str(tokens), "--peer-principals", "node-*"],
         env_for=lambda i: {"RILLET_PEER_TOKEN": node_tokens[i]})
     await _exercise(nodes, creds, "tokens")
 
-    async with grpc.aio.insecure_channel(nodes[1].address) as ch:
+    async with Credentials(tls_ca=creds.tls_ca).channel(nodes[1].address) as ch:
         err = await _peer_exchange(ch)
         assert err.code() == grpc.StatusCode.UNAUTHENTICATED
-    async with Credentials(token=alice).channel(nodes[1].address) as ch:
+    async with creds.channel(nodes[1].address) as ch:
         err = await _peer_exchange(ch)
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "principal 'alice' is not a cluster member" in (err.details() or "")
