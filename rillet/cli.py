@@ -905,8 +905,8 @@ def token_create(principal: str, append_to: Path | None) -> None:
     """Make a new random token for PRINCIPAL.
 
     Prints the token (shown this once: the node keeps only its SHA-256) on stdout, and on
-    stderr the line to add to every node's token file: `sha256:<hex> PRINCIPAL`. Nodes read
-    the file when they start.
+    stderr the line to add to every node's token file: `sha256:<hex> PRINCIPAL`. Running
+    nodes pick up a changed file within a second.
     """
     if not _PRINCIPAL.match(principal):
         raise click.BadParameter("1-256 characters of letters, digits and . _ @ : / = + -",

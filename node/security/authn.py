@@ -32,7 +32,7 @@ from rillet.node.config import BrokerConfig, ConfigError
 from rillet.node.errors import PermissionDeniedError, UnauthenticatedError
 from rillet.node.security import principal as principals
 from rillet.node.security.principal import Principal
-from rillet.node.security.tokens import TokenFileError, TokenTable
+from rillet.node.security.tokens import TokenFile, TokenFileError, TokenTable
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def matches_any(name: str, patterns: Sequence[str]) -> bool:
 class Authenticator:
     """Turns a call's certificate or token into a Principal, or an error saying why not."""
 
-    def __init__(self, *, tokens: TokenTable | None, mutual_tls: bool,
+    def __init__(self, *, tokens: TokenTable | TokenFile | None, mutual_tls: bool,
                  peer_principals: Sequence[str] = ()) -> None:
         self.tokens = tokens
         self.mutual_tls = mutual_tls
@@ -190,7 +190,7 @@ def authenticator_for(config: BrokerConfig) -> Authenticator | None:
     tokens = None
     if config.token_file:
         try:
-            tokens = TokenTable.load(config.token_file)
+            tokens = TokenFile(config.token_file)
         except TokenFileError as exc:
             raise ConfigError(str(exc)) from None
     return Authenticator(tokens=tokens, mutual_tls=bool(config.tls_client_ca),

@@ -14,15 +14,22 @@ for low-entropy passwords) would only cost time on every call. Lookups compare d
 `hmac.compare_digest` so the time taken says nothing about how much of a digest matched.
 
 `rillet token create PRINCIPAL` prints a new token once, and the line to add to the file.
+A running node follows changes to the file (`TokenFile`): adding or removing a line takes
+effect within a second, no restart needed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 PREFIX = "sha256:"
 TOKEN_BYTES = 32
@@ -121,3 +128,52 @@ class TokenTable:
 
     def __len__(self) -> int:
         return len(self.by_digest)
+
+
+class TokenFile:
+    """A token file that follows its changes: tokens are added and revoked without a restart.
+
+    At most once per `check_interval_s`, a lookup compares the file's identity (inode, size,
+    modification time) with what was loaded; when it changed, the file is read again. A file
+    that no longer parses (or is gone) keeps the last good table in force and is logged once
+    per change, so a half-written edit cannot lock everyone out. Replace the file atomically
+    (write a new one, rename it over the old) and every node picks it up within a second.
+    """
+
+    def __init__(self, path: str | Path, *, check_interval_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = Path(path)
+        self.check_interval_s = check_interval_s
+        self._clock = clock
+        self._signature = self._stat()
+        self.table = TokenTable.load(self.path)  # at startup a bad file stops the node
+        self._checked = clock()
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    def current(self) -> TokenTable:
+        """The table in force, re-read first if the file changed since the last check."""
+        now = self._clock()
+        if now - self._checked < self.check_interval_s:
+            return self.table
+        self._checked = now
+        signature = self._stat()
+        if signature == self._signature:
+            return self.table
+        self._signature = signature
+        try:
+            self.table = TokenTable.load(self.path)
+        except TokenFileError as exc:
+            log.error("%s; the %d tokens loaded before stay in force", exc, len(self.table))
+        else:
+            log.info("token_file %s reloaded: %d tokens", self.path, len(self.table))
+        return self.table
+
+    def principal_for(self, token: str) -> str | None:
+        """As TokenTable.principal_for, on the current contents of the file."""
+        return self.current().principal_for(token)

@@ -22,7 +22,14 @@ from rillet.node.config import BrokerConfig, ConfigError, load
 from rillet.node.errors import PermissionDeniedError, UnauthenticatedError
 from rillet.node.security import tls
 from rillet.node.security.authn import Authenticator, matches_any, parse_patterns
-from rillet.node.security.tokens import TokenFileError, TokenTable, digest, file_line, new_token
+from rillet.node.security.tokens import (
+    TokenFile,
+    TokenFileError,
+    TokenTable,
+    digest,
+    file_line,
+    new_token,
+)
 
 # ---------------------------------------------------------------------------- token file
 
@@ -57,6 +64,34 @@ def test_token_file_rejects_a_hash_listed_twice() -> None:
     line = file_line("x" * 43, "alice")
     with pytest.raises(TokenFileError, match="line 2: the same token hash appears twice"):
         TokenTable.parse(f"{line}\n{line.replace('alice', 'bob')}\n")
+
+
+def test_a_running_node_follows_its_token_file(tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    old, new = new_token(), new_token()
+    path = tmp_path / "tokens"
+    path.write_text(file_line(old, "alice") + "\n")
+    now = [0.0]
+    tokens = TokenFile(path, check_interval_s=1.0, clock=lambda: now[0])
+    assert tokens.principal_for(old) == "alice"
+
+    def replace(text: str) -> None:  # as an operator should: write aside, rename over
+        aside = tmp_path / "tokens.new"
+        aside.write_text(text)
+        aside.replace(path)
+
+    replace(file_line(new, "bob") + "\n")
+    assert tokens.principal_for(new) is None  # not checked again within the interval
+    now[0] = 1.5
+    assert tokens.principal_for(new) == "bob"
+    assert tokens.principal_for(old) is None  # removed: revoked
+    replace("sha256:broken bob\n")
+    now[0] = 3.0
+    assert tokens.principal_for(new) == "bob"  # a bad edit keeps the last good table
+    assert "line 1" in caplog.text and "stay in force" in caplog.text
+    path.unlink()
+    now[0] = 4.5
+    assert tokens.principal_for(new) == "bob"
 
 
 def test_missing_token_file_stops_the_node_naming_it(tmp_path: Path) -> None:
