@@ -53,7 +53,11 @@ def split_by_leader(cluster: ClusterNode, topic: ClusterTopic,
 async def merge(calls: list[Any], context: Any) -> AsyncIterator[Any]:
     """Yield the responses of every upstream call as they arrive; end when all ended; on an
     upstream error abort with its status (cancelling the others)."""
-    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=16)
+    # One slot: a response can be max_fetch_bytes, and a client that stops reading must make
+    # this node hold no more than one queued plus one in each pump's hands (each pump then
+    # stops reading its upstream, whose flow control stops the leader). 16 slots held ~150 MB
+    # for one stalled consumer (tests/security/test_slow_client_cluster.py).
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
 
     async def pump(call: Any) -> None:
         try:

@@ -126,7 +126,7 @@ async def test_consumer_that_stops_reading_does_not_grow_node_memory(
         producer, consumer = Stubs(pch), Stubs(cch)
         await producer.admin.CreateTopic(admin_pb2.CreateTopicRequest(name="t", partitions=1))
         tail = consumer.consume.Consume(log_pb2.ConsumeRequest(
-            topic="t", max_wait_ms=100,
+            topic="t", max_wait_ms=100, max_bytes=64 * MIB,
             default_position=common_pb2.Position(boundary=common_pb2.BOUNDARY_EARLIEST)))
         first = await asyncio.wait_for(tail.read(), 10)  # the stream is open; now it stalls
         assert isinstance(first, log_pb2.ConsumeResponse)
