@@ -27,6 +27,7 @@ import grpc.aio
 from rillet.api.v1 import admin_pb2, admin_pb2_grpc
 from rillet.client.errors import (
     ClusterUnreachableError,
+    CredentialsError,
     RilletError,
     TLSError,
     from_rpc_error,
@@ -132,12 +133,12 @@ class Credentials:
 
     @functools.cached_property
     def _channel_credentials(self) -> grpc.ChannelCredentials | None:
-        """Read the PEM files once; ValueError names the option and file that is wrong."""
+        """Read the PEM files once; CredentialsError names the option and file that is wrong."""
         if not self.tls:
             return None
         if bool(self.tls_cert) != bool(self.tls_key):
-            raise ValueError("a client certificate needs both --tls-cert and --tls-key "
-                             "(RILLET_TLS_CERT, RILLET_TLS_KEY)")
+            raise CredentialsError("a client certificate needs both --tls-cert and --tls-key "
+                                   "(RILLET_TLS_CERT, RILLET_TLS_KEY)")
         ssl = grpc.ssl_channel_credentials(
             root_certificates=_read_pem("--tls-ca", self.tls_ca),
             private_key=_read_pem("--tls-key", self.tls_key),
@@ -152,7 +153,7 @@ class Credentials:
     @functools.cached_property
     def _token(self) -> str | None:
         if self.token and any(c.isspace() for c in self.token):
-            raise ValueError("the token must not contain spaces or line breaks")
+            raise CredentialsError("the token must not contain spaces or line breaks")
         return self.token or None
 
     def channel(self, address: str,
@@ -180,11 +181,12 @@ def _read_pem(option: str, path: str | None) -> bytes | None:
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        raise ValueError(f"{option}: file {path} does not exist") from None
+        raise CredentialsError(f"{option}: file {path} does not exist") from None
     except OSError as exc:
-        raise ValueError(f"{option}: file {path} cannot be read: {exc.strerror or exc}") from None
+        raise CredentialsError(f"{option}: file {path} cannot be read: "
+                               f"{exc.strerror or exc}") from None
     if b"-----BEGIN " not in data:
-        raise ValueError(f"{option}: file {path} is not PEM (no '-----BEGIN' line)")
+        raise CredentialsError(f"{option}: file {path} is not PEM (no '-----BEGIN' line)")
     return data
 
 

@@ -142,6 +142,11 @@ class AuthorizationError(RilletError):
     code = common_pb2.ERROR_CODE_PERMISSION_DENIED
 
 
+class CredentialsError(RilletError, ValueError):
+    """The client's own credentials cannot be used: a file missing or not PEM, a certificate
+    without its key. Raised before anything is sent; the message names the option."""
+
+
 class TLSError(RilletError):
     """The TLS handshake failed: the server's certificate is not trusted, the server wants a
     client certificate, or one side does not speak TLS. Retrying does not help; the
