@@ -878,8 +878,8 @@ class MetadataState:
             raise _Reject(RejectCode.TOPIC_EXISTS, f"topic {cmd.name!r} already exists")
         if not 1 <= cmd.partitions <= self.max_partitions:
             raise _Reject(RejectCode.INVALID_CONFIG,
-                          f"partitions must be in [1, {self.max_partitions}], "
-                          f"got {cmd.partitions}")
+                          f"partitions must be in [1, {self.max_partitions}] "
+                          f"(max_partitions), got {cmd.partitions}")
         rf = cmd.replication_factor
         if rf not in REPLICATION_FACTORS:
             raise _Reject(RejectCode.INVALID_CONFIG,

@@ -239,7 +239,8 @@ class TopicRegistry:
             partitions = self.config.default_partitions
         if not 1 <= partitions <= self.config.max_partitions:
             raise InvalidConfigError(
-                f"partitions must be in [1, {self.config.max_partitions}], got {partitions}")
+                f"partitions must be in [1, {self.config.max_partitions}] (max_partitions), "
+                f"got {partitions}")
         if replication_factor == 0:
             replication_factor = 1
         if replication_factor not in (1, 3, 5):
