@@ -40,6 +40,9 @@ class BrokerConfig:
     data_dir: Path = Path(".rillet-data")
     # HOST:PORT to serve Prometheus metrics on (/metrics over HTTP); empty: no metrics server.
     metrics_listen: str = ""
+    # HOST:PORT of a plaintext port that serves only gRPC health, for probes that cannot speak
+    # TLS (Kubernetes' built-in grpc probes); empty: health is served on `listen` only.
+    health_listen: str = ""
     # The cluster: "ID=HOST:PORT,ID=HOST:PORT,..." naming every node, this one included, by the
     # address its peers reach it at. Empty: this node runs alone (single-node mode).
     peers: str = ""
@@ -141,6 +144,8 @@ class BrokerConfig:
             _check_address("advertised_address", self.advertised_address)
         if self.metrics_listen:
             _check_address("metrics_listen", self.metrics_listen)
+        if self.health_listen:
+            _check_address("health_listen", self.health_listen)
         _check_range("node_id", self.node_id, 0, 2**31 - 1)
         _check_range("max_batch_bytes", self.max_batch_bytes, 1 * KIB, 64 * MIB)
         _check_range("max_fetch_bytes", self.max_fetch_bytes, 64 * KIB, 64 * MIB)
