@@ -92,6 +92,8 @@ class Broker:
         self.groups = GroupsHost(self.node)
         self.port = 0
         self.metrics_port = 0
+        self.health_port = 0
+        self._health_server: grpc.aio.Server | None = None
         # Read every certificate, key and token file now: a mistake stops the node before it
         # opens its port, with a ConfigError naming the setting and the file.
         self._server_credentials = tls.server_credentials(config)
@@ -173,6 +175,7 @@ class Broker:
         await self.groups.start()
         await server.start()
         self._server = server
+        await self._start_health_port()
         self._start_metrics()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -180,6 +183,26 @@ class Broker:
         self.compactor.start()
         log.info("node %d listening on %s:%d (%s; data in %s, pid %d)", cfg.node_id, cfg.host,
                  self.port, self._security_text(), cfg.data_dir, os.getpid())
+
+    async def _start_health_port(self) -> None:
+        """The plaintext health-only port (health_listen), sharing the health servicer and so
+        its statuses: probes that cannot speak TLS learn what the main port would say, and
+        nothing else is reachable there."""
+        address = self.config.health_listen
+        if not address:
+            return
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        try:
+            self.health_port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise OSError(f"cannot serve health on {address}: {exc}") from exc
+        if self.health_port == 0:
+            raise OSError(f"cannot serve health on {address} (address in use?)")
+        await server.start()
+        self._health_server = server
+        log.info("node %d serves health only, in plaintext, on %s", self.config.node_id,
+                 address.rpartition(":")[0] + f":{self.health_port}")
 
     def _security_text(self) -> str:
         cfg = self.config
@@ -225,6 +248,9 @@ class Broker:
         if self._server is not None:
             await self._server.stop(self.config.shutdown_grace_s)
             self._server = None
+        if self._health_server is not None:
+            await self._health_server.stop(None)
+            self._health_server = None
         if self._retention_task is not None:
             self._retention_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
               help="Largest produced batch accepted [default 1 MiB].")
 @click.option("--flush-linger-ms", type=float, default=None,
               help="Extra wait before each group-commit fsync [default 0].")
+@click.option("--health-listen", default=None, metavar="HOST:PORT",
+              help="A plaintext port serving only gRPC health, for probes that cannot speak "
+                   "TLS [RILLET_HEALTH_LISTEN; default: off].")
 @click.option("--tls-cert", default=None, metavar="FILE",
               help="This node's certificate chain (PEM); with --tls-key turns on TLS "
                    "[RILLET_TLS_CERT; default: plaintext].")

@@ -17,9 +17,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from rillet.api.v1 import admin_pb2, admin_pb2_grpc
 from rillet.client import Admin, Consumer, Credentials, Producer
 from rillet.client.errors import AuthenticationError, TLSError
 from rillet.node.security.tokens import new_token
+from tests.integration.conftest import free_port
 from tests.security.conftest import Pki, SecureBroker, write_tokens
 
 pytestmark = pytest.mark.integration
@@ -70,10 +72,23 @@ async def test_tls_serves_clients_that_trust_the_ca(pki: Pki, secure_broker_fact
 
 async def test_mutual_tls_needs_a_client_certificate_of_the_trusted_ca(
         pki: Pki, secure_broker_factory: Any) -> None:
+    health_port = free_port()
     node: SecureBroker = secure_broker_factory(
-        extra_args=pki.serve_args(), probe=pki.credentials("alice"))
+        extra_args=[*pki.serve_args(), "--health-listen", f"127.0.0.1:{health_port}"],
+        probe=pki.credentials("alice"))
     await _roundtrip(node.address, pki.credentials("alice"), "over-mtls")
     assert "mutual TLS, principals from client certificates" in node.log_text()
+
+    # The plaintext health-only port (for probes that cannot speak TLS) answers health, and
+    # nothing else is there.
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{health_port}") as channel:
+        resp = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5)
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await admin_pb2_grpc.AdminStub(channel).ListTopics(  # type: ignore[no-untyped-call]
+                admin_pb2.ListTopicsRequest(), timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
     no_cert = await _refused(node.address, pki.credentials())
     assert isinstance(no_cert, TLSError)
