@@ -25,6 +25,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rillet import batch
 from rillet.api.v1 import admin_pb2, admin_pb2_grpc, log_pb2, log_pb2_grpc
@@ -174,6 +175,12 @@ async def test_the_dev_statefulset_forms_a_cluster_and_survives_a_kubelet_stop(
                 (j, pods.address(j)) for j in range(3)} else None
         for i in range(3):
             await poll(lambda i=i: registered(i), f"pod {i} to list every pod")
+        # What the kubelet's probes ask: the plaintext health-only port of each pod.
+        for i in range(3):
+            async with grpc.aio.insecure_channel(f"{pods.ip(i)}:{pods.ports[9092]}") as ch:
+                status = await health_pb2_grpc.HealthStub(ch).Check(
+                    health_pb2.HealthCheckRequest(), timeout=5)
+            assert status.status == health_pb2.HealthCheckResponse.SERVING
 
         async with grpc.aio.insecure_channel(pods.address(0)) as ch:
             await admin_pb2_grpc.AdminStub(ch).CreateTopic(admin_pb2.CreateTopicRequest(

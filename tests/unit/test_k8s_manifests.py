@@ -33,6 +33,7 @@ K8S_VERSIONS = ("1.29", "1.31", "1.34")
 EXPECTED_REPLICAS = {"dev": 3, "production": 5}
 GRPC_PORT = 9091
 METRICS_PORT = 9100
+HEALTH_PORT = 9092
 LABELS = {"app.kubernetes.io/name": "rillet", "app.kubernetes.io/component": "broker"}
 
 
@@ -181,12 +182,13 @@ def test_cross_object_consistency(overlay: str) -> None:
     assert pdb["spec"]["maxUnavailable"] == 1
 
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": GRPC_PORT, "metrics": METRICS_PORT}
+    assert ports == {"grpc": GRPC_PORT, "metrics": METRICS_PORT, "health": HEALTH_PORT}
     assert _configmap_data(objects, sts)["RILLET_METRICS_LISTEN"].endswith(f":{METRICS_PORT}")
+    assert _configmap_data(objects, sts)["RILLET_HEALTH_LISTEN"].endswith(f":{HEALTH_PORT}")
     for svc in (headless, client):
         assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(GRPC_PORT, "grpc")]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"] == {"port": GRPC_PORT}, probe
+        assert container[probe]["grpc"] == {"port": HEALTH_PORT}, probe
 
     pod_sc, sc = pod["spec"]["securityContext"], container["securityContext"]
     assert pod_sc["runAsNonRoot"] is True and pod_sc["runAsUser"] != 0
