@@ -24,7 +24,7 @@ import struct
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
@@ -149,6 +149,40 @@ async def test_consumer_that_stops_reading_does_not_grow_node_memory(
                         assert pd.first_offset == next_offset
                         next_offset = pd.next_offset
         tail.cancel()
+
+        # A Replay of all of it that reads one response and stalls: the node stops sending.
+        before = consume_bytes_sent(metrics_port, "t")
+        req = log_pb2.ReplayRequest(topic="t", max_bytes=64 * MIB, to=common_pb2.Position(
+            boundary=common_pb2.BOUNDARY_LATEST))
+        getattr(req, "from").boundary = common_pb2.BOUNDARY_EARLIEST
+        replay = consumer.replay.Replay(req)
+        got = len((await asyncio.wait_for(replay.read(), 10)).partitions[0].batches)
+        with PeakRss(proc.pid) as rss:
+            sent = await settled(lambda: consume_bytes_sent(metrics_port, "t") - before)
+        print(f"stalled replay of {written / MIB:.0f} MB: the node sent {sent / MIB:.1f} MB "
+              f"and waits; node RSS +{rss.growth / MIB:.0f} MB meanwhile")
+        # A few 8 MiB responses fit the client transport's window (seen: 23-31 MB); then the
+        # node's write waits. Without back-pressure it would have sent all of it.
+        assert sent < written / 4, (sent, written)
+        async with asyncio.timeout(60):  # and the replay completes once read
+            while (resp := await replay.read()) is not grpc.aio.EOF:
+                got += sum(len(pd.batches) for pd in resp.partitions)
+        assert got == written
+
+
+async def settled(value: Callable[[], float], quiet_s: float = 1.0,
+                  timeout_s: float = 15.0) -> float:
+    """`value()` once it has not changed for `quiet_s` (fails after `timeout_s`)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    last, since = value(), loop.time()
+    while loop.time() - since < quiet_s:
+        assert loop.time() < deadline, f"still changing after {timeout_s}s (last {last})"
+        await asyncio.sleep(0.1)
+        now = value()
+        if now != last:
+            last, since = now, loop.time()
+    return last
 
 
 async def test_producer_that_never_reads_responses_generated_stub(
