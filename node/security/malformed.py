@@ -13,11 +13,14 @@ both an error status we promise never to send and a way to flood the node's log.
 - a request stream (Produce, Join): the handler sees the stream end at the message before the
   bad one (its earlier requests are answered as usual), then the call ends INVALID_ARGUMENT.
 The status details name the message type and what the parser said. A malformed request is
-logged at INFO (it is the client's fault, not the node's).
+logged at INFO (it is the client's fault, not the node's). A behaviour keeps its kind: an
+async generator stays one, a coroutine that sends with `context.write` (gRPC health's Watch)
+stays a coroutine (the server runs the two differently).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -75,14 +78,21 @@ def _wrap(original: grpc.RpcMethodHandler[Any, Any], method: str
         fields["unary_unary"] = unary_unary
     elif handler.unary_stream is not None:
         inner_us = handler.unary_stream
+        if inspect.isasyncgenfunction(inner_us):
+            async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                if isinstance(request, Malformed):
+                    await _refuse(context, method, request)
+                async for response in inner_us(request, context):
+                    yield response
 
-        async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
-            if isinstance(request, Malformed):
-                await _refuse(context, method, request)
-            async for response in inner_us(request, context):
-                yield response
+            fields["unary_stream"] = unary_stream
+        else:  # a coroutine that sends with context.write (gRPC health's Watch)
+            async def unary_stream_writer(request: Any, context: Any) -> Any:
+                if isinstance(request, Malformed):
+                    await _refuse(context, method, request)
+                return await inner_us(request, context)
 
-        fields["unary_stream"] = unary_stream
+            fields["unary_stream"] = unary_stream_writer
     elif handler.stream_stream is not None or handler.stream_unary is not None:
         fields.update(_wrap_request_stream(handler, method))
     return handler._replace(**fields)  # type: ignore[no-any-return]
@@ -100,6 +110,17 @@ def _wrap_request_stream(handler: Any, method: str) -> dict[str, Any]:
 
     if handler.stream_stream is not None:
         inner_ss = handler.stream_stream
+        if not inspect.isasyncgenfunction(inner_ss):
+            # A coroutine that sends with context.write; it must read through the iterator
+            # it is given (one that reads with context.read would see the marker itself).
+            async def stream_stream_writer(requests: AsyncIterator[Any], context: Any) -> Any:
+                bad: list[Malformed] = []
+                result = await inner_ss(checked(requests, bad), context)
+                if bad:
+                    await _refuse(context, method, bad[0])
+                return result
+
+            return {"stream_stream": stream_stream_writer}
 
         async def stream_stream(requests: AsyncIterator[Any], context: Any
                                 ) -> AsyncIterator[Any]:
