@@ -65,6 +65,15 @@ SERVICE_NAMES = tuple(
     ))
 
 
+class _Health(health.aio.HealthServicer):  # type: ignore[misc,name-defined]
+    """The standard health service, with List answered plainly: the library leaves it
+    unimplemented and logs a traceback at ERROR on every call, which anyone may make."""
+
+    async def List(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                            "grpc.health.v1.Health/List is not served; use Check or Watch")
+
+
 class DataDirLockedError(RuntimeError):
     """Another process already serves this data directory."""
 
@@ -81,7 +90,7 @@ class Broker:
         self.node = NodeContext(
             config, self.registry, cluster=self.cluster,
             producer_ids=None if self.cluster else ProducerIdAllocator(config.data_dir))
-        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.health = _Health()
         self._server: grpc.aio.Server | None = None
         self._retention_task: asyncio.Task[None] | None = None
         self.compactor = Compactor(self._compactable_logs,
