@@ -613,7 +613,9 @@ class PartitionLog:
         with self._lock:
             self._check_open()
             for seg in self._segments:
-                if seg.max_timestamp_ms >= ts_ms:
+                # A segment of control batches only (a Raft no-op, timestamp 0) holds no
+                # record to find: skip it, or a search for a timestamp <= 0 fails there.
+                if seg.next_offset > seg.base_offset and seg.max_timestamp_ms >= ts_ms:
                     return seg.offset_for_timestamp(ts_ms)
         return None
 
