@@ -138,7 +138,9 @@ async def test_consumer_that_stops_reading_does_not_grow_node_memory(
               f"(+{rss.growth / MIB:.0f} MB); the node had handed that stream "
               f"{sent / MIB:.1f} MB")
         assert rss.growth < written * MAX_GROWTH_SHARE, (rss.growth, written)
-        assert sent < written / 10, (sent, written)
+        # Seen 5-13 MB: one response in the node's write, a few in the client transport's
+        # window (gRPC grows it with its bandwidth probe). Unbounded, it would be all of it.
+        assert sent < written / 4, (sent, written)
         # The stalled stream is alive: reading again continues from offset 0 in order.
         next_offset = 0
         async with asyncio.timeout(30):
@@ -161,9 +163,9 @@ async def test_consumer_that_stops_reading_does_not_grow_node_memory(
             sent = await settled(lambda: consume_bytes_sent(metrics_port, "t") - before)
         print(f"stalled replay of {written / MIB:.0f} MB: the node sent {sent / MIB:.1f} MB "
               f"and waits; node RSS +{rss.growth / MIB:.0f} MB meanwhile")
-        # A few 8 MiB responses fit the client transport's window (seen: 23-31 MB); then the
+        # A few 8 MiB responses fit the client transport's window (seen: 15-47 MB); then the
         # node's write waits. Without back-pressure it would have sent all of it.
-        assert sent < written / 4, (sent, written)
+        assert sent < written / 2, (sent, written)
         async with asyncio.timeout(60):  # and the replay completes once read
             while (resp := await replay.read()) is not grpc.aio.EOF:
                 got += sum(len(pd.batches) for pd in resp.partitions)
