@@ -363,18 +363,22 @@ def test_producer_that_grants_no_window_is_stopped_by_back_pressure(
             admin_pb2.CreateTopicRequest(name="t", partitions=1), timeout=10)
     request = log_pb2.ProduceRequest(topic="t", batch=one_batch(),
                                      acks=log_pb2.ACKS_LEADER).SerializeToString()
-    offered = len(request) * BATCHES
+    # Offering more costs nothing: only what the node takes is ever sent.
+    offered_batches = 4 * BATCHES
+    offered = len(request) * offered_batches
     client = StingyProducer(proc.address)
     try:
         client.open()
         with PeakRss(proc.pid) as rss:
-            accepted = client.offer(request, BATCHES, quiet_s=2.0, limit_s=90)
+            accepted = client.offer(request, offered_batches, quiet_s=2.0, limit_s=90)
         print(f"\nproducer granting no window: offered {offered / MIB:.0f} MB, the node took "
               f"{accepted / MIB:.1f} MB ({accepted // len(request)} batches) then stopped "
               f"reading; node RSS {rss.start / MIB:.0f} MB -> peak {rss.peak / MIB:.0f} MB "
               f"(+{rss.growth / MIB:.0f} MB)")
-        assert accepted < offered / 3, (accepted, offered)
-        assert rss.growth < offered * MAX_GROWTH_SHARE, (rss.growth, offered)
+        # produce_max_pending (64) answers wait, plus what the node's receive window holds
+        # (seen: 69-75 batches in all).
+        assert accepted // len(request) <= 2 * 64, (accepted, len(request))
+        assert rss.growth < len(request) * BATCHES * MAX_GROWTH_SHARE, rss.growth
         assert proc.running
     finally:
         client.close()
