@@ -375,10 +375,12 @@ def test_producer_that_grants_no_window_is_stopped_by_back_pressure(
               f"{accepted / MIB:.1f} MB ({accepted // len(request)} batches) then stopped "
               f"reading; node RSS {rss.start / MIB:.0f} MB -> peak {rss.peak / MIB:.0f} MB "
               f"(+{rss.growth / MIB:.0f} MB)")
-        # produce_max_pending (64) answers wait, plus what the node's receive window holds
-        # (seen: 69-75 batches in all).
-        assert accepted // len(request) <= 2 * 64, (accepted, len(request))
-        assert rss.growth < len(request) * BATCHES * MAX_GROWTH_SHARE, rss.growth
+        # produce_max_pending (64) answers wait, plus what gRPC's receive window holds unread;
+        # gRPC grows that window with its bandwidth probe, so it varies: seen 66-189 batches
+        # (57-170 MB), RSS +24 to +114 MB. With the probe off (grpc.http2.bdp_probe=0) it is
+        # 66 batches and +9 MB every time, but produce throughput drops (docs/security-limits).
+        assert accepted < offered / 3, (accepted, offered)
+        assert rss.growth < offered / 4, (rss.growth, offered)
         assert proc.running
     finally:
         client.close()
