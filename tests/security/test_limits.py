@@ -179,7 +179,7 @@ async def test_streams_beyond_the_per_connection_limit_wait_for_a_free_one(
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stubs.admin.ListTopics(admin_pb2.ListTopicsRequest(), timeout=1.0)
         # Queued on the client until the deadline; (rarely) refused by the server with
-        # REFUSED_STREAM if it still counted a stream the client saw end (docs/security-limits).
+        # REFUSED_STREAM if it still counted a stream the client saw end (docs/security.md, limits).
         assert info.value.code() in (grpc.StatusCode.DEADLINE_EXCEEDED,
                                      grpc.StatusCode.UNAVAILABLE), info.value
         queued = asyncio.ensure_future(

@@ -378,7 +378,7 @@ def test_producer_that_grants_no_window_is_stopped_by_back_pressure(
         # produce_max_pending (64) answers wait, plus what gRPC's receive window holds unread;
         # gRPC grows that window with its bandwidth probe, so it varies: seen 66-189 batches
         # (57-170 MB), RSS +24 to +114 MB. With the probe off (grpc.http2.bdp_probe=0) it is
-        # 66 batches and +9 MB every time, but produce throughput drops (docs/security-limits).
+        # 66 batches and +9 MB every time, but produce throughput drops (docs/security.md, limits).
         assert accepted < offered / 3, (accepted, offered)
         assert rss.growth < offered / 4, (rss.growth, offered)
         assert proc.running
