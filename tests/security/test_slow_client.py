@@ -104,8 +104,10 @@ def consume_bytes_sent(metrics_port: int, topic: str) -> float:
 
 
 async def produce(stubs: Stubs, topic: str, data: bytes, count: int) -> int:
-    """Produce `count` copies of `data` on one stream (acks=leader: no fsync wait)."""
-    reqs = (log_pb2.ProduceRequest(topic=topic, batch=data, acks=log_pb2.ACKS_LEADER)
+    """Produce `count` copies of `data` on one stream, acks=all: once answered, every batch is
+    below the high watermark (acks=leader answers before the fsync that moves it), so a Replay
+    to "latest" covers all of it."""
+    reqs = (log_pb2.ProduceRequest(topic=topic, batch=data, acks=log_pb2.ACKS_ALL)
             for _ in range(count))
     n = 0
     async with asyncio.timeout(120):
@@ -198,7 +200,7 @@ async def test_producer_that_never_reads_responses_generated_stub(
         nonlocal pulled
         for _ in range(BATCHES):
             pulled += 1
-            yield log_pb2.ProduceRequest(topic="t", batch=data, acks=log_pb2.ACKS_LEADER)
+            yield log_pb2.ProduceRequest(topic="t", batch=data, acks=log_pb2.ACKS_ALL)
 
     async with grpc.aio.insecure_channel(proc.address, options=OWN_CONNECTION) as ch:
         stubs = Stubs(ch)
