@@ -99,6 +99,9 @@ _BACKGROUND_CALL_TIMEOUT_S = 2.0
 _METADATA_POLL_S = 0.1
 #: Metadata is refreshed at least this often while the producer has partitions (seconds).
 METADATA_MAX_AGE_S = 10.0
+# How often metadata is polled while some partition is sent through a node that forwards it
+# because its leader was unknown (an election was running when it was routed).
+_UNROUTED_POLL_S = 0.2
 # Statuses that end a Produce stream because the broker refuses it (not a node failing):
 # the unanswered batches fail. Any other status (UNAVAILABLE, and INTERNAL/UNKNOWN as a reset
 # HTTP/2 stream shows up) means a broken connection: the outcome is unknown, resend.
@@ -421,6 +424,10 @@ class Producer:
         self._maintenance: asyncio.Task[None] | None = None
         #: loop.time() of the last metadata refresh by the maintenance task.
         self._refreshed_at = 0.0
+        #: Some partition was routed while its leader was unknown: it goes through a node that
+        #: forwards it, and a busy partition never turns idle to be routed again, so the
+        #: maintenance task looks for its leader every _UNROUTED_POLL_S.
+        self._unrouted = False
         self._maintenance_wake = asyncio.Event()
         self._round_robin: dict[str, int] = {}
         # Partition counts by topic, read on every send(); cleared when metadata refreshes.
@@ -799,6 +806,8 @@ class Producer:
 
     def _sender_for(self, batch: PartitionBatch) -> _Sender:
         address = self._metadata.leader_address(batch.topic, batch.partition)
+        if self._metadata.leader(batch.topic, batch.partition) == NO_LEADER:
+            self._unrouted = True  # any node forwards; _maintain finds the leader soon
         return self._sender_at(address or self._metadata.bootstrap[0])
 
     def _sender_at(self, address: str) -> _Sender:
@@ -883,7 +892,9 @@ class Producer:
                 self._expire(now)
                 self._check_stalls(now)
                 await self._resume_due(now)
-                if self._states and now - self._refreshed_at >= METADATA_MAX_AGE_S:
+                age = now - self._refreshed_at
+                if self._states and (age >= METADATA_MAX_AGE_S
+                                     or (self._unrouted and age >= _UNROUTED_POLL_S)):
                     await self._follow_leaders()
             except Exception:
                 log.exception("producer maintenance failed; continuing")
@@ -974,10 +985,14 @@ class Producer:
             return
         self._counts.clear()
         self._hot.clear()
+        self._unrouted = False
         for st in self._states.values():
             if st.paused or st.sender is None:
                 continue
             if self._metadata.leader(st.topic, st.partition) == NO_LEADER:
+                # Still electing (or this node's view lags): look again soon if the partition
+                # is going through some other node meanwhile.
+                self._unrouted = True
                 continue
             address = self._metadata.leader_address(st.topic, st.partition)
             if address is None or address == st.sender.address:

@@ -315,3 +315,27 @@ async def test_a_sender_that_dies_fails_its_batches_and_a_new_one_takes_over(
         kept = await producer.send("t", b"b", partition=0)
         assert (await asyncio.wait_for(_wait(kept), 5)).offset == 1
     assert "died" in caplog.text
+
+
+async def test_a_partition_routed_while_its_leader_was_unknown_finds_it_soon(
+        cluster3: FakeCluster) -> None:
+    """Routed during an election, a partition goes through a node that forwards it; a busy
+    partition never turns idle to be routed again, so the producer polls metadata until it
+    knows the leader, well before the periodic refresh (METADATA_MAX_AGE_S)."""
+    assert producer_mod.METADATA_MAX_AGE_S >= 10
+    cluster3.forwarding = True
+    cluster3.leaders[0] = -1  # an election is running: metadata names no leader
+    async with Producer(_addresses(cluster3), linger_ms=0) as producer:
+        first = await producer.send("t", b"000", partition=0)
+        await producer.flush()
+        assert first.result().offset == 0
+        assert cluster3.requests[-1][0] == 0  # the first bootstrap node, which forwards
+        cluster3.leaders[0] = 2
+        st = producer._state("t", 0)
+        leader = cluster3.nodes[2].address
+        await wait_for(lambda: st.sender is not None and st.sender.address == leader,
+                       "the partition to be routed to its leader", timeout_s=5.0)
+        second = await producer.send("t", b"001", partition=0)
+        await producer.flush()
+        assert second.result().offset == 1
+        assert cluster3.requests[-1][0] == 2
