@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import select
 import signal
@@ -128,7 +129,13 @@ def _readline(proc: subprocess.Popen[bytes], deadline_s: float) -> bytes:
     while time.monotonic() < end:
         ready, _, _ = select.select([proc.stdout], [], [], 0.1)
         if ready:
-            return proc.stdout.readline()
+            line = proc.stdout.readline()
+            if not line:  # end of output: say why the command stopped
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=5)
+                err = proc.stderr.read().decode() if proc.stderr is not None else ""
+                raise AssertionError(f"output ended (status {proc.poll()}): {err}")
+            return line
     raise AssertionError("no output before the deadline")
 
 
