@@ -133,7 +133,8 @@ def _readline(proc: subprocess.Popen[bytes], deadline_s: float) -> bytes:
             if not line:  # end of output: say why the command stopped
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=5)
-                err = proc.stderr.read().decode() if proc.stderr is not None else ""
+                ended = proc.poll() is not None and proc.stderr is not None
+                err = proc.stderr.read().decode() if ended and proc.stderr else "(still running)"
                 raise AssertionError(f"output ended (status {proc.poll()}): {err}")
             return line
     raise AssertionError("no output before the deadline")
