@@ -17,13 +17,13 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import grpc
 import grpc.aio
 
+from rillet import credentials
 from rillet.api.v1 import admin_pb2, admin_pb2_grpc
 from rillet.client.errors import (
     ClusterUnreachableError,
@@ -132,10 +132,11 @@ class Credentials:
         return bool(self.tls_ca or self.tls_cert or self.tls_key)
 
     @functools.cached_property
-    def _channel_credentials(self) -> grpc.ChannelCredentials | None:
-        """Read the PEM files once; CredentialsError names the option and file that is wrong."""
+    def _dialer(self) -> credentials.Dialer:
+        """Read the PEM files once; CredentialsError names the option and file that is wrong.
+        Over TLS the token rides as call credentials, over plaintext through interceptors."""
         if not self.tls:
-            return None
+            return credentials.Dialer(None, self._token)
         if bool(self.tls_cert) != bool(self.tls_key):
             raise CredentialsError("a client certificate needs both --tls-cert and --tls-key "
                                    "(RILLET_TLS_CERT, RILLET_TLS_KEY)")
@@ -143,12 +144,7 @@ class Credentials:
             root_certificates=_read_pem("--tls-ca", self.tls_ca),
             private_key=_read_pem("--tls-key", self.tls_key),
             certificate_chain=_read_pem("--tls-cert", self.tls_cert))
-        if self._token is None:
-            return ssl
-        # Over TLS the token rides as call credentials: gRPC adds the metadata itself, at no
-        # cost per streamed message.
-        return grpc.composite_channel_credentials(
-            ssl, grpc.access_token_call_credentials(self._token))
+        return credentials.Dialer(ssl, self._token)
 
     @functools.cached_property
     def _token(self) -> str | None:
@@ -159,14 +155,7 @@ class Credentials:
     def channel(self, address: str,
                 options: Iterable[tuple[str, Any]] = CHANNEL_OPTIONS) -> grpc.aio.Channel:
         """A new channel to `address`: TLS when configured, the token on every call."""
-        creds = self._channel_credentials
-        if creds is not None:
-            return grpc.aio.secure_channel(address, creds, options=list(options))
-        # Plaintext: gRPC refuses call credentials here, so interceptors add the token. They
-        # cost the Produce stream about a sixth of its throughput (decision 0700).
-        interceptors = bearer_interceptors(self._token) if self._token else None
-        return grpc.aio.insecure_channel(address, options=list(options),
-                                         interceptors=interceptors)
+        return self._dialer.channel(address, list(options))
 
     def __repr__(self) -> str:
         # Never print the token itself.
@@ -176,63 +165,7 @@ class Credentials:
 
 
 def _read_pem(option: str, path: str | None) -> bytes | None:
-    if not path:
-        return None
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise CredentialsError(f"{option}: file {path} does not exist") from None
-    except OSError as exc:
-        raise CredentialsError(f"{option}: file {path} cannot be read: "
-                               f"{exc.strerror or exc}") from None
-    if b"-----BEGIN " not in data:
-        raise CredentialsError(f"{option}: file {path} is not PEM (no '-----BEGIN' line)")
-    return data
-
-
-class _Bearer:
-    """Adds `authorization: Bearer <token>` to a call's metadata.
-    An interceptor and not gRPC call credentials: gRPC refuses call credentials on a plaintext
-    channel, and a cluster may check tokens without TLS (development, a private network).
-    """
-
-    def __init__(self, token: str) -> None:
-        self._entry = ("authorization", f"Bearer {token}")
-
-    def _with_token(self, details: Any) -> Any:
-        return details._replace(
-            metadata=grpc.aio.Metadata(*tuple(details.metadata or ()), self._entry))
-
-
-class _BearerUnaryUnary(_Bearer, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
-    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._with_token(details), request)
-
-
-class _BearerUnaryStream(_Bearer, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
-    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any
-                                     ) -> Any:
-        return await continuation(self._with_token(details), request)
-
-
-class _BearerStreamUnary(_Bearer, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[type-arg]
-    async def intercept_stream_unary(self, continuation: Any, details: Any,
-                                     request_iterator: Any) -> Any:
-        return await continuation(self._with_token(details), request_iterator)
-
-
-class _BearerStreamStream(_Bearer,
-                          grpc.aio.StreamStreamClientInterceptor):  # type: ignore[type-arg]
-    async def intercept_stream_stream(self, continuation: Any, details: Any,
-                                      request_iterator: Any) -> Any:
-        return await continuation(self._with_token(details), request_iterator)
-
-
-def bearer_interceptors(token: str) -> list[Any]:
-    """One interceptor per call kind: a grpc.aio channel files each interceptor under the
-    first kind it implements only, so one object cannot serve all four."""
-    return [kind(token) for kind in (_BearerUnaryUnary, _BearerUnaryStream,
-                                     _BearerStreamUnary, _BearerStreamStream)]
+    return credentials.read_pem(option, path, CredentialsError) if path else None
 
 
 class ChannelPool:

@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from rillet.credentials import AUTHORIZATION
 from rillet.node import errors
 from rillet.node.config import BrokerConfig, ConfigError
 from rillet.node.errors import PermissionDeniedError, UnauthenticatedError
@@ -42,7 +43,6 @@ OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerRefl
                  "/grpc.reflection.v1.ServerReflection/")
 #: The node-to-node service: cluster members only.
 PEER_PREFIX = "/rillet.internal.v1.Peer/"
-AUTHORIZATION = "authorization"
 
 
 def parse_patterns(text: str) -> tuple[str, ...]:

@@ -15,13 +15,15 @@ FOLDERS = {"rillet": "rillet", "rillet.node": "node", "rillet.cluster": "cluster
 
 # Which first-party modules each layer may import (prefix match). Anything else of ours is
 # forbidden. Third-party imports are checked separately for the pure Raft core.
-# rillet.batch (the record batch codec) is part of the contract, beside the generated stubs.
+# rillet.batch (the record batch codec) is part of the contract, beside the generated stubs;
+# so is rillet.credentials (how a caller shows its certificate or bearer token), which the
+# client and a node dialing its peers share.
 ALLOWED = {
     "rillet.cluster.raft": ("rillet.cluster.raft",),
     "rillet.cluster": ("rillet.cluster",),
     "rillet.node": ("rillet.node", "rillet.cluster", "rillet.api", "rillet.internal",
-                    "rillet.batch"),
-    "rillet.client": ("rillet.client", "rillet.api", "rillet.batch"),
+                    "rillet.batch", "rillet.credentials"),
+    "rillet.client": ("rillet.client", "rillet.api", "rillet.batch", "rillet.credentials"),
 }
 # The pure core may use the standard library, but nothing that does I/O or reads a clock.
 STDLIB_ONLY = "rillet.cluster.raft"
