@@ -347,12 +347,12 @@ class DeleteGroup(Command):
 
 
 @dataclass(frozen=True)
-class AddAcl(Command):
-    """Allow ``principal`` (a name, or "*": any authenticated principal) to ``operation`` the
-    ``resource_type`` resources ``resource_name`` names, exactly (``pattern`` "literal") or as
-    a prefix ("prefix"). The cluster resource has the empty name. Adding a rule that exists
-    is accepted and changes nothing. The vocabulary is ``rillet.node.security.acl``'s (this
-    module may not import it; a unit test keeps the two in step)."""
+class _AclRuleCommand(Command):
+    """The rule an ACL command names: ``principal`` (a name, or "*": any authenticated
+    principal) may ``operation`` the ``resource_type`` resources ``resource_name`` names,
+    exactly (``pattern`` "literal") or as a prefix ("prefix"); the cluster resource has the
+    empty name. The vocabulary is ``rillet.node.security.acl``'s (this module may not import
+    it; a unit test keeps the two in step)."""
 
     principal: str = _f(_STR)
     operation: str = _f(_STR)
@@ -366,18 +366,13 @@ class AddAcl(Command):
 
 
 @dataclass(frozen=True)
-class RemoveAcl(Command):
+class AddAcl(_AclRuleCommand):
+    """Allow the rule; adding a rule that exists is accepted and changes nothing."""
+
+
+@dataclass(frozen=True)
+class RemoveAcl(_AclRuleCommand):
     """Remove the rule with exactly these fields; accepted (changing nothing) when absent."""
-
-    principal: str = _f(_STR)
-    operation: str = _f(_STR)
-    resource_type: str = _f(_STR)
-    resource_name: str = _f(_STR, default="")
-    pattern: str = _f(_STR, default="literal")
-
-    def key(self) -> AclKey:
-        return (self.principal, self.operation, self.resource_type, self.resource_name,
-                self.pattern)
 
 
 #: An ACL rule as the state keeps it: (principal, operation, resource type, resource name,
