@@ -65,40 +65,39 @@ def _wrap(original: grpc.RpcMethodHandler[Any, Any], method: str
     handler: Any = original  # the grpc stubs do not type the namedtuple's fields
     if handler.request_deserializer is None:
         return original
-    fields: dict[str, Any] = {
-        "request_deserializer": safe_deserializer(handler.request_deserializer)}
-    if handler.unary_unary is not None:
-        inner_uu = handler.unary_unary
+    kind = (("stream_" if handler.request_streaming else "unary_")
+            + ("stream" if handler.response_streaming else "unary"))
+    wrap = _wrap_request_stream if handler.request_streaming else _wrap_request
+    return handler._replace(  # type: ignore[no-any-return]
+        request_deserializer=safe_deserializer(handler.request_deserializer),
+        **{kind: wrap(getattr(handler, kind), method)})
 
-        async def unary_unary(request: Any, context: Any) -> Any:
+
+def _wrap_request(inner: Any, method: str) -> Any:
+    """One request: refused before `inner` runs. `inner` keeps its shape: an async generator
+    yields responses; a coroutine returns one or sends with context.write (gRPC health's
+    Watch), and gRPC treats the two differently."""
+    if inspect.isasyncgenfunction(inner):
+        async def streamed(request: Any, context: Any) -> AsyncIterator[Any]:
             if isinstance(request, Malformed):
                 await _refuse(context, method, request)
-            return await inner_uu(request, context)
+            async for response in inner(request, context):
+                yield response
 
-        fields["unary_unary"] = unary_unary
-    elif handler.unary_stream is not None:
-        inner_us = handler.unary_stream
-        if inspect.isasyncgenfunction(inner_us):
-            async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
-                if isinstance(request, Malformed):
-                    await _refuse(context, method, request)
-                async for response in inner_us(request, context):
-                    yield response
+        return streamed
 
-            fields["unary_stream"] = unary_stream
-        else:  # a coroutine that sends with context.write (gRPC health's Watch)
-            async def unary_stream_writer(request: Any, context: Any) -> Any:
-                if isinstance(request, Malformed):
-                    await _refuse(context, method, request)
-                return await inner_us(request, context)
+    async def single(request: Any, context: Any) -> Any:
+        if isinstance(request, Malformed):
+            await _refuse(context, method, request)
+        return await inner(request, context)
 
-            fields["unary_stream"] = unary_stream_writer
-    elif handler.stream_stream is not None or handler.stream_unary is not None:
-        fields.update(_wrap_request_stream(handler, method))
-    return handler._replace(**fields)  # type: ignore[no-any-return]
+    return single
 
 
-def _wrap_request_stream(handler: Any, method: str) -> dict[str, Any]:
+def _wrap_request_stream(inner: Any, method: str) -> Any:
+    """A request stream: `inner` sees it end at the message before a malformed one, then the
+    call is refused. A coroutine `inner` must read through the iterator it is given (one that
+    reads with context.read would see the marker itself)."""
     def checked(requests: AsyncIterator[Any], found: list[Malformed]) -> AsyncIterator[Any]:
         async def gen() -> AsyncIterator[Any]:
             async for request in requests:
@@ -108,39 +107,24 @@ def _wrap_request_stream(handler: Any, method: str) -> dict[str, Any]:
                 yield request
         return gen()
 
-    if handler.stream_stream is not None:
-        inner_ss = handler.stream_stream
-        if not inspect.isasyncgenfunction(inner_ss):
-            # A coroutine that sends with context.write; it must read through the iterator
-            # it is given (one that reads with context.read would see the marker itself).
-            async def stream_stream_writer(requests: AsyncIterator[Any], context: Any) -> Any:
-                bad: list[Malformed] = []
-                result = await inner_ss(checked(requests, bad), context)
-                if bad:
-                    await _refuse(context, method, bad[0])
-                return result
-
-            return {"stream_stream": stream_stream_writer}
-
-        async def stream_stream(requests: AsyncIterator[Any], context: Any
-                                ) -> AsyncIterator[Any]:
+    if inspect.isasyncgenfunction(inner):
+        async def streamed(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
             bad: list[Malformed] = []
-            async for response in inner_ss(checked(requests, bad), context):
+            async for response in inner(checked(requests, bad), context):
                 yield response
             if bad:
                 await _refuse(context, method, bad[0])
 
-        return {"stream_stream": stream_stream}
-    inner_su = handler.stream_unary
+        return streamed
 
-    async def stream_unary(requests: AsyncIterator[Any], context: Any) -> Any:
+    async def single(requests: AsyncIterator[Any], context: Any) -> Any:
         bad: list[Malformed] = []
-        response = await inner_su(checked(requests, bad), context)
+        result = await inner(checked(requests, bad), context)
         if bad:
             await _refuse(context, method, bad[0])
-        return response
+        return result
 
-    return {"stream_unary": stream_unary}
+    return single
 
 
 class MalformedRequestInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
