@@ -30,6 +30,7 @@ from rillet.node.security.tokens import (
     file_line,
     new_token,
 )
+from tests.rpc_errors import FailedCall
 
 # ---------------------------------------------------------------------------- token file
 
@@ -235,17 +236,7 @@ def test_tls_failures_say_which_side_refused_what() -> None:
 def test_auth_statuses_map_to_their_own_client_errors() -> None:
     import grpc
 
-    class _Failed(grpc.RpcError):
-        def __init__(self, code: grpc.StatusCode, details: str) -> None:
-            self._code, self._details = code, details
-
-        def code(self) -> grpc.StatusCode:
-            return self._code
-
-        def details(self) -> str:
-            return self._details
-
-    err = from_rpc_error(_Failed(grpc.StatusCode.UNAUTHENTICATED, "no credentials"))
+    err = from_rpc_error(FailedCall(grpc.StatusCode.UNAUTHENTICATED, "no credentials"))
     assert isinstance(err, AuthenticationError) and "no credentials" in str(err)
-    assert isinstance(from_rpc_error(_Failed(grpc.StatusCode.PERMISSION_DENIED, "no")),
+    assert isinstance(from_rpc_error(FailedCall(grpc.StatusCode.PERMISSION_DENIED, "no")),
                       AuthorizationError)

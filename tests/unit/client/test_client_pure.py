@@ -16,6 +16,7 @@ from rillet.client.connection import parse_bootstrap
 from rillet.client.consumer import Timestamp, to_position
 from rillet.client.metadata import ClusterMetadata
 from rillet.client.records import decode_batches
+from tests.rpc_errors import FailedCall
 
 # ---------------------------------------------------------------- errors
 
@@ -48,15 +49,6 @@ def test_from_error_keeps_message_and_broker_flags() -> None:
     assert not errors.BrokerStorageError.retriable  # the class default is untouched
 
 
-class _FakeRpcError(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        self._code, self._details = code, details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
 
 
 @pytest.mark.parametrize(("status", "cls"), [
@@ -68,7 +60,7 @@ class _FakeRpcError(grpc.RpcError):
     (grpc.StatusCode.UNIMPLEMENTED, errors.RilletError),
 ])
 def test_from_rpc_error_maps_status(status: grpc.StatusCode, cls: type) -> None:
-    exc = errors.from_rpc_error(_FakeRpcError(status, "topic 'x' does not exist"))
+    exc = errors.from_rpc_error(FailedCall(status, "topic 'x' does not exist"))
     assert type(exc) is cls
     assert "topic 'x' does not exist" in str(exc)
     assert status.name in str(exc)

@@ -17,18 +17,7 @@ from rillet.client.errors import (
     UnknownTopicError,
     from_rpc_error,
 )
-
-
-class _Failed(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        self._code, self._details = code, details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
-
+from tests.rpc_errors import FailedCall
 
 FP = grpc.StatusCode.FAILED_PRECONDITION
 
@@ -49,7 +38,7 @@ FP = grpc.StatusCode.FAILED_PRECONDITION
 ])
 def test_group_statuses_map_to_their_classes(code: grpc.StatusCode, details: str,
                                              cls: type[RilletError]) -> None:
-    err = from_rpc_error(_Failed(code, details))
+    err = from_rpc_error(FailedCall(code, details))
     assert type(err) is cls
     assert details in str(err)
     assert not err.retriable or cls is OutOfOrderSequenceError
