@@ -42,7 +42,7 @@ import grpc
 from rillet.api.v1 import admin_pb2, admin_pb2_grpc
 from rillet.batch import CRC_START, HEADER_SIZE, LENGTH_PREFIX_SIZE
 from rillet.chaos.cluster import ChaosCluster
-from rillet.chaos.history import FaultEvent, History
+from rillet.chaos.history import FaultEvent, History, Op, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -396,30 +396,100 @@ KINDS: dict[str, FaultFn] = {
 
 async def freeze_followers_kill_leader(ctx: FaultContext, rng: random.Random
                                        ) -> ActiveFault | None:
-    """SIGSTOP every node but one partition leader, kill -9 that leader after the hold, and
-    SIGCONT the others: what the leader appended alone while they were frozen must vanish
-    (a new leader is elected without it). A correct node acknowledged none of it (no
+    """Leave one partition leader alone with what it appends, then let the others move on
+    without it: what it appended alone must vanish. A correct node acknowledged none of it (no
     majority); the planted early-ack bug did, so the checker must report those writes lost.
-    Beyond a one-node fault on purpose: it costs availability, never safety."""
+    Beyond a one-node fault on purpose: it costs availability, never safety.
+
+    Every step closes a path by which the lone appends could survive, so the loss does not
+    depend on timing or on who wins an election:
+    - the links between the leader and the others are black-holed (held, so the leader sees no
+      reset and keeps leading until check-quorum deposes it), then the others are frozen
+      (SIGSTOP), so nobody else can be elected meanwhile;
+    - heal waits (bounded) until a write sent after both steps was acknowledged (with the bug:
+      by the lone leader), kills -9 the leader, then resets the held links, which discards
+      every byte the leader sent after the hold (an append it sent then reaches nobody, not
+      even later out of a socket buffer), wakes the others and heals the links;
+    - the leader stays down until the others elected one of them and it acknowledged a write
+      of its own (`acks=all`, so committed on both in a newer term): from then on the old
+      leader can never win an election with its longer log, and on restart it must cut it.
+    """
     leaders = await _leaders(ctx)
     if not leaders:
         return None
     part = rng.choice(sorted(leaders))
     leader = leaders[part]
-    frozen = [n for n in _up(ctx) if n != leader]
+    others = [n for n in _up(ctx) if n != leader]
     event = _start(ctx, "freeze-followers-kill-leader", f"node {leader}",
-                   f"leader of partition {part}; nodes {frozen} frozen")
-    for n in frozen:
+                   f"leader of partition {part}; links to {others} held, nodes {others} "
+                   f"frozen")
+    pairs = ctx.cluster.proxies.pairs_between([leader], others)
+    ctx.cluster.proxies.cut(pairs, hold=True)
+    for n in others:
         ctx.cluster.pause(n)
+    alone_since_s = ctx.history.clock()
 
     async def heal() -> str | None:
+        notes = [await _wait_acknowledged_after(ctx, part, alone_since_s, LONE_ACK_WAIT_S)]
         await ctx.cluster.kill(leader)
-        for n in frozen:
+        ctx.cluster.proxies.cut(pairs)
+        for n in others:
             ctx.cluster.resume(n)
-        await ctx.cluster.wait_leaders(ctx.topic, ctx.partitions)
+        ctx.cluster.proxies.heal(pairs)
+        value = f"fault-{part}-{event.start_s:.3f}"
+        notes.append(await _write_through(ctx, part, others, value))
         await ctx.cluster.restart(leader)
-        return None
+        return "; ".join(notes)
     return ActiveFault(event, heal)
+
+
+#: How long heal waits for a write sent while the leader was alone to be acknowledged.
+LONE_ACK_WAIT_S = 5.0
+#: How long heal tries to get a write acknowledged by the nodes left behind.
+FRESH_WRITE_TIMEOUT_S = 30.0
+#: The history's process number of writes made by fault code (not a workload writer).
+FAULT_WRITER = 1000
+
+
+async def _wait_acknowledged_after(ctx: FaultContext, partition: int, since_s: float,
+                                   timeout_s: float) -> str:
+    """Until some write to `partition` sent after `since_s` is acknowledged (bounded)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        acked = [op for op in ctx.history.ops
+                 if op.kind == "write" and op.partition == partition
+                 and op.outcome == "ok" and op.start_s >= since_s]
+        if acked:
+            return f"{len(acked)} writes sent after it was alone acknowledged"
+        if time.monotonic() >= deadline:
+            return f"no write sent after it was alone acknowledged within {timeout_s:.0f}s"
+        await asyncio.sleep(0.1)
+
+
+async def _write_through(ctx: FaultContext, partition: int, nodes: list[int], value: str
+                         ) -> str:
+    """Write `value` to `partition` through `nodes` only, `acks=all`, until acknowledged
+    (bounded); recorded in the history like a workload write, so the checker expects it."""
+    from rillet.client import Producer
+
+    bootstrap = ",".join(ctx.cluster.node(n).address for n in nodes)
+    start_s = ctx.history.clock()
+    outcome: Outcome = "unknown"
+    offset: int | None = None
+    error = ""
+    try:
+        async with Producer(bootstrap, acks="all",
+                            delivery_timeout_ms=int(FRESH_WRITE_TIMEOUT_S * 1000)) as producer:
+            handle = await producer.send(ctx.topic, value.encode(), partition=partition)
+            offset = (await asyncio.wait_for(handle, FRESH_WRITE_TIMEOUT_S + 5.0)).offset
+            outcome = "ok"
+    except Exception as exc:  # recorded as unknown; the run's verdict shows the rest
+        error = repr(exc)
+    ctx.history.add_op(Op(FAULT_WRITER, "write", partition, value, start_s,
+                          ctx.history.clock(), outcome, offset, error))
+    if outcome == "ok":
+        return f"nodes {nodes} acknowledged a write of their own at offset {offset}"
+    return f"nodes {nodes} did not acknowledge a write of their own: {error}"
 
 
 KINDS["freeze-followers-kill-leader"] = freeze_followers_kill_leader
