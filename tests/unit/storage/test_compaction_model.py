@@ -179,7 +179,11 @@ class CompactionModel(RuleBasedStateMachine):
         last = self.rlog.last_index()
         assert self.committed <= last <= len(self.entries)  # committed entries were synced
         del self.entries[last:]
-        self.commit = self.rlog.initial_state()[0].commit
+        hard = self.rlog.initial_state()[0]
+        self.commit = hard.commit
+        # A restarted node is at the term its disk recorded (a term bump that was not synced
+        # is gone, as on a real node); new entries are of that term or a later recorded one.
+        self.term = hard.term
 
     # -- checks ------------------------------------------------------------------------------
 
