@@ -39,7 +39,7 @@ def _handle_ready(core: RaftCore, storage: MemoryStorage) -> tuple[list[bytes], 
         return [], 0
     rd = core.ready()
     persist_ready(storage, rd)
-    out = [encode_message(m) for m in rd.messages]
+    out = [encode_message(m) for m in rd.all_messages()]
     applied = len(rd.committed_entries)
     core.advance(rd)
     return out, applied

@@ -38,8 +38,8 @@ NODES = (1, 2, 3)
 
 
 class NullMachine:
-    def apply(self, entries: list[Entry]) -> None:
-        pass
+    def apply(self, entries: list[Entry]) -> list[int]:
+        return [e.index for e in entries]
 
     def restore(self, snapshot: Snapshot) -> None:
         pass

@@ -4,29 +4,16 @@ Each group is a ``RaftCore`` (pure, no I/O) plus its ``DurableLog`` and its ``St
 The driver gives the cores time (one tick task for all groups), feeds them messages
 (``receive``) and proposals (``propose``), and carries out their ``Ready`` batches.
 
-The ordering contract (enforced in ONE place: ``RaftDriver._round``)
--------------------------------------------------------------------
-One round takes a Ready from every group that has one, then, for all of them together:
-
-0. **send early**: a leader's APPEND and HEARTBEAT messages, unless its Ready changes its term
-   or vote: the leader writes its log in parallel with its followers (Raft thesis 10.2.1),
-   which takes one fsync off the commit path. Safe because the core counts the leader's own
-   entries for commitment only after ``advance`` confirmed them persisted.
-1. **persist**: for each Ready, ``apply_snapshot`` (if any), ``append(entries)``,
-   ``set_hard_state`` (if changed) on the group's ``DurableLog``. These writes are only staged.
-2. **apply**: every Ready's snapshot (``StateMachine.restore``) and committed entries
-   (``StateMachine.apply``), in log order per group; then the proposal futures those entries
-   settle are resolved (success = the entry committed AND was applied here). This does not
-   wait for the sync below: a committed entry is already on a majority's disks (followers
-   acknowledge after their sync, the leader counts itself after its own), and it is in this
-   node's log (staged above), so readers can be served it.
-   Then, if any Ready of the round ``must_sync``, ONE ``Syncer.sync(logs)`` call makes every
-   staged write of the round durable (group commit: one fsync round for all groups, however
-   many there are).
-3. **send**: every other message, encoded with the raft codec and tagged with their group
-   id, coalesced per peer: one ``Transport.send`` per peer per round. Only now, because a vote
-   or an append acknowledgement promises that step 1 is on disk.
-4. **advance**: ``core.advance(ready)`` for each, with the very Ready it handed out.
+The ordering contract (enforced in ONE place: ``rounds.Round``)
+---------------------------------------------------------------
+One round takes a Ready from every group that has one and hands them all to one
+``rounds.Round``, the code the simulator runs too: ``start()`` sends what the cores say may
+leave at once, stages every write and applies every committed entry (settling the proposals
+they decide); then, if any Ready ``must_sync``, ONE ``Syncer.sync(logs)`` call makes every
+staged write of the round durable (group commit: one fsync round for all groups, however many
+there are); then ``finish()`` sends the rest (votes and acknowledgements promise the sync),
+coalesced per peer (one ``Transport.send`` per peer per half-round, every message encoded
+with the raft codec and tagged with its group id), and advances every core.
 
 Inputs may arrive while a round waits for its sync (``receive``, ``propose``, ticks): the core
 accepts them between ``ready()`` and ``advance()`` and puts their effects in the next Ready.
@@ -37,7 +24,8 @@ Proposals
 (``NotLeaderError``), the leader refuses (``ProposalDroppedError``), the group is unknown or
 the driver stopped. Otherwise it returns a future that
 
-- resolves with the entry's index once the entry is committed and applied on this node;
+- resolves with what the group's ``StateMachine.apply`` returned for the entry, once the entry
+  is committed and applied on this node;
 - fails with ``EntryOverwrittenError`` when the entry at that index commits with another term
   (a new leader replaced it: it is certainly NOT in the log);
 - fails with ``LeadershipLostError`` when this node stops leading the group (term or role
@@ -68,38 +56,38 @@ transports bound their queues.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import logging
 import random
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from rillet.cluster.raft import (
     CodecError,
     Config,
-    Entry,
-    HardState,
-    MessageType,
     NotLeaderError,
     PeerLiveness,
     ProposalDroppedError,
     RaftCore,
     RaftError,
     Ready,
-    Role,
-    Snapshot,
-    Storage,
 )
 from rillet.cluster.raft.codec import decode_message, encode_message
-from rillet.cluster.raft.storage import persist_ready
+from rillet.cluster.rounds import (
+    DriverError,
+    DurableLog,
+    EntryOverwrittenError,
+    LeadershipLostError,
+    Outbox,
+    Proposal,
+    RaftGroup,
+    Round,
+    StateMachine,
+)
 from rillet.cluster.transport import GroupMessage, Transport
 
 log = logging.getLogger(__name__)
-
-# What a leader may send before its own write of the same Ready (see RaftDriver._round).
-_EARLY_TYPES = frozenset((MessageType.APPEND, MessageType.HEARTBEAT))
 
 NODE_GROUP_ID = (1 << 64) - 1
 """The group id of node-level pings (``(NODE_GROUP_ID, b"")``): reserved, no Raft group may
@@ -108,25 +96,6 @@ as it is; the receiving driver only notes that the sender is alive."""
 
 
 # -- protocols the driver needs ----------------------------------------------------------------
-
-
-class DurableLog(Storage, Protocol):
-    """A group's Raft log as the driver writes it: the core's read side (``Storage``) plus the
-    write side of Ready step 1. Writes are STAGED: they must be visible to the reads at once
-    (the core reads back what it handed out), but are only promised durable after the next
-    ``Syncer.sync`` that includes this log. ``MemoryStorage`` satisfies it."""
-
-    def append(self, entries: list[Entry]) -> None:
-        """Append, first dropping any held suffix from ``entries[0].index`` on."""
-        ...
-
-    def set_hard_state(self, hard_state: HardState) -> None:
-        """Save term, vote and commit index."""
-        ...
-
-    def apply_snapshot(self, snapshot: Snapshot) -> None:
-        """Replace the log with ``snapshot``: it restarts after ``snapshot.meta.index``."""
-        ...
 
 
 class Syncer(Protocol):
@@ -140,19 +109,6 @@ class Syncer(Protocol):
 
     async def sync(self, logs: Sequence[DurableLog]) -> None:
         """Return once every write staged on ``logs`` so far is durable."""
-        ...
-
-
-class StateMachine(Protocol):
-    """What a group's committed entries are applied to (a partition, the metadata state)."""
-
-    def apply(self, entries: list[Entry]) -> None:
-        """Apply committed entries, in log order. Empty NORMAL entries are leader no-ops;
-        CONF_CHANGE entries are membership steps the core itself takes into account."""
-        ...
-
-    def restore(self, snapshot: Snapshot) -> None:
-        """Replace the state with ``snapshot`` (called before entries that follow it)."""
         ...
 
 
@@ -173,24 +129,6 @@ class CountingSyncer:
 # -- errors -------------------------------------------------------------------------------------
 
 
-class DriverError(Exception):
-    """Base of the driver's own errors. ``outcome_unknown``: the entry may or may not end up
-    committed; ``retriable``: trying again (perhaps on another node) may work."""
-
-    retriable = True
-    outcome_unknown = True
-
-
-class LeadershipLostError(DriverError):
-    """This node stopped leading the group before the proposed entry committed."""
-
-
-class EntryOverwrittenError(DriverError):
-    """Another leader's entry committed at the proposed index: the proposal is not in the log."""
-
-    outcome_unknown = False
-
-
 class DriverStoppedError(DriverError):
     """The driver stopped (or died) before the entry was applied, or refuses new work."""
 
@@ -207,39 +145,6 @@ class UnknownGroupError(DriverError):
 
 
 # -- the driver ---------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class _Pending:
-    index: int
-    term: int
-    future: asyncio.Future[int]
-
-
-class _Group:
-    """One group on this node: its core, log, state machine and the proposals waiting."""
-
-    __slots__ = ("core", "id", "log", "machine", "pending", "term_vote")
-
-    def __init__(self, group_id: int, core: RaftCore, log: DurableLog,
-                 machine: StateMachine) -> None:
-        self.id = group_id
-        self.core = core
-        self.log = log
-        self.machine = machine
-        # The (term, vote) last made durable: a leader whose Ready keeps it may send its
-        # appends before its own write (see _round).
-        hs = core.hard_state()
-        self.term_vote = (hs.term, hs.vote)
-        # Ordered by index (proposals get increasing indexes within a term; on a term change
-        # they are all failed first).
-        self.pending: collections.deque[_Pending] = collections.deque()
-
-    def fail_pending(self, exc_factory: type[DriverError], why: str) -> None:
-        while self.pending:
-            p = self.pending.popleft()
-            if not p.future.done():
-                p.future.set_exception(exc_factory(f"group {self.id} entry {p.index}: {why}"))
 
 
 @dataclasses.dataclass
@@ -269,13 +174,14 @@ class RaftDriver:
     ``node_id``, its ``quiesce`` by the driver's ``quiesce``: quiescence is safe only with
     the peer liveness the driver runs). ``tick_ms`` is how long one tick lasts; the
     template's ``election_ticks`` is also how long a silent peer takes to be reported
-    unreachable. The driver owns ``transport``: it closes it in ``stop()``.
+    unreachable. The driver owns ``transport``: it closes it in ``stop()``. ``round_type``
+    is the class every round runs (``rounds.Round``; a test plants a bug in a subclass).
     """
 
     def __init__(self, node_id: int, transport: Transport, syncer: Syncer, *,
                  raft_config: Config | None = None, tick_ms: float = 100.0,
                  max_pending_proposals: int = 4096, seed: int | None = None,
-                 quiesce: bool = True) -> None:
+                 quiesce: bool = True, round_type: type[Round] = Round) -> None:
         if tick_ms <= 0:
             raise ValueError(f"tick_ms must be positive, not {tick_ms}")
         if max_pending_proposals <= 0:
@@ -284,6 +190,7 @@ class RaftDriver:
         self.transport = transport
         self.syncer = syncer
         self.quiesce = quiesce
+        self.round_type = round_type
         # Real disks can lose an acknowledged tail (a damaged segment cut on recovery): the
         # node's groups repair it by fetching again instead of refusing to start.
         self.raft_config = dataclasses.replace(raft_config or Config(id=node_id), id=node_id,
@@ -298,7 +205,7 @@ class RaftDriver:
         self.max_pending_proposals = max_pending_proposals
         self.stats = DriverStats()
         self._rng = random.Random(seed)
-        self._groups: dict[int, _Group] = {}
+        self._groups: dict[int, RaftGroup] = {}
         self._dirty: dict[int, None] = {}  # groups that may have a Ready (insertion-ordered)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -374,7 +281,7 @@ class RaftDriver:
                                   quiesce=self.quiesce)
         core = RaftCore(cfg, storage, random.Random(self._rng.getrandbits(64)),
                         logging.getLogger(f"{__name__}.g{group_id}"))
-        self._groups[group_id] = _Group(group_id, core, storage, machine)
+        self._groups[group_id] = RaftGroup(group_id, core, storage, machine)
         self._active[group_id] = None
         self._peers_dirty = True
         self._mark(group_id)
@@ -386,6 +293,7 @@ class RaftDriver:
         group = self._groups.pop(group_id, None)
         if group is None:
             raise UnknownGroupError(f"group {group_id} does not run on node {self.node_id}")
+        group.removed = True
         self._dirty.pop(group_id, None)
         self._active.pop(group_id, None)
         self._peers_dirty = True
@@ -414,7 +322,7 @@ class RaftDriver:
         Callers must not feed it inputs directly: use the driver's methods."""
         return self._get(group_id).core
 
-    def _get(self, group_id: int) -> _Group:
+    def _get(self, group_id: int) -> RaftGroup:
         group = self._groups.get(group_id)
         if group is None:
             raise UnknownGroupError(f"group {group_id} does not run on node {self.node_id}")
@@ -424,14 +332,14 @@ class RaftDriver:
         self._dirty[group_id] = None
         self._wake.set()
 
-    def _activate(self, group: _Group) -> None:
+    def _activate(self, group: RaftGroup) -> None:
         """Tick ``group`` again if an input woke it (a no-op for awake groups)."""
         if not group.core.quiesced:
             self._active[group.id] = None
 
     # -- inputs ---------------------------------------------------------------------------------
 
-    def propose(self, group_id: int, data: bytes) -> asyncio.Future[int]:
+    def propose(self, group_id: int, data: bytes) -> asyncio.Future[Any]:
         """Propose ``data`` to ``group_id``; see the module docstring for the outcomes."""
         self._check_running()
         group = self._get(group_id)
@@ -441,9 +349,9 @@ class RaftDriver:
         core = group.core
         index = core.propose(data)  # raises NotLeaderError / ProposalDroppedError
         if group.pending and group.pending[-1].term != core.term:
-            self._fail_deposed(group)  # keep the queue ordered by (term, index)
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        group.pending.append(_Pending(index, core.term, fut))
+            group.fail_deposed()  # keep the queue ordered by (term, index)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        group.pending.append(Proposal(index, core.term, fut))
         self._active[group_id] = None  # a proposal always wakes the group
         self._mark(group_id)
         return fut
@@ -589,10 +497,10 @@ class RaftDriver:
             await asyncio.sleep(0)
 
     async def _round(self) -> None:
-        """ONE round of the contract: persist (+ one shared sync) -> send -> apply -> advance.
+        """ONE round of the contract (``rounds.Round``), with one shared sync in the middle.
         This is the only place where Readies are taken and advanced."""
         dirty, self._dirty = self._dirty, {}
-        work: list[tuple[_Group, Ready]] = []
+        work: list[tuple[RaftGroup, Ready]] = []
         for group_id in dirty:
             group = self._groups.get(group_id)
             if group is not None and group.core.has_ready():
@@ -601,133 +509,26 @@ class RaftDriver:
             return
         self.stats.rounds += 1
         self.stats.readies += len(work)
-
-        # 0. A leader's appends and heartbeats go out BEFORE its own write (Raft thesis
-        #    10.2.1: the leader writes in parallel with its followers; the core counts the
-        #    leader's own log for commitment only after advance() confirmed it persisted).
-        #    Not when this Ready changes the term or vote: entries of a term this node might
-        #    forget in a crash must never reach another node.
-        early: dict[int, list[GroupMessage]] = {}
-        late: list[tuple[_Group, Ready]] = []
-        for group, rd in work:
-            hs = rd.hard_state
-            if (not rd.messages or group.core.role != Role.LEADER
-                    or (hs is not None and (hs.term, hs.vote) != group.term_vote)):
-                late.append((group, rd))
-                continue
-            rest = []
-            for m in rd.messages:
-                if m.type in _EARLY_TYPES:
-                    early.setdefault(m.to, []).append((group.id, encode_message(m)))
-                else:
-                    rest.append(m)
-            if rest:
-                late.append((group, dataclasses.replace(rd, messages=rest)))
-        self._send(early)
-
-        # 1. persist, then one shared sync for every log that needs it.
-        to_sync: list[DurableLog] = []
-        for group, rd in work:
-            persist_ready(group.log, rd)
-            if rd.must_sync:
-                to_sync.append(group.log)
-            if rd.hard_state is not None:
-                group.term_vote = (rd.hard_state.term, rd.hard_state.vote)
-
-        # 2. apply, and settle the proposals the applied entries decide, while (not after)
-        #    this round's writes sync: committed entries are on a majority's disks already
-        #    (followers acknowledge after their sync; the leader counts itself after its own),
-        #    so answering them need not wait for the fsync of newer entries.
-        for group, rd in work:
-            if rd.snapshot is not None:
-                group.machine.restore(rd.snapshot)
-                self._settle_snapshot(group, rd.snapshot)
-            if rd.committed_entries:
-                group.machine.apply(rd.committed_entries)
-                self._settle(group, rd.committed_entries)
-
+        rnd = self.round_type(work, self._send)
+        to_sync = rnd.start()
         if to_sync:
             await self.syncer.sync(to_sync)
             self.stats.syncs += 1
-
-        # 3. send the rest, coalesced per peer: votes and acknowledgements promise the sync.
-        out: dict[int, list[GroupMessage]] = {}
-        for group, rd in late:
-            gid = group.id
-            for m in rd.messages:
-                batch = out.get(m.to)
-                if batch is None:
-                    batch = out[m.to] = []
-                batch.append((gid, encode_message(m)))
-        self._send(out)
-
-        # 4. advance; a group whose advance produced more work goes into the next round.
-        for group, rd in work:
-            if group.id not in self._groups:
-                continue
-            core = group.core
-            conf = core.conf_state
-            core.advance(rd)
-            if core.conf_state is not conf or rd.snapshot is not None:
-                self._peers_dirty = True
-            if group.pending:
-                self._fail_deposed(group)
-            if core.has_ready():
+        rnd.finish()
+        if rnd.membership_changed:
+            self._peers_dirty = True
+        for group, _rd in work:
+            if not group.removed and group.core.has_ready():
                 self._mark(group.id)
 
-    def _send(self, out: dict[int, list[GroupMessage]]) -> None:
+    def _send(self, out: Outbox) -> None:
+        """Encode and send a round's messages: one ``Transport.send`` per peer."""
         liveness = self._liveness
         for peer, batch in out.items():
-            self.transport.send(peer, batch)
+            self.transport.send(peer, [(gid, encode_message(m)) for gid, m in batch])
             liveness.sent(peer)
             self.stats.sends += 1
             self.stats.messages_out += len(batch)
-
-    def _fail_deposed(self, group: _Group) -> None:
-        """Fail the proposals of terms this node no longer leads (all of them if it is no
-        longer the leader). They are at the head of the queue: it is ordered by term."""
-        core = group.core
-        leading = core.role == Role.LEADER
-        pending = group.pending
-        while pending and (not leading or pending[0].term != core.term):
-            p = pending.popleft()
-            if not p.future.done():
-                p.future.set_exception(LeadershipLostError(
-                    f"group {group.id} entry {p.index}: node {self.node_id} no longer leads "
-                    f"term {p.term} (now {core.role.name} of term {core.term}, "
-                    f"leader {core.leader})"))
-
-    @staticmethod
-    def _settle(group: _Group, entries: list[Entry]) -> None:
-        pending = group.pending
-        last = entries[-1].index
-        first = entries[0].index
-        while pending and pending[0].index <= last:
-            p = pending.popleft()
-            if p.future.done():
-                continue  # the proposer gave up (cancelled)
-            if p.index < first:
-                # Applied before, without us seeing it (cannot happen without a snapshot).
-                p.future.set_exception(LeadershipLostError(
-                    f"group {group.id} entry {p.index}: applied out of our sight"))
-                continue
-            entry = entries[p.index - first]
-            if entry.term == p.term:
-                p.future.set_result(p.index)
-            else:
-                p.future.set_exception(EntryOverwrittenError(
-                    f"group {group.id} entry {p.index}: committed with term {entry.term}, "
-                    f"proposed in term {p.term}"))
-
-    @staticmethod
-    def _settle_snapshot(group: _Group, snapshot: Snapshot) -> None:
-        pending = group.pending
-        while pending and pending[0].index <= snapshot.meta.index:
-            p = pending.popleft()
-            if not p.future.done():
-                p.future.set_exception(LeadershipLostError(
-                    f"group {group.id} entry {p.index}: replaced by a snapshot at "
-                    f"{snapshot.meta.index}"))
 
 
 __all__ = [

@@ -1357,31 +1357,29 @@ class MetadataMachine:
     entries (leader no-ops and membership changes only move ``applied_index``) and restores
     snapshots whose ``data`` is ``MetadataState.snapshot()``.
 
-    ``results`` keeps the results of the last ``keep_results`` entries, so the node that
-    proposed a command can read its outcome once the driver's future gives it the index;
-    ``on_result`` (if set) sees every result, in order (logging, waking watchers). Neither is
-    part of the replicated state.
+    ``apply`` returns each entry's ``Result`` (None for no-ops and membership changes): the
+    driver resolves the proposing node's future with it. ``on_result`` (if set) sees every
+    result, in order (logging, waking watchers). Neither is part of the replicated state.
     """
 
-    def __init__(self, state: MetadataState | None = None, *, keep_results: int = 1024,
+    def __init__(self, state: MetadataState | None = None, *,
                  on_result: Callable[[Result], None] | None = None) -> None:
         self.state = state if state is not None else MetadataState()
-        self.keep_results = keep_results
         self.on_result = on_result
-        self.results: dict[int, Result] = {}
 
-    def apply(self, entries: list[Entry]) -> None:
-        """Apply committed entries in log order."""
+    def apply(self, entries: list[Entry]) -> list[Result | None]:
+        """Apply committed entries in log order; their results, in order."""
+        results: list[Result | None] = []
         for entry in entries:
             if entry.kind == EntryKind.NORMAL and entry.data:
                 result = self.state.apply_bytes(entry.index, entry.data)
-                self.results[entry.index] = result
-                if len(self.results) > self.keep_results:
-                    del self.results[next(iter(self.results))]
+                results.append(result)
                 if self.on_result is not None:
                     self.on_result(result)
             else:
                 self.state.skip(entry.index)
+                results.append(None)
+        return results
 
     def restore(self, snapshot: Snapshot) -> None:
         """Replace the state with the snapshot's; an empty ``data`` means the empty state at
@@ -1391,11 +1389,6 @@ class MetadataMachine:
         else:
             self.state = MetadataState(max_partitions=self.state.max_partitions)
         self.state.skip(snapshot.meta.index)
-        self.results.clear()
-
-    def result(self, index: int) -> Result | None:
-        """The result of the command at ``index``, if still kept."""
-        return self.results.get(index)
 
 
 __all__ = [

@@ -31,6 +31,7 @@ from rillet.api.v1 import (
     log_pb2,
     log_pb2_grpc,
 )
+from rillet.cluster.rounds import Round
 from rillet.internal.v1 import peer_pb2_grpc
 from rillet.node.cluster_node import ClusterNode
 from rillet.node.config import MIB, BrokerConfig
@@ -81,12 +82,14 @@ class DataDirLockedError(RuntimeError):
 class Broker:
     """One node. `start()` then `stop()`; or `run()` until SIGTERM/SIGINT."""
 
-    def __init__(self, config: BrokerConfig) -> None:
+    def __init__(self, config: BrokerConfig, *, round_type: type[Round] = Round) -> None:
+        """`round_type`: the Raft round every group runs (rounds.Round; a test plants a bug
+        in a subclass)."""
         config.validate()
         self.config = config
         self.committer = GroupCommitter(linger_ms=config.flush_linger_ms)
         self.registry = TopicRegistry(config, self.committer)
-        self.cluster = ClusterNode(config) if config.clustered else None
+        self.cluster = ClusterNode(config, round_type=round_type) if config.clustered else None
         self.node = NodeContext(
             config, self.registry, cluster=self.cluster,
             producer_ids=None if self.cluster else ProducerIdAllocator(config.data_dir))

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from rillet.cluster.rounds import Round
 from rillet.node import logs
 from rillet.node.broker import Broker, DataDirLockedError
 from rillet.node.config import ConfigError, load
@@ -75,6 +76,13 @@ log = logging.getLogger(__name__)
               help="text or json (one object per line) [RILLET_LOG_FORMAT; default text].")
 def serve(config_file: Path | None, **flags: Any) -> None:
     """Run one Rillet node until SIGTERM or SIGINT."""
+    run(config_file, flags)
+
+
+def run(config_file: Path | None, flags: dict[str, Any], *,
+        round_type: type[Round] = Round) -> None:
+    """`serve`'s body; `round_type` is the Raft round the node runs (the chaos harness
+    starts nodes with a planted bug in one, rillet.chaos.planted)."""
     try:
         config = load(flags, os.environ, config_file)
     except ConfigError as exc:
@@ -82,7 +90,7 @@ def serve(config_file: Path | None, **flags: Any) -> None:
     logs.configure(config.node_id, config.log_level, config.log_format)
     try:
         # Reads the certificate, key and token files: a bad one is a usage error too.
-        broker = Broker(config)
+        broker = Broker(config, round_type=round_type)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     try:

@@ -46,6 +46,7 @@ from rillet.cluster.raft import (
     Role,
     Snapshot,
 )
+from rillet.cluster.rounds import Round
 from rillet.node.config import MIB, BrokerConfig
 from rillet.node.errors import (
     ForwardedError,
@@ -119,7 +120,7 @@ class MetadataReplica:
     def state(self) -> md.MetadataState:
         return self.machine.state
 
-    def apply(self, entries: list[Entry]) -> None:
+    def apply(self, entries: list[Entry]) -> list[md.Result | None]:
         out = []
         for e in entries:
             self.applied_term = e.term
@@ -131,8 +132,9 @@ class MetadataReplica:
                 out.append(Entry(e.index, e.term, e.kind, payload))
             else:
                 out.append(e)
-        self.machine.apply(out)
+        results = self.machine.apply(out)
         self.on_change()
+        return results
 
     def restore(self, snapshot: Snapshot) -> None:
         # The metadata log keeps everything (no retention), so its start never moves and no
@@ -189,7 +191,7 @@ _REJECT_ERRORS: dict[md.RejectCode, type[Exception]] = {
 class ClusterNode:
     """The clustered part of one broker; see the module docstring."""
 
-    def __init__(self, config: BrokerConfig) -> None:
+    def __init__(self, config: BrokerConfig, *, round_type: type[Round] = Round) -> None:
         self.config = config
         self.broker_id = config.node_id
         self.peers = config.peer_map
@@ -207,7 +209,7 @@ class ClusterNode:
         self.driver = RaftDriver(
             self.raft_id, self.transport, self.syncer,
             raft_config=Config(id=self.raft_id, election_ticks=config.election_ticks),
-            tick_ms=float(config.raft_tick_ms))
+            tick_ms=float(config.raft_tick_ms), round_type=round_type)
         self.metadata = MetadataReplica(self._metadata_changed)
         self.replicas: dict[int, ReplicatedPartition] = {}
         self.topics: dict[str, ClusterTopic] = {}
@@ -541,12 +543,9 @@ class ClusterNode:
             if not self.metadata_ready():
                 raise NotLeaderError("this node does not lead the metadata group")
             try:
-                index = await self.driver.propose(METADATA_GROUP, wrap_command(command))
+                result = await self.driver.propose(METADATA_GROUP, wrap_command(command))
             except (RaftError, DriverError) as exc:
                 raise UnavailableError(f"metadata change not committed: {exc}") from exc
-        result = self.metadata.machine.result(index)
-        if result is None:
-            raise UnavailableError(f"metadata result of entry {index} is gone; retry")
         if isinstance(result, md.Rejected):
             err = _REJECT_ERRORS.get(result.code, InvalidConfigError)
             raise err(result.message)

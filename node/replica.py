@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,15 +51,6 @@ REMEMBERED_BATCHES = 5
 of a partition in flight, so any retry it can send is still recognised (Kafka uses 5 too)."""
 
 SEQUENCE_MODULUS = 2**31
-_RECENT_INDEXES = 65536
-
-UNSAFE_EARLY_ACK = os.environ.get("RILLET_TEST_UNSAFE_EARLY_ACK") == "1"
-"""A PLANTED BUG for the chaos checker (issue 6), test-only: answer acks=all produce requests
-once the leader has appended the batch to its own log, before a majority has it, so a kill -9
-of the leader can lose acknowledged writes. Read once from the environment at import; no flag
-or config file can set it. Never set it outside tests."""
-_warned_unsafe = False
-_unsafe_acks: set[asyncio.Task[None]] = set()
 
 
 def raft_id(broker_id: int) -> int:
@@ -129,13 +119,6 @@ class ReplicatedPartition:
         self.closed = False
         self.producers: dict[int, ProducerState] = {}
         self._in_flight: dict[int, list[_InFlight]] = {}
-        # raft index -> base offset of recently applied data entries (answers producers).
-        self._recent: collections.OrderedDict[int, int] = collections.OrderedDict()
-        global _warned_unsafe
-        if UNSAFE_EARLY_ACK and not _warned_unsafe:
-            _warned_unsafe = True
-            log.warning("RILLET_TEST_UNSAFE_EARLY_ACK=1: THIS NODE ACKNOWLEDGES WRITES BEFORE "
-                        "A MAJORITY HAS THEM AND WILL LOSE ACKNOWLEDGED DATA; test use only")
 
     @property
     def name(self) -> str:
@@ -147,19 +130,20 @@ class ReplicatedPartition:
 
     # -- the state machine --------------------------------------------------------------------
 
-    def apply(self, entries: list[Entry]) -> None:
-        """Committed entries, in order: advance the high watermark, record producers."""
-        recent = self._recent
+    def apply(self, entries: list[Entry]) -> list[int | None]:
+        """Committed entries, in order: advance the high watermark, record producers. Each
+        entry's result is the base offset of its batch (None for a no-op or a membership
+        change): the proposing producer is answered with it."""
+        results: list[int | None] = []
         for e in entries:
             self.applied_term = e.term
             if e.kind != EntryKind.NORMAL or not e.data:
-                continue  # a leader's no-op or a membership change: no records
+                results.append(None)  # a leader's no-op or a membership change: no records
+                continue
             h = parse_header(e.data)
             base = self.next_offset
             self.next_offset = base + h.record_count
-            recent[e.index] = base
-            if len(recent) > _RECENT_INDEXES:
-                recent.popitem(last=False)
+            results.append(base)
             if h.producer_id >= 0:
                 st = self.producers.get(h.producer_id)
                 if st is None or st.epoch != h.producer_epoch:
@@ -169,6 +153,7 @@ class ReplicatedPartition:
         if self.next_offset != self.high_watermark:
             self.high_watermark = self.next_offset
             self._on_advance()
+        return results
 
     def restore(self, snapshot: Snapshot) -> None:
         """The leader sent its log start: the log restarts at the record offset it carries.
@@ -176,7 +161,6 @@ class ReplicatedPartition:
         (next_offset,) = _NEXT_OFFSET.unpack(snapshot.data)
         self.next_offset = self.high_watermark = next_offset
         self.producers.clear()
-        self._recent.clear()
         self.applied_term = snapshot.meta.term
         self._on_advance()
 
@@ -228,7 +212,7 @@ class ReplicatedPartition:
             if dup is not None:
                 return dup, now_ms
         try:
-            index_future = self.driver.propose(self.group_id, batch)
+            applied = self.driver.propose(self.group_id, batch)
         except RaftNotLeaderError as exc:
             raise NotLeaderError(f"partition {self.name}: {exc}") from exc
         except ProposalDroppedError as exc:
@@ -236,12 +220,7 @@ class ReplicatedPartition:
         except raft_driver.DriverError as exc:
             raise UnavailableError(f"partition {self.name}: {exc}") from exc
         out: asyncio.Future[int] = loop.create_future()
-        index_future.add_done_callback(lambda f: self._settle(f, out))
-        if UNSAFE_EARLY_ACK:
-            core = self.driver.core(self.group_id)
-            task = loop.create_task(self._ack_when_appended(core.log.last_index(), core.term, out))
-            _unsafe_acks.add(task)
-            task.add_done_callback(_unsafe_acks.discard)
+        applied.add_done_callback(lambda f: self._settle(f, out))
         if pid >= 0:
             self._in_flight.setdefault(pid, []).append(
                 _InFlight(h.base_sequence, h.record_count, out))
@@ -285,35 +264,18 @@ class ReplicatedPartition:
         if not flights:
             del self._in_flight[pid]
 
-    def _settle(self, index_future: asyncio.Future[int], out: asyncio.Future[int]) -> None:
+    def _settle(self, applied: asyncio.Future[int], out: asyncio.Future[int]) -> None:
+        """Answer the producer: the base offset apply() gave the batch, or what failed."""
         if out.done():
             return
-        exc = index_future.exception() if not index_future.cancelled() else None
-        if index_future.cancelled():
+        if applied.cancelled():
             out.cancel()
             return
+        exc = applied.exception()
         if exc is not None:
             out.set_exception(_broker_error(self.name, exc))
             return
-        index = index_future.result()
-        base = self._recent.get(index)
-        if base is None:
-            base = self._base_offset_from_log(index)
-        out.set_result(base)
-
-    async def _ack_when_appended(self, index: int, term: int, out: asyncio.Future[int]) -> None:
-        """The planted bug (UNSAFE_EARLY_ACK): resolve `out` as soon as entry `index` of `term`
-        is in this leader's log, without waiting for the commit. Polls: test-only code."""
-        while not out.done() and not self.closed:
-            if self.rlog.last_index() >= index:
-                if self.rlog.term(index) == term:
-                    out.set_result(self._base_offset_from_log(index))
-                return  # overwritten: the normal path answers
-            await asyncio.sleep(0.001)
-
-    def _base_offset_from_log(self, index: int) -> int:
-        batches = self.log.read_raft(index, index + 1, 0)
-        return parse_header(batches[0]).base_offset
+        out.set_result(applied.result())
 
     # -- closing --------------------------------------------------------------------------------
 

@@ -10,15 +10,22 @@ and hands all its work back as a ``Ready``:
 
 The apply-path contract
 -----------------------
-When ``has_ready()`` is true, the caller takes ``rd = ready()`` and then, in this order:
+When ``has_ready()`` is true, the caller takes ``rd = ready()`` and then, in this order
+(``types.Ready`` says why each step may come where it does):
 
-1. persists ``rd.snapshot`` (if set), then ``rd.entries``, then ``rd.hard_state`` (if set),
-   and fsyncs first when ``rd.must_sync``;
-2. sends ``rd.messages`` (only now: a vote or an append acknowledgement promises the state
-   above is durable; this is how term and vote reach disk before any reply that depends on
-   them);
+1. sends ``rd.messages``: those that promise nothing about this node's disk (a leader's
+   appends and heartbeats in a term and vote already durable) may leave before the write;
+2. persists ``rd.snapshot`` (if set), then ``rd.entries``, then ``rd.hard_state`` (if set);
 3. applies ``rd.committed_entries`` in order (restoring ``rd.snapshot.data`` first if set);
-4. calls ``advance(rd)``.
+   they are on a majority's disks, so this need not wait for this node's fsync;
+4. fsyncs the writes of step 2 when ``rd.must_sync``;
+5. sends ``rd.persisted_messages`` (only now: a vote or an append acknowledgement promises
+   the state above is durable; this is how term and vote reach disk before any reply that
+   depends on them);
+6. calls ``advance(rd)``.
+
+The core decides which message is which (``ready``), so every caller (the asyncio driver, the
+simulator) runs the same order without judging messages by type and role itself.
 
 The core enforces the part it can see, in one place (``ready``/``advance``): a second
 ``ready()`` before ``advance()`` raises, ``advance()`` only accepts the Ready just handed out,
@@ -89,6 +96,8 @@ from .types import (
 _LEADER_MESSAGES = (MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPSHOT)
 _VOTE_REQUESTS = (MessageType.VOTE, MessageType.PRE_VOTE)
 _RESPONSES = (MessageType.APPEND_RESP, MessageType.HEARTBEAT_RESP)
+# What a leader may send before its own write of the same Ready (``_split_messages``).
+_EARLY_TYPES = frozenset((MessageType.APPEND, MessageType.HEARTBEAT))
 
 QUIESCE_IDLE_HEARTBEATS = 2
 """A leader quiesces at the heartbeat where its group has been idle (see ``Config.quiesce``)
@@ -353,25 +362,43 @@ class RaftCore:
         snapshot = self.log.unstable.snapshot
         entries = list(self.log.unstable.entries)
         hard_changed = hard != self.prev_hard_state
+        # The term and vote are durable unless this Ready changes them.
+        vote_kept = (hard.term, hard.vote) == (self.prev_hard_state.term,
+                                               self.prev_hard_state.vote)
+        early, persisted = self._split_messages(self.msgs, vote_kept)
         rd = Ready(
             soft_state=soft if soft != self.prev_soft_state else None,
             hard_state=hard if hard_changed else None,
             entries=entries,
             snapshot=snapshot,
-            messages=self.msgs,
+            messages=early,
             committed_entries=self.log.next_committed_entries(
                 self.config.max_committed_bytes_per_ready),
             # The commit index alone need not be synced (it can be re-learned); the term, the
             # vote and the log must be, before any message that promises them goes out.
-            must_sync=bool(entries) or snapshot is not None or (
-                hard_changed and (hard.term != self.prev_hard_state.term
-                                  or hard.vote != self.prev_hard_state.vote)),
+            must_sync=bool(entries) or snapshot is not None or not vote_kept,
+            persisted_messages=persisted,
         )
         self.msgs = []
         self.prev_soft_state = soft
         self.prev_hard_state = hard
         self._outstanding = rd
         return rd
+
+    def _split_messages(self, msgs: list[Message], vote_kept: bool
+                        ) -> tuple[list[Message], list[Message]]:
+        """(may leave before the write, must wait for it). Only a leader whose term and vote
+        are already durable sends early, and only appends and heartbeats: they promise nothing
+        about its own disk (it counts its own entries for commitment only after ``advance``).
+        A Ready that changes term or vote sends nothing early: entries of a term this node
+        might forget in a crash must never reach another node."""
+        if not msgs or self._role != Role.LEADER or not vote_kept:
+            return [], msgs
+        early: list[Message] = []
+        persisted: list[Message] = []
+        for m in msgs:
+            (early if m.type in _EARLY_TYPES else persisted).append(m)
+        return early, persisted
 
     def advance(self, rd: Ready) -> None:
         """The caller persisted, sent and applied ``rd``: record that, switch membership for

@@ -285,15 +285,24 @@ class SoftState:
 class Ready:
     """A batch of work the core hands to its caller. Act on it in this order:
 
-    1. Persist ``snapshot`` (if set), then ``entries``, then ``hard_state`` (if set); fsync
-       first when ``must_sync``. ``entries`` are appended to stable storage; when
-       ``entries[0].index`` is at or below the storage's last index, the storage first drops
-       everything from that index on (a new leader overwrote an uncommitted suffix).
-    2. Send ``messages``. Only now: a vote or an append acknowledgement promises that the
-       state above is durable.
+    1. Send ``messages`` at once, before anything else: none of them promises anything about
+       this node's disk. They are a leader's APPENDs and HEARTBEATs in a term and vote already
+       durable (the leader writes its log in parallel with its followers, Raft thesis 10.2.1:
+       the core counts its own entries for commitment only after ``advance`` confirmed them
+       persisted).
+    2. Persist ``snapshot`` (if set), then ``entries``, then ``hard_state`` (if set).
+       ``entries`` are appended to stable storage; when ``entries[0].index`` is at or below the
+       storage's last index, the storage first drops everything from that index on (a new
+       leader overwrote an uncommitted suffix). These writes may be staged (visible to reads,
+       not yet durable) until step 4.
     3. Apply ``committed_entries`` in order (after restoring ``snapshot.data`` if set). They
-       are committed, so they are never rolled back.
-    4. Call ``RaftCore.advance(ready)`` with this very object.
+       may be applied before step 4: each is on a majority's disks already (members
+       acknowledge after their sync, the leader counts itself after its own) and is in this
+       node's staged log, and committed entries are never rolled back.
+    4. When ``must_sync``, make the writes of step 2 durable (fsync).
+    5. Send ``persisted_messages``. Only now: a vote or an append acknowledgement promises
+       that the state of step 2 is durable.
+    6. Call ``RaftCore.advance(ready)`` with this very object.
 
     ``soft_state`` and ``hard_state`` are None when unchanged since the previous Ready.
     The lists belong to the caller once handed out; the core keeps no reference to them.
@@ -306,15 +315,21 @@ class Ready:
     messages: list[Message] = field(default_factory=list)
     committed_entries: list[Entry] = field(default_factory=list)
     must_sync: bool = False
+    persisted_messages: list[Message] = field(default_factory=list)
+
+    def all_messages(self) -> list[Message]:
+        """Both kinds of message, those that may leave at once first."""
+        return self.messages + self.persisted_messages
 
     def is_empty(self) -> bool:
         """True when there is nothing to persist, send or apply."""
         return (self.soft_state is None and self.hard_state is None and not self.entries
-                and self.snapshot is None and not self.messages and not self.committed_entries)
+                and self.snapshot is None and not self.messages
+                and not self.persisted_messages and not self.committed_entries)
 
     def describe(self) -> str:
         """One line: ``Ready soft=(..) hard=(..) entries=[..] snapshot=.. msgs=[..]
-        committed=[..] sync``; empty parts are left out."""
+        committed=[..] sync persisted_msgs=[..]``; empty parts are left out."""
         parts = ["Ready"]
         if self.soft_state is not None:
             parts.append(f"soft=({self.soft_state.describe()})")
@@ -331,4 +346,7 @@ class Ready:
                          + ", ".join(e.describe() for e in self.committed_entries) + "]")
         if self.must_sync:
             parts.append("sync")
+        if self.persisted_messages:
+            parts.append("persisted_msgs=["
+                         + "; ".join(m.describe() for m in self.persisted_messages) + "]")
         return " ".join(parts)

@@ -36,7 +36,7 @@ PLANTED_KINDS = ("freeze-followers-kill-leader", "kill-leader")
 @click.option("--faults", "kinds", default="",
               help="Comma-separated fault kinds to draw from [default: every one-node kind].")
 @click.option("--plant-early-ack", is_flag=True,
-              help="Start the nodes with the planted bug (RILLET_TEST_UNSAFE_EARLY_ACK=1: "
+              help="Start the nodes with the planted bug (rillet.chaos.planted: "
               "acks=all answered before the majority has the record) to see the checker "
               "catch it; the faults default to freeze-followers-kill-leader and kill-leader, "
               "and no progress after the heal is not an error.")

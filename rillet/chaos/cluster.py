@@ -102,10 +102,14 @@ class ChaosCluster:
     """Start, kill -9, SIGSTOP/SIGCONT, SIGTERM and restart nodes by PID; ask who leads."""
 
     def __init__(self, run_dir: Path, nodes: int = 3, *, env: Mapping[str, str] | None = None,
-                 node_env: Mapping[int, Mapping[str, str]] | None = None) -> None:
+                 node_env: Mapping[int, Mapping[str, str]] | None = None,
+                 module: str = "rillet.node") -> None:
+        """`module` is what the nodes run (`python -m`): rillet.node, or rillet.chaos.planted
+        for the planted bug."""
         if not 1 <= nodes <= 9:
             raise ValueError("1 to 9 nodes")
         self.run_dir = run_dir
+        self.module = module
         run_dir.mkdir(parents=True, exist_ok=True)
         hosts = [f"127.0.0.{i + 1}" for i in range(nodes)]
         self.addresses = [f"{h}:{free_port(h)}" for h in hosts]
@@ -134,7 +138,7 @@ class ChaosCluster:
     def _spawn(self, node: Node) -> None:
         assert not node.running, f"node {node.node_id} is already running"
         node.data_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "rillet.node", "--node-id", str(node.node_id),
+        cmd = [sys.executable, "-m", self.module, "--node-id", str(node.node_id),
                "--listen", node.address, "--data-dir", str(node.data_dir),
                "--peers", self.peers]
         env = {k: v for k, v in os.environ.items() if not k.startswith("RILLET_")}

@@ -47,7 +47,6 @@ TOPIC = "chaos"
 RECOVERY_TIMEOUT_S = 45.0
 WORKLOAD_STOP_TIMEOUT_S = 30.0
 FINAL_READ_TIMEOUT_S = 60.0
-PLANTED_BUG_ENV = {"RILLET_TEST_UNSAFE_EARLY_ACK": "1"}
 
 
 @dataclass
@@ -132,8 +131,8 @@ async def run_schedule(seed: int, duration_s: float, workdir: Path, *, nodes: in
     run_dir.mkdir(parents=True, exist_ok=True)
     log.info("%s", schedule.describe())
     rng = schedule.choices_rng()
-    env = dict(PLANTED_BUG_ENV) if plant_early_ack else {}
-    cluster = ChaosCluster(run_dir, nodes, env=env)
+    cluster = ChaosCluster(run_dir, nodes,
+                           module="rillet.chaos.planted" if plant_early_ack else "rillet.node")
     history = History(meta={"seed": seed, "topic": TOPIC, "partitions": partitions,
                             "nodes": nodes, "planted_early_ack": plant_early_ack,
                             "schedule": schedule.to_dict()})

@@ -52,8 +52,9 @@ class BrokerProcess:
 
     def __init__(self, data_dir: Path, port: int, *, node_id: int = 0,
                  extra_args: Sequence[str] = (), env: dict[str, str] | None = None,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", module: str = "rillet.node") -> None:
         self.data_dir = data_dir
+        self.module = module  # what `python -m` runs: rillet.node, or rillet.chaos.planted
         self.host = host
         self.port = port
         self.node_id = node_id
@@ -77,7 +78,7 @@ class BrokerProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "rillet.node", "--node-id", str(self.node_id),
+        return [sys.executable, "-m", self.module, "--node-id", str(self.node_id),
                 "--listen", self.address, "--data-dir", str(self.data_dir), *self.extra_args]
 
     def log_text(self) -> str:
@@ -389,14 +390,16 @@ ClusterFactory = Callable[..., Awaitable[Cluster]]
 def cluster_factory(tmp_path: Path) -> Iterator[ClusterFactory]:
     """`await cluster_factory(3, env={...}, node_env={0: {...}}, extra_args=[...])`.
 
-    `env` goes to every node (default FAST_RAFT_ENV), `node_env[i]` adds to node i's. Nodes
+    `env` goes to every node (default FAST_RAFT_ENV), `node_env[i]` adds to node i's;
+    `module` is what the nodes run (`python -m`; rillet.chaos.planted: the planted bug). Nodes
     listen on 127.0.0.(i+1) at a free port. Returns once every node lists all brokers.
     """
     clusters: list[Cluster] = []
 
     async def make(n: int = 3, *, env: Mapping[str, str] | None = None,
              node_env: Mapping[int, Mapping[str, str]] | None = None,
-             extra_args: Sequence[str] = (), start: bool = True) -> Cluster:
+             extra_args: Sequence[str] = (), start: bool = True,
+             module: str = "rillet.node") -> Cluster:
         base_env = dict(FAST_RAFT_ENV if env is None else env)
         hosts = [f"127.0.0.{i + 1}" for i in range(n)]
         ports = [free_port(h) for h in hosts]
@@ -404,7 +407,8 @@ def cluster_factory(tmp_path: Path) -> Iterator[ClusterFactory]:
                                                                       strict=True)))
         nodes = [BrokerProcess(tmp_path / f"c{len(clusters)}-node-{i}", ports[i], node_id=i,
                                host=hosts[i], extra_args=[*extra_args, "--peers", peers],
-                               env={**base_env, **((node_env or {}).get(i, {}))})
+                               env={**base_env, **((node_env or {}).get(i, {}))},
+                               module=module)
                  for i in range(n)]
         cluster = Cluster(nodes)
         clusters.append(cluster)

@@ -2,7 +2,7 @@
 
 1. A few seconds of workload on one broker, no faults, a final read: the checker must find
    nothing, every write acknowledged and read back.
-2. The planted bug (RILLET_TEST_UNSAFE_EARLY_ACK=1) on a 3-node cluster: with both followers
+2. The planted bug (nodes run by rillet.chaos.planted) on a 3-node cluster: with both followers
    killed the leader still acknowledges an acks=all write (it has no majority); kill -9 that
    leader, bring the followers back, and the write is gone. The checker must call it lost.
    (Helper E's harness runs the same with the full workload under a fault schedule.)
@@ -19,10 +19,11 @@ import pytest
 
 from rillet.chaos.checker import check
 from rillet.chaos.history import History, Op
+from rillet.chaos.planted import WARNING
 from rillet.chaos.timeline import render_svg
 from rillet.chaos.workload import final_read, run_workload
 from rillet.client import Admin, Producer
-from tests.integration.conftest import FAST_RAFT_ENV, BrokerProcess, Cluster, ClusterFactory
+from tests.integration.conftest import BrokerProcess, Cluster, ClusterFactory
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -71,8 +72,7 @@ async def _leader(cluster: Cluster, topic: str) -> int:
 @pytest.mark.chaos
 async def test_planted_early_ack_loses_an_acknowledged_write(
         cluster_factory: ClusterFactory) -> None:
-    cluster = await cluster_factory(
-        3, env={**FAST_RAFT_ENV, "RILLET_TEST_UNSAFE_EARLY_ACK": "1"})
+    cluster = await cluster_factory(3, module="rillet.chaos.planted")
     await cluster.create_topic("planted", partitions=1, replication_factor=3)
     leader = await _leader(cluster, "planted")
     followers = [n for n in cluster.nodes if n.node_id != leader]
@@ -113,4 +113,4 @@ async def test_planted_early_ack_loses_an_acknowledged_write(
     assert not report.ok
     assert report.violations == ["lost"], report.to_json()
     assert report.partitions[0].lost_values == ["0-1"]
-    assert "RILLET_TEST_UNSAFE_EARLY_ACK=1" in cluster.node(leader).log_text()
+    assert WARNING in cluster.node(leader).log_text()

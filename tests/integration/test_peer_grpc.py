@@ -33,8 +33,9 @@ class Machine:
     def __init__(self) -> None:
         self.applied: list[Entry] = []
 
-    def apply(self, entries: list[Entry]) -> None:
+    def apply(self, entries: list[Entry]) -> list[int]:
         self.applied.extend(entries)
+        return [e.index for e in entries]  # each proposal resolves with its index
 
     def restore(self, snapshot: Snapshot) -> None:
         raise AssertionError("no snapshot expected")

@@ -1,17 +1,19 @@
-"""One simulated node: the real core plus the Ready handling a driver does, run synchronously.
+"""One simulated node: the real core plus the very round the driver runs, called synchronously.
 
-The Ready contract (types.Ready) is followed step by step, with the fsync as its own scheduled
-event so that time passes between writing and sending:
+Each Ready is carried out by ``rillet.cluster.rounds.Round``, the code the asyncio driver runs
+for every round, with the fsync as its own scheduled event so that time passes between writing
+and the second half:
 
-1. write snapshot, entries, hard state to the disk (pending);
+1. ``Round.start()``: send what may leave at once, write snapshot, entries, hard state to the
+   disk (pending), apply the committed entries and settle the proposals they decide;
 2. when `must_sync`, wait for an fsync event; only then
-3. send the messages, 4. apply the committed entries, 5. `advance(ready)`.
+3. ``Round.finish()``: send what waited for the sync, `advance(ready)`.
 
-While a Ready is between steps 1 and 5 the core keeps ticking and stepping (as a real driver's
+While a Ready is between steps 1 and 3 the core keeps ticking and stepping (as a real driver's
 core does while the disk works); the next Ready is taken only after `advance`.
 
-`SEND_BEFORE_FSYNC` exists only for the planted bug "reply before persisting": a subclass
-flips it to send a Ready's messages at step 1.
+Planted bugs of the round are Round subclasses (``planted.py``), set as a node class's
+``round_type``: the simulator never has an order of its own to get wrong.
 """
 
 from __future__ import annotations
@@ -19,12 +21,22 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from rillet.cluster.raft.liveness import PeerLiveness
 from rillet.cluster.raft.storage import Storage
-from rillet.cluster.raft.types import ConfState, Entry, HardState, Message, Ready, Role
+from rillet.cluster.raft.types import (
+    ConfState,
+    Entry,
+    HardState,
+    Message,
+    Ready,
+    Role,
+    Snapshot,
+)
+from rillet.cluster.rounds import Outbox, Proposal, RaftGroup, Round
 
 from .disk import SimDisk
 from .invariants import Invariants, InvariantViolation
@@ -43,6 +55,7 @@ def decode_state(data: bytes) -> list[bytes]:
 
 
 READY_LOOPS_MAX = 64  # Readies one event drains; the rest continue in a follow-up event
+GROUP_ID = 1  # the one Raft group a simulated node runs
 
 
 @dataclass(frozen=True)
@@ -127,10 +140,89 @@ class NodeStats:
     quiesces: int = 0  # times the core went quiet (on a tick as leader, on a step otherwise)
 
 
+class SimLog:
+    """The node's disk as the round's ``DurableLog``: reads from the disk's storage, writes
+    as disk records with the checker told at once (log matching, committed entries). With an
+    atomic-snapshot disk a Ready's snapshot is held and written in one record with what
+    follows it (``flush`` writes whatever is still held)."""
+
+    def __init__(self, node: SimNode) -> None:
+        self._node = node
+        self._snapshot: Snapshot | None = None
+        self._entries: list[Entry] = []
+
+    def __getattr__(self, name: str) -> Any:  # the read side: the disk's MemoryStorage
+        return getattr(self._node.disk.storage, name)
+
+    def apply_snapshot(self, snapshot: Snapshot) -> None:
+        if self._node.disk.atomic_snapshot and not snapshot.is_empty():
+            self._snapshot = snapshot
+        else:
+            self._write(snapshot, [], None)
+
+    def append(self, entries: list[Entry]) -> None:
+        if self._snapshot is not None:
+            self._entries = list(entries)  # written with the snapshot, see flush()
+        else:
+            self._write(None, entries, None)
+
+    def set_hard_state(self, hard_state: HardState) -> None:
+        snapshot, entries = self._snapshot, self._entries
+        self._snapshot, self._entries = None, []
+        self._write(snapshot, entries, hard_state)
+
+    def flush(self) -> None:
+        if self._snapshot is not None:
+            snapshot, entries = self._snapshot, self._entries
+            self._snapshot, self._entries = None, []
+            self._write(snapshot, entries, None)
+
+    def _write(self, snapshot: Snapshot | None, entries: list[Entry],
+               hard_state: HardState | None) -> None:
+        node = self._node
+        node.disk.write(snapshot=snapshot, entries=entries, hard_state=hard_state)
+        checker = node._hooks.checker
+        if entries:
+            checker.on_write(node, entries)
+        if hard_state is not None:
+            node._written_hard = hard_state
+            checker.on_committed(node, hard_state.commit)
+
+
+class SimMachine:
+    """The node's state machine as the round's ``StateMachine``: applied values in order,
+    each apply checked against the committed history; an entry's result is its index."""
+
+    def __init__(self, node: SimNode) -> None:
+        self._node = node
+
+    def apply(self, entries: list[Entry]) -> list[int]:
+        node = self._node
+        for entry in entries:
+            if entry.index <= node.applied_index:
+                raise InvariantViolation(f"n{node.node_id} was handed {entry.describe()} to "
+                                         f"apply again (applied up to {node.applied_index})")
+            node._hooks.checker.on_apply(node.node_id, node.incarnation, entry)
+            node.applied_index = entry.index
+            node.stats.applied += 1
+            node._hooks.applied(node, entry)
+        return [e.index for e in entries]
+
+    def restore(self, snapshot: Snapshot) -> None:
+        if snapshot.is_empty():
+            return
+        node = self._node
+        node.applied_index = snapshot.meta.index
+        node.state = decode_state(snapshot.data)
+        node._hooks.checker.on_snapshot_restore(node.node_id, node.incarnation,
+                                                node.applied_index, node.state)
+
+
 class SimNode:
     """A node's life across crashes: the disk persists, the core and state machine do not."""
 
-    SEND_BEFORE_FSYNC = False
+    round_type: type[Round] = Round
+    """The round every Ready goes through: production's; planted bugs subclass it."""
 
     def __init__(self, node_id: int, disk: SimDisk, scheduler: Scheduler,
                  factory: CoreFactory, hooks: NodeHooks, timing: NodeTiming,
@@ -146,10 +238,12 @@ class SimNode:
         self._disk_rng = disk_rng
         self._core_rng = core_rng
         self.core: Core | None = None
+        self.group: RaftGroup | None = None
         self.incarnation = 0
         self.applied_index = 0  # the state machine's last applied index (volatile)
         self.state: list[bytes] = []  # the state machine: applied NORMAL data, in order
         self._inflight: Ready | None = None
+        self._round: Round | None = None
         self._written_hard = HardState()
         self.stats = NodeStats()
         self.logger = logging.getLogger(f"tests.sim.core.n{node_id}")
@@ -199,7 +293,10 @@ class SimNode:
         self._hooks.checker.on_snapshot_restore(self.node_id, self.incarnation,
                                                 self.applied_index, self.state)
         self.core = self._factory(self.node_id, self.disk.storage, self._core_rng, self.logger)
+        self.group = RaftGroup(GROUP_ID, self.core, SimLog(self),  # type: ignore[arg-type]
+                               SimMachine(self))
         self._inflight = None
+        self._round = None
         ticks = self._timing.liveness_ticks
         self.liveness = PeerLiveness(ticks, max(1, ticks // 4)) if ticks else None
         first = self._tick_rng.randrange(self._timing.tick_ms)
@@ -210,7 +307,9 @@ class SimNode:
         """Stop now: the core and state machine are gone, unsynced writes (mostly) too."""
         assert self.core is not None, f"n{self.node_id} crashed while down"
         self.core = None
+        self.group = None  # its waiting proposals die with it, unanswered (outcome unknown)
         self._inflight = None
+        self._round = None
         self.stats.crashes += 1
         report = self.disk.crash(self._hooks.crash_rng, self._hooks.torn_probability)
         self._hooks.checker.observe(self)
@@ -278,13 +377,19 @@ class SimNode:
         self._hooks.checker.observe(self)
         self._process()
 
-    def propose(self, data: bytes) -> int:
-        """Propose on this node's core (raises the core's errors, e.g. NotLeaderError)."""
-        assert self.core is not None
+    def propose(self, data: bytes) -> tuple[int, Future[Any]]:
+        """Propose on this node's core (raises the core's errors, e.g. NotLeaderError); the
+        entry's index and the future the round settles, as the driver's ``propose`` does."""
+        assert self.core is not None and self.group is not None
+        group = self.group
         index = self.core.propose(data)
+        if group.pending and group.pending[-1].term != self.core.term:
+            group.fail_deposed()  # keep the queue ordered by (term, index)
+        future: Future[Any] = Future()
+        group.pending.append(Proposal(index, self.core.term, future))
         self._hooks.checker.observe(self)
         self._process()
-        return index
+        return index, future
 
     def poke(self) -> None:
         """Check and run Ready handling after something called the core directly."""
@@ -298,22 +403,17 @@ class SimNode:
             core = self.core
             if core is None or self._inflight is not None or not core.has_ready():
                 return
+            assert self.group is not None
             rd = core.ready()
             self.stats.readies += 1
             self._inflight = rd
             self._check_must_sync(rd)
-            self.disk.write(snapshot=rd.snapshot, entries=rd.entries, hard_state=rd.hard_state)
-            if rd.hard_state is not None:
-                self._written_hard = rd.hard_state
-            checker = self._hooks.checker
-            checker.on_write(self, rd.entries)
-            if rd.hard_state is not None:
-                checker.on_committed(self, rd.hard_state.commit)
+            rnd = self._round = self.round_type([(self.group, rd)], self._send)
+            to_sync = rnd.start()
+            self.group.log.flush()  # type: ignore[attr-defined]
             if core.role == Role.LEADER:
-                checker.on_leader_log_current(self)
-            if self.SEND_BEFORE_FSYNC:
-                self._send(rd)
-            if rd.must_sync:
+                self._hooks.checker.on_leader_log_current(self)
+            if to_sync:
                 self._schedule_fsync(rd)
                 return
             self._finish(rd)
@@ -353,33 +453,21 @@ class SimNode:
 
         self._scheduler.schedule(delay, "fsync", fsync, node=self.node_id)
 
-    def _send(self, rd: Ready) -> None:
+    def _send(self, out: Outbox) -> None:
         live = self.liveness
-        for msg in rd.messages:
-            self._hooks.send(self.node_id, msg.to, msg)
+        for peer, batch in out.items():
+            for _group, msg in batch:
+                self._hooks.send(self.node_id, peer, msg)
             if live is not None:
-                live.sent(msg.to)
+                live.sent(peer)
 
     def _finish(self, rd: Ready) -> None:
         core = self.core
-        assert core is not None
-        if not self.SEND_BEFORE_FSYNC:
-            self._send(rd)
-        if rd.snapshot is not None and not rd.snapshot.is_empty():
-            self.applied_index = rd.snapshot.meta.index
-            self.state = decode_state(rd.snapshot.data)
-            self._hooks.checker.on_snapshot_restore(self.node_id, self.incarnation,
-                                                    self.applied_index, self.state)
-        for entry in rd.committed_entries:
-            if entry.index <= self.applied_index:
-                raise InvariantViolation(f"n{self.node_id} was handed {entry.describe()} to "
-                                         f"apply again (applied up to {self.applied_index})")
-            self._hooks.checker.on_apply(self.node_id, self.incarnation, entry)
-            self.applied_index = entry.index
-            self.stats.applied += 1
-            self._hooks.applied(self, entry)
-        core.advance(rd)
+        rnd = self._round
+        assert core is not None and rnd is not None and rnd.work[0][1] is rd
+        rnd.finish()
         self._inflight = None
+        self._round = None
         self._hooks.checker.observe(self)
         self._maybe_compact(core)
 

@@ -4,9 +4,17 @@ Each one is a real mistake a Raft implementation (or its driver) makes, reduced 
 smallest override. test_sim.py asserts the simulator catches every one of them on the default
 seeds; if one ever survives, the simulator has gone blind somewhere.
 
-- `reply_before_persist`: the DRIVER sends a Ready's messages before its fsync (a vote or an
-  append acknowledgement promises state that a crash can still take away). This is a node
-  variant, not a core variant, because the Ready contract puts that ordering in the driver.
+- `reply_before_persist`: the ROUND sends a Ready's persisted messages with the ones that
+  may leave at once, before its fsync (a vote or an append acknowledgement promises state that
+  a crash can still take away).
+- `ack_before_commit`: the ROUND answers a leader's proposals once the leader has the entry
+  on its own disk, before a majority has it (what the chaos runs plant in real nodes,
+  rillet.chaos.planted).
+- `apply_uncommitted`: the ROUND applies the entries a Ready hands out to persist, before
+  they are committed.
+
+The round bugs are subclasses of rillet.cluster.rounds.Round overriding one step; a node
+class runs them (`round_type`), exactly where production runs the real round.
 - `vote_without_log_check`: a core that grants votes without Raft §5.4.1's "candidate's log
   is at least as up to date" check (overrides `handle_vote_request` only).
 - `commit_previous_term`: a core whose leader commits any entry a majority holds, also one of
@@ -22,16 +30,67 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from rillet.cluster.raft.types import Role
+from rillet.cluster.rounds import Round, settle, settle_snapshot
+
 from .node import SimNode
 from .options import Options
 from .seeds import derive
 from .simulation import Simulation, core_factory, default_core_factory
 
 
-class SendBeforeFsyncNode(SimNode):
-    """Planted bug: messages leave before the Ready's writes are durable."""
+class SendBeforeFsyncRound(Round):
+    """Planted bug: every message leaves before the Ready's writes are durable."""
 
-    SEND_BEFORE_FSYNC = True
+    def send_early(self) -> None:
+        self._send_outbox([(group, rd.all_messages()) for group, rd in self.work])
+
+    def send_persisted(self) -> None:
+        pass
+
+
+class AckBeforeCommitRound(Round):
+    """Planted bug: a leader answers its proposals once its own write of the entry is
+    durable, without waiting for a majority (the answer a future resolves with is the
+    entry's index, as the simulated state machine's apply returns)."""
+
+    def send_persisted(self) -> None:
+        super().send_persisted()
+        for group, rd in self.work:
+            if not rd.entries or group.core.role != Role.LEADER:
+                continue
+            last = rd.entries[-1].index
+            for p in group.pending:
+                if p.index > last:
+                    break
+                if not p.future.done():
+                    p.future.set_result(p.index)
+
+
+class ApplyUncommittedRound(Round):
+    """Planted bug: the entries a Ready hands out to persist are applied at once, as if
+    committed (a driver that applies its log instead of its committed entries)."""
+
+    def apply(self) -> None:
+        for group, rd in self.work:
+            if rd.snapshot is not None:
+                group.machine.restore(rd.snapshot)
+                settle_snapshot(group, rd.snapshot)
+            done = rd.committed_entries[-1].index if rd.committed_entries else 0
+            entries = rd.committed_entries + [e for e in rd.entries if e.index > done]
+            if entries:
+                settle(group, entries, group.machine.apply(entries))
+
+
+def _node_with(round_type: type[Round]) -> type[SimNode]:
+    return type(f"{round_type.__name__}Node", (SimNode,), {"round_type": round_type})
+
+
+ROUND_BUGS: dict[str, type[Round]] = {
+    "reply_before_persist": SendBeforeFsyncRound,
+    "ack_before_commit": AckBeforeCommitRound,
+    "apply_uncommitted": ApplyUncommittedRound,
+}
 
 
 def _planted_cores() -> dict[str, type]:
@@ -95,7 +154,9 @@ def _planted_cores() -> dict[str, type]:
 
 
 BUGS: dict[str, str] = {
-    "reply_before_persist": "node sends a Ready's messages before fsyncing its writes",
+    "reply_before_persist": "the round sends votes and acknowledgements before its fsync",
+    "ack_before_commit": "the round answers a leader's proposal before a majority has it",
+    "apply_uncommitted": "the round applies entries before they are committed",
     "vote_without_log_check": "votes granted without the log up-to-date check",
     "commit_previous_term": "leader commits an earlier term's entry by counting replicas",
     "forget_vote": "the vote is never persisted",
@@ -110,10 +171,10 @@ def simulation_for(seed: int, bug: str | None = None, *, overrides: list[str] | 
     options = Options.swarm(seed, derive(seed, "options")).override(overrides)
     if bug is None:
         return Simulation(seed, options, overrides=overrides, verbose=verbose)
-    if bug == "reply_before_persist":
+    if bug in ROUND_BUGS:
         return Simulation(seed, options, core_factory=default_core_factory(options),
-                          node_class=SendBeforeFsyncNode, bug=bug, overrides=overrides,
-                          verbose=verbose)
+                          node_class=_node_with(ROUND_BUGS[bug]), bug=bug,
+                          overrides=overrides, verbose=verbose)
     cores = _planted_cores()
     if bug not in cores:
         raise ValueError(f"unknown planted bug {bug!r}; known: {sorted(BUGS)}")

@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 from rillet.cluster.raft import codec
 from rillet.cluster.raft.errors import NotLeaderError, RaftError
@@ -99,6 +101,7 @@ class Proposal:
     incarnation: int
     index: int
     acked: bool = False
+    failed: bool = False  # its future failed (leadership lost...): the outcome is unknown
 
 
 @dataclass
@@ -247,11 +250,6 @@ class Simulation:
     def _on_applied(self, node: SimNode, entry: Entry) -> None:
         if entry.kind == EntryKind.NORMAL and entry.data:
             node.state.append(entry.data)
-            proposal = self.proposals.get(entry.data)
-            if (proposal is not None and proposal.node == node.node_id
-                    and proposal.incarnation == node.incarnation
-                    and proposal.index == entry.index):
-                proposal.acked = True
         if entry.index == self._conf_applied + 1:
             self._conf_applied = entry.index
             if entry.kind == EntryKind.CONF_CHANGE:
@@ -375,9 +373,11 @@ class Simulation:
         return self.scheduler.now_ms - start_ms
 
     def _proposal_alive(self, proposal: Proposal) -> bool:
-        """A fresh proposal can still be acknowledged: its node still leads in the same life."""
+        """A fresh proposal can still be acknowledged: its future has not failed and its node
+        still leads in the same life."""
         node = self.nodes[proposal.node]
-        return proposal.acked or (node.up and node.incarnation == proposal.incarnation
+        return proposal.acked or (not proposal.failed and node.up
+                                  and node.incarnation == proposal.incarnation
                                   and node.role == Role.LEADER)
 
     def _try_fresh(self, leader: SimNode, fresh: list[Proposal]) -> None:
@@ -436,7 +436,7 @@ class Simulation:
         self._next_value += 1
         value = f"{tag}{self._next_value}".encode()
         try:
-            index = node.propose(value)
+            index, future = node.propose(value)
         except NotLeaderError:
             self.scheduler.note("propose-refused", node=node.node_id, subject="not leader")
             return None
@@ -445,9 +445,22 @@ class Simulation:
             return None
         proposal = Proposal(value, node.node_id, node.incarnation, index)
         self.proposals[value] = proposal
+        future.add_done_callback(lambda f: self._answered(proposal, f))
         self.scheduler.note("proposed", node=node.node_id,
                             subject=f"{value.decode()} at {index}")
         return proposal
+
+    def _answered(self, proposal: Proposal, future: Future[Any]) -> None:
+        """The round settled a proposal's future: acknowledged, or failed."""
+        if future.exception() is not None:
+            proposal.failed = True
+            self.scheduler.note("proposal-failed", node=proposal.node,
+                                subject=f"{proposal.value.decode()}: {future.exception()}")
+            return
+        if future.result() != proposal.index:
+            raise InvariantViolation(f"{proposal.value!r} proposed at {proposal.index} was "
+                                     f"answered with the result of entry {future.result()}")
+        proposal.acked = True
 
     def _schedule_membership(self) -> None:
         delay = int(self._workload_rng.expovariate(1.0 / 400.0))

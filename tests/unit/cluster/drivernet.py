@@ -27,8 +27,9 @@ class Machine:
         self.applied: list[Entry] = []
         self.restored: list[Snapshot] = []
 
-    def apply(self, entries: list[Entry]) -> None:
+    def apply(self, entries: list[Entry]) -> list[int]:
         self.applied.extend(entries)
+        return [e.index for e in entries]  # each proposal resolves with its index
 
     def restore(self, snapshot: Snapshot) -> None:
         self.restored.append(snapshot)

@@ -135,8 +135,8 @@ async def test_without_quiescence_every_group_ticks() -> None:
 
 
 class _NullMachine:
-    def apply(self, entries: list[Entry]) -> None:
-        pass
+    def apply(self, entries: list[Entry]) -> list[int]:
+        return [e.index for e in entries]
 
     def restore(self, snapshot: Snapshot) -> None:
         pass

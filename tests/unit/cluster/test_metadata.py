@@ -518,13 +518,13 @@ async def test_three_drivers_apply_the_same_commands_to_byte_identical_states() 
                      CommitGroupOffsets("g", 1, {("orders", 5): OffsetAndMetadata(42)}),
                      DeleteTopic("logs")]
         futures = [drivers[1].propose(0, encode_command(c)) for c in commands]
-        indexes = await asyncio.gather(*futures)
-        results = [machines[1].result(ix) for ix in indexes]
+        # Each future resolves with what the leader's machine returned for its entry.
+        results = await asyncio.gather(*futures)
         assert [r.ok if r else None for r in results] == [
             True, True, True, True, False, True, True, True, True]
         rejected = results[4]
         assert isinstance(rejected, Rejected) and rejected.code == RejectCode.TOPIC_EXISTS
-        last = indexes[-1]
+        last = machines[1].state.applied_index
         await wait_for(lambda: all(m.state.applied_index >= last for m in machines.values()),
                        "every node to apply the last command")
         snaps = {i: m.state.snapshot() for i, m in machines.items()}
@@ -541,14 +541,17 @@ async def test_three_drivers_apply_the_same_commands_to_byte_identical_states() 
 
 def test_machine_adapter_skips_non_commands_and_restores_snapshots() -> None:
     seen: list[Result] = []
-    m = MetadataMachine(keep_results=2, on_result=seen.append)
-    m.apply([Entry(1, 1), Entry(2, 1, EntryKind.NORMAL, encode_command(RegisterBroker(0, "a:1"))),
-             Entry(3, 1, EntryKind.CONF_CHANGE, b"\x00\x01"),
-             Entry(4, 1, EntryKind.NORMAL, encode_command(CreateTopic("t", 1, 1))),
-             Entry(5, 1, EntryKind.NORMAL, b"junk")])
+    m = MetadataMachine(on_result=seen.append)
+    results = m.apply([
+        Entry(1, 1), Entry(2, 1, EntryKind.NORMAL, encode_command(RegisterBroker(0, "a:1"))),
+        Entry(3, 1, EntryKind.CONF_CHANGE, b"\x00\x01"),
+        Entry(4, 1, EntryKind.NORMAL, encode_command(CreateTopic("t", 1, 1))),
+        Entry(5, 1, EntryKind.NORMAL, b"junk")])
     assert m.state.applied_index == 5
     assert [r.index for r in seen] == [2, 4, 5]
-    assert m.result(2) is None and m.result(4) is not None  # only the last 2 kept
+    # One result per entry, None for the no-op and the membership change.
+    assert [(r.index, r.ok) if r else None for r in results] == [
+        None, (2, True), None, (4, True), (5, False)]
     data = m.state.snapshot()
     other = MetadataMachine()
     other.restore(Snapshot(SnapshotMeta(index=5, term=1), data))

@@ -15,6 +15,7 @@ import pytest
 from rillet import batch
 from rillet.cluster.driver import RaftDriver
 from rillet.cluster.raft import Config, ConfState, Role
+from rillet.cluster.rounds import Round
 from rillet.cluster.transport import InMemoryNetwork
 from rillet.node.errors import DuplicateSequenceError, NotLeaderError, OutOfOrderSequenceError
 from rillet.node.replica import ReplicatedPartition
@@ -40,9 +41,11 @@ def make_batch(values: list[bytes], pid: int = -1, seq: int = -1) -> bytes:
 class Replicas:
     """One partition's group on nodes 1-3; `stop()` then `start()` reopens every log."""
 
-    def __init__(self, root: Path, log_config: LogConfig = LOG) -> None:
+    def __init__(self, root: Path, log_config: LogConfig = LOG,
+                 round_type: type[Round] = Round) -> None:
         self.root = root
         self.log_config = log_config
+        self.round_type = round_type
         self.network = InMemoryNetwork()
         self.drivers: dict[int, RaftDriver] = {}
         self.parts: dict[int, ReplicatedPartition] = {}
@@ -53,7 +56,8 @@ class Replicas:
         for n in NODES:
             journal = self.journals[n] = HardStateJournal(self.root / f"hardstate-{n}")
             driver = RaftDriver(n, self.network.transport(n), PartitionRaftLogSyncer(journal),
-                                raft_config=RAFT, tick_ms=10.0, seed=n)
+                                raft_config=RAFT, tick_ms=10.0, seed=n,
+                                round_type=self.round_type)
             rlog = PartitionRaftLog.open(self.root / f"n{n}", self.log_config,
                                          conf=ConfState(frozenset(NODES)), journal=journal,
                                          group=GROUP)

@@ -108,7 +108,7 @@ class Network:
         persist_ready(self.storages[node_id], rd)
         self.applied[node_id].extend(rd.committed_entries)
         core.advance(rd)
-        return rd.messages
+        return rd.all_messages()
 
     def send(self, messages: Iterable[Message]) -> None:
         for m in messages:
@@ -200,7 +200,7 @@ def drain(core: RaftCore, storage: MemoryStorage) -> list[Message]:
         rd = core.ready()
         persist_ready(storage, rd)
         core.advance(rd)
-        out.extend(rd.messages)
+        out.extend(rd.all_messages())
     raise AssertionError("core kept producing Readies")
 
 

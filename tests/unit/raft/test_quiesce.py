@@ -317,4 +317,4 @@ def test_late_vote_request_of_the_current_term_is_answered_without_waking() -> N
     follower.step(msg(T.VOTE, 1, 2, follower.term, index=1, log_term=1))
 
     assert follower.quiesced
-    assert [(m.type, m.to) for m in follower.ready().messages] == [(T.VOTE_RESP, 1)]
+    assert [(m.type, m.to) for m in follower.ready().all_messages()] == [(T.VOTE_RESP, 1)]

@@ -639,7 +639,7 @@ def test_vote_response_rides_with_the_hard_state_that_records_it() -> None:
 
     assert rd.hard_state == HardState(term=1, vote=1, commit=0)
     assert rd.must_sync
-    assert [(m.type, m.reject) for m in rd.messages] == [(T.VOTE_RESP, False)]
+    assert [(m.type, m.reject) for m in rd.all_messages()] == [(T.VOTE_RESP, False)]
 
 
 def test_append_response_rides_with_the_entries() -> None:
@@ -652,7 +652,7 @@ def test_append_response_rides_with_the_entries() -> None:
 
     assert rd.entries == [Entry(1, 1, data=b"a")]
     assert rd.must_sync
-    assert [(m.type, m.index) for m in rd.messages] == [(T.APPEND_RESP, 1)]
+    assert [(m.type, m.index) for m in rd.all_messages()] == [(T.APPEND_RESP, 1)]
 
 
 def test_commit_only_hard_state_needs_no_sync() -> None:
@@ -744,7 +744,7 @@ def test_messages_between_ready_and_advance_go_to_next_ready() -> None:
     rd2 = core.ready()
 
     assert rd2.entries == [Entry(2, 1)]
-    assert [m.index for m in rd2.messages] == [2]
+    assert [m.index for m in rd2.all_messages()] == [2]
 
 
 # -- configuration and rendering ---------------------------------------------------------------
@@ -775,7 +775,7 @@ def test_describe_is_one_stable_line() -> None:
     core, _ = make_core(2)
     core.step(msg(T.VOTE, 1, 2, 1))
     assert core.ready().describe() == (
-        "Ready hard=(term=1 vote=1 commit=0) msgs=[2->1 VOTE_RESP term=1] sync")
+        "Ready hard=(term=1 vote=1 commit=0) sync persisted_msgs=[2->1 VOTE_RESP term=1]")
     assert "\n" not in core.describe()
 
 

@@ -29,8 +29,9 @@ class Applied:
     def __init__(self) -> None:
         self.entries: list[Entry] = []
 
-    def apply(self, entries: list[Entry]) -> None:
+    def apply(self, entries: list[Entry]) -> list[int]:
         self.entries.extend(entries)
+        return [e.index for e in entries]  # each proposal resolves with its index
 
     def restore(self, snapshot: Snapshot) -> None:
         pass
