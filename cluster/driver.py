@@ -282,6 +282,10 @@ class RaftDriver:
         core = RaftCore(cfg, storage, random.Random(self._rng.getrandbits(64)),
                         logging.getLogger(f"{__name__}.g{group_id}"))
         self._groups[group_id] = RaftGroup(group_id, core, storage, machine)
+        if core.conf_state.voters == {self.node_id}:
+            # Its only voter: nobody else can be elected, so waiting out an election timeout
+            # would only delay its data (a lone node, a partition of replication factor 1).
+            core.campaign()
         self._active[group_id] = None
         self._peers_dirty = True
         self._mark(group_id)

@@ -17,6 +17,7 @@ import fcntl
 import logging
 import os
 import signal
+from pathlib import Path
 from typing import IO, Any
 
 import grpc
@@ -35,10 +36,6 @@ from rillet.cluster.rounds import Round
 from rillet.internal.v1 import peer_pb2_grpc
 from rillet.node.cluster_node import ClusterNode
 from rillet.node.config import MIB, BrokerConfig
-from rillet.node.errors import UnavailableError
-from rillet.node.metrics import PartitionState
-from rillet.node.partition import GroupCommitter
-from rillet.node.producer_ids import ProducerIdAllocator
 from rillet.node.security import tls
 from rillet.node.security.authn import AuthInterceptor, authenticator_for
 from rillet.node.security.malformed import MalformedRequestInterceptor
@@ -49,7 +46,6 @@ from rillet.node.services.peer import MAX_PEER_MESSAGE_BYTES, PeerService
 from rillet.node.services.produce import ProduceService
 from rillet.node.services.read import ConsumeService, ReplayService
 from rillet.node.storage.compactor import Compactable, Compactor
-from rillet.node.topics import TopicRegistry
 
 HAND_OVER_TIMEOUT_S = 5.0
 
@@ -79,6 +75,26 @@ class DataDirLockedError(RuntimeError):
     """Another process already serves this data directory."""
 
 
+class DataDirLayoutError(RuntimeError):
+    """The data directory holds a layout this version does not run; it is left untouched."""
+
+
+#: What a data directory written by a single node before one path (issue 13) holds.
+SINGLE_NODE_LAYOUT = ("topics.json", "topics", "groups", "acls.json", "producer-ids")
+
+
+def check_layout(data_dir: Path) -> None:
+    """Refuse a data directory in the old single-node layout: never reinterpret it."""
+    found = [name for name in SINGLE_NODE_LAYOUT if (data_dir / name).exists()]
+    if found:
+        raise DataDirLayoutError(
+            f"data directory {data_dir} holds the single-node layout of an earlier Rillet "
+            f"({', '.join(found)}): this version runs a lone node as a cluster of one and "
+            f"does not read that layout. Start this node on an empty --data-dir, and copy the "
+            f"old topics over with the earlier version running (rillet replay ... | rillet "
+            f"produce ...); the old directory is left as it is")
+
+
 class Broker:
     """One node. `start()` then `stop()`; or `run()` until SIGTERM/SIGINT."""
 
@@ -87,12 +103,9 @@ class Broker:
         in a subclass)."""
         config.validate()
         self.config = config
-        self.committer = GroupCommitter(linger_ms=config.flush_linger_ms)
-        self.registry = TopicRegistry(config, self.committer)
-        self.cluster = ClusterNode(config, round_type=round_type) if config.clustered else None
-        self.node = NodeContext(
-            config, self.registry, cluster=self.cluster,
-            producer_ids=None if self.cluster else ProducerIdAllocator(config.data_dir))
+        # One path for one node and for many: a node without peers is a cluster of one.
+        self.cluster = ClusterNode(config, round_type=round_type)
+        self.node = NodeContext(config, self.cluster)
         self.health = _Health()
         self._server: grpc.aio.Server | None = None
         self._retention_task: asyncio.Task[None] | None = None
@@ -117,10 +130,9 @@ class Broker:
         receive = self.config.max_batch_bytes * 2 + MIB
         # Send: max_fetch_bytes plus one batch beyond it (a read always carries one batch).
         send = self.config.max_fetch_bytes + max(self.config.max_batch_bytes * 2, 4 * MIB) + MIB
-        if self.cluster is not None:
-            # Peers send coalesced Raft traffic of every group on this port too.
-            receive = max(receive, MAX_PEER_MESSAGE_BYTES)
-            send = max(send, MAX_PEER_MESSAGE_BYTES)
+        # Peers send coalesced Raft traffic of every group on this port too.
+        receive = max(receive, MAX_PEER_MESSAGE_BYTES)
+        send = max(send, MAX_PEER_MESSAGE_BYTES)
         return [
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
@@ -146,11 +158,8 @@ class Broker:
     async def start(self) -> None:
         cfg = self.config
         self._lock_data_dir()
-        if self.cluster is not None:
-            await self.cluster.start()
-        else:
-            self.registry.load()
-        self.committer.start()
+        check_layout(self.config.data_dir)
+        await self.cluster.start()
         # Always: request bytes that do not parse end INVALID_ARGUMENT, not UNKNOWN
         # (malformed.py). Authentication, when on, runs first (outermost), so a stranger is
         # UNAUTHENTICATED whatever it sent; a node that authenticates no one has no AuthInterceptor.
@@ -158,10 +167,9 @@ class Broker:
         if self._authenticator is not None:
             interceptors.insert(0, AuthInterceptor(self._authenticator))
         server = grpc.aio.server(options=self._server_options(), interceptors=interceptors)
-        if self.cluster is not None:
-            self._peer_service = PeerService(self.cluster.raft_id, self.cluster.driver.receive)
-            peer_pb2_grpc.add_PeerServicer_to_server(  # type: ignore[no-untyped-call]
-                self._peer_service, server)
+        self._peer_service = PeerService(self.cluster.raft_id, self.cluster.driver.receive)
+        peer_pb2_grpc.add_PeerServicer_to_server(  # type: ignore[no-untyped-call]
+            self._peer_service, server)
         self._produce = ProduceService(self.node)
         log_pb2_grpc.add_ProduceServicer_to_server(self._produce, server)  # type: ignore[no-untyped-call]
         log_pb2_grpc.add_ConsumeServicer_to_server(ConsumeService(self.node), server)  # type: ignore[no-untyped-call]
@@ -226,23 +234,14 @@ class Broker:
 
     def _start_metrics(self) -> None:
         metrics = self.node.metrics
-        if self.cluster is not None:
-            self.cluster.syncer.observe = metrics.fsync_seconds.observe
-            metrics.watch_state(self.cluster.partition_states,
-                                self.cluster.under_replicated)
-        else:
-            self.committer.observe = metrics.fsync_seconds.observe
-            metrics.watch_state(self._single_node_states, lambda: 0)
+        self.cluster.syncer.observe = metrics.fsync_seconds.observe
+        metrics.watch_state(self.cluster.partition_states, self.cluster.under_replicated)
         if self.config.metrics_listen:
             try:
                 self.metrics_port = metrics.start_server(self.config.metrics_listen)
             except OSError as exc:
                 raise OSError(f"cannot serve metrics on {self.config.metrics_listen}: "
                               f"{exc}") from exc
-
-    def _single_node_states(self) -> list[PartitionState]:
-        return [(p.topic, p.index, True, 0, p.high_watermark, 0)
-                for p in self.registry.partitions() if not p.closed]
 
     async def stop(self) -> None:
         """Graceful stop; safe to call once after start (or after a failed start)."""
@@ -252,7 +251,7 @@ class Broker:
         self.node.stopping.set()
         # Members rejoin elsewhere (or after the restart) with what they own.
         await self.groups.stop()
-        if self.cluster is not None and self._server is not None:
+        if self._server is not None:
             left = await self.cluster.hand_over_leadership(HAND_OVER_TIMEOUT_S)
             log.info("node %d: leaderships handed over (%d left)", self.config.node_id, left)
         if self._peer_service is not None:
@@ -271,10 +270,7 @@ class Broker:
         await self.compactor.stop()
         if self._produce is not None:
             await self._produce.forwarder.close()
-        if self.cluster is not None:
-            await self.cluster.stop()
-        await self.committer.stop()
-        await self.registry.close(UnavailableError("node is shutting down"))
+        await self.cluster.stop()
         self.node.metrics.stop_server()
         if self._lock_file is not None:
             self._lock_file.close()
@@ -304,33 +300,21 @@ class Broker:
     def _compactable_logs(self) -> list[tuple[str, Compactable]]:
         """(name, log) of every open partition this node holds, for the compactor (it skips
         logs whose topic is not cleanup.policy compact)."""
-        if self.cluster is not None:
-            return [(r.name, r.rlog) for r in list(self.cluster.replicas.values())
-                    if not r.closed]
-        return [(p.name, p.log) for p in self.registry.partitions() if not p.closed]
+        return [(r.name, r.rlog) for r in list(self.cluster.replicas.values()) if not r.closed]
 
     def enforce_retention(self) -> int:
         """One retention pass over every partition; returns segments deleted."""
         deleted = 0
-        if self.cluster is not None:
-            for rep in list(self.cluster.replicas.values()):
-                if rep.closed:
-                    continue
-                try:
-                    deleted += rep.rlog.enforce_retention()
-                except Exception:
-                    log.exception("partition %s: retention failed", rep.name)
-            return deleted
-        for part in self.registry.partitions():
-            if part.closed:
+        for rep in list(self.cluster.replicas.values()):
+            if rep.closed:
                 continue
             try:
-                n = part.log.enforce_retention()
+                n = rep.rlog.enforce_retention()
             except Exception:
-                log.exception("partition %s: retention failed", part.name)
+                log.exception("partition %s: retention failed", rep.name)
                 continue
             if n:
                 log.info("partition %s: retention deleted %d segments, log start now %d",
-                         part.name, n, part.log.log_start_offset)
+                         rep.name, n, rep.log.log_start_offset)
                 deleted += n
         return deleted

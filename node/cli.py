@@ -18,7 +18,7 @@ import click
 
 from rillet.cluster.rounds import Round
 from rillet.node import logs
-from rillet.node.broker import Broker, DataDirLockedError
+from rillet.node.broker import Broker, DataDirLayoutError, DataDirLockedError
 from rillet.node.config import ConfigError, load
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,6 @@ def run(config_file: Path | None, flags: dict[str, Any], *,
         raise click.UsageError(str(exc)) from None
     try:
         asyncio.run(broker.run())
-    except (DataDirLockedError, OSError) as exc:
+    except (DataDirLockedError, DataDirLayoutError, OSError) as exc:
         log.error("cannot start: %s", exc)
         sys.exit(1)

@@ -73,6 +73,8 @@ log = logging.getLogger(__name__)
 METADATA_GROUP = 0
 MAX_METADATA_VOTERS = 5
 LEADER_WAIT_S = 5.0
+#: How long start waits for the groups this node alone votes in (``_settle_alone``).
+SETTLE_ALONE_S = 10.0
 BALANCE_INTERVAL_S = 5.0
 RECONCILE_RETRY_S = 1.0
 HAND_OVER_STALL_S = 1.5
@@ -111,8 +113,9 @@ class MetadataReplica:
     """Applies the metadata group's committed entries to a ``MetadataMachine`` and tells the
     node something changed."""
 
-    def __init__(self, on_change: Callable[[], None]) -> None:
-        self.machine = md.MetadataMachine()
+    def __init__(self, on_change: Callable[[], None], *,
+                 max_partitions: int = md.DEFAULT_MAX_PARTITIONS) -> None:
+        self.machine = md.MetadataMachine(md.MetadataState(max_partitions=max_partitions))
         self.on_change = on_change
         self.applied_term = 0
 
@@ -210,7 +213,9 @@ class ClusterNode:
             self.raft_id, self.transport, self.syncer,
             raft_config=Config(id=self.raft_id, election_ticks=config.election_ticks),
             tick_ms=float(config.raft_tick_ms), round_type=round_type)
-        self.metadata = MetadataReplica(self._metadata_changed)
+        # max_partitions is part of the replicated state: it must be the same on every node.
+        self.metadata = MetadataReplica(self._metadata_changed,
+                                        max_partitions=config.max_partitions)
         self.replicas: dict[int, ReplicatedPartition] = {}
         self.topics: dict[str, ClusterTopic] = {}
         self.partitions_dir = config.data_dir / "partitions"
@@ -257,8 +262,33 @@ class ClusterNode:
             task = asyncio.create_task(coro, name=f"{name}-{self.broker_id}")
             task.add_done_callback(self._on_task_done)
             self._tasks.append(task)
-        log.info("node %d: cluster mode, peers %s", self.broker_id,
+        log.info("node %d: peers %s", self.broker_id,
                  ", ".join(f"{b}={a}" for b, a in sorted(self.peers.items())))
+        await self._settle_alone(SETTLE_ALONE_S)
+
+    async def _settle_alone(self, timeout_s: float) -> None:
+        """Wait (bounded) until every group this node is the only voter of leads and has
+        applied its log: such groups need nobody else, so a node that restarts alone (a
+        cluster of one) serves its topics, offsets and high watermarks as they were from its
+        first call, not an election later. Groups with other voters are not waited for."""
+        if self.driver.core(METADATA_GROUP).conf_state.voters != {self.raft_id}:
+            return
+
+        def settled() -> bool:
+            if not self.metadata_ready():  # leads, and applied its log up to its own term
+                return False
+            for p in self.metadata.state.partitions():
+                if p.replicas != (self.broker_id,):
+                    continue
+                rep = self.replicas.get(p.group_id)
+                if rep is None or rep.leader_id() != self.broker_id:
+                    return False
+                if rep.applied_term != self.driver.core(p.group_id).term:
+                    return False
+            return True
+        if not await wait_until(settled, timeout_s):
+            log.warning("node %d: groups it alone votes in not settled after %.0f s; serving",
+                        self.broker_id, timeout_s)
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:

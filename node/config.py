@@ -44,7 +44,7 @@ class BrokerConfig:
     # TLS (Kubernetes' built-in grpc probes); empty: health is served on `listen` only.
     health_listen: str = ""
     # The cluster: "ID=HOST:PORT,ID=HOST:PORT,..." naming every node, this one included, by the
-    # address its peers reach it at. Empty: this node runs alone (single-node mode).
+    # address its peers reach it at. Empty: this node is a cluster of one (itself).
     peers: str = ""
     # "ID=HOST:PORT,..." overriding, for node-to-node calls only, where this node dials some
     # peers (the Raft stream, forwarded produce, admin and reads); clients are still told the
@@ -120,17 +120,14 @@ class BrokerConfig:
 
     @property
     def peer_map(self) -> dict[int, str]:
-        """Node id -> address for every node of the cluster ({} in single-node mode)."""
-        return parse_peers(self.peers)
+        """Node id -> address for every node of the cluster. Without `peers` a node is a
+        cluster of one: itself, at the address clients are told to use."""
+        return parse_peers(self.peers) or {self.node_id: self.address}
 
     @property
     def dial_map(self) -> dict[int, str]:
         """Node id -> the address this node dials for node-to-node calls."""
         return {**self.peer_map, **parse_peers(self.peer_dial)}
-
-    @property
-    def clustered(self) -> bool:
-        return bool(self.peers)
 
     @property
     def address(self) -> str:
@@ -221,8 +218,8 @@ class BrokerConfig:
         if self.acl and not self.authenticates:
             raise ConfigError("acl needs authentication: set token_file or tls_client_ca "
                               "(without it every caller, peers included, is anonymous)")
-        if not self.clustered:
-            return
+        if len(self.peer_map) <= 1:
+            return  # no peer links to secure
         if self.authenticates and not self.peer_principals.strip():
             raise ConfigError("peer_principals must name the cluster's nodes (names, or "
                               "prefixes ending in *) when a cluster authenticates calls "

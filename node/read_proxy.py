@@ -28,11 +28,11 @@ log = logging.getLogger(__name__)
 _DONE = object()
 
 
-def needs_proxy(cluster: ClusterNode | None, topic: Any, partitions: Sequence[int],
+def needs_proxy(cluster: ClusterNode, topic: ClusterTopic, partitions: Sequence[int],
                 forwarded: bool) -> bool:
-    """True when this node must proxy: cluster mode, a request from a client (not another
-    node), and some requested partition has no replica here."""
-    if cluster is None or forwarded or not isinstance(topic, ClusterTopic):
+    """True when this node must proxy: a request from a client (not another node), and some
+    requested partition has no replica here."""
+    if forwarded:
         return False
     wanted = partitions or range(len(topic.replicas))
     return any(0 <= i < len(topic.replicas) and topic.replicas[i] is None for i in wanted)

@@ -1,34 +1,26 @@
-"""Where committed offsets and group generations live: one protocol, two stores.
+"""Where committed offsets and group generations live: the protocol the coordinator uses, and
+``MetadataOffsetStore``: commands of the metadata Raft group (``CommitGroupOffsets``,
+``BumpGroupGeneration``, ``DeleteGroup``), so offsets survive the loss of any minority of
+nodes; reads come from this node's applied metadata state.
 
-- ``FileOffsetStore`` (single node): one JSON file under ``<data_dir>/groups``, replaced
-  atomically (tmp, fsync, rename, fsync dir) before a commit is answered.
-- ``MetadataOffsetStore`` (cluster): commands of the metadata Raft group
-  (``CommitGroupOffsets``, ``BumpGroupGeneration``, ``DeleteGroup``), so offsets survive the
-  loss of any minority of nodes; reads come from this node's applied metadata state.
-
-Both keep per group the last generation the coordinator handed out; a new coordinator (after a
+It keeps per group the last generation the coordinator handed out; a new coordinator (after a
 restart or a leader change) continues from it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from rillet.cluster import metadata as md
 from rillet.node.errors import UnavailableError
-from rillet.node.groups.errors import UnknownGroupError
-from rillet.node.storage.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
 TP = tuple[str, int]
-FILE_NAME = "offsets.json"
 PROPOSE_TIMEOUT_S = 10.0
 
 
@@ -60,80 +52,6 @@ class OffsetStore(Protocol):
 
     async def delete(self, group: str) -> None:
         """Forget the group (UnknownGroupError if there is nothing to forget)."""
-
-
-class FileOffsetStore:
-    """Single-node store: the whole state in one small file, rewritten per change."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.path = directory / FILE_NAME
-        self._generations: dict[str, int] = {}
-        self._offsets: dict[str, dict[TP, Committed]] = {}
-        self._lock = asyncio.Lock()
-
-    def load(self) -> None:
-        """Read the file (if any); leftovers of an interrupted write are ignored."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        if not self.path.exists():
-            return
-        doc = json.loads(self.path.read_text())
-        for name, g in doc["groups"].items():
-            self._generations[name] = int(g["generation"])
-            self._offsets[name] = {(t, int(p)): Committed(int(o), str(m), int(ts))
-                                   for t, p, o, m, ts in g["offsets"]}
-
-    def _encode(self, generations: dict[str, int],
-                offsets: dict[str, dict[TP, Committed]]) -> bytes:
-        names = sorted(set(generations) | set(offsets))
-        doc = {"groups": {
-            name: {"generation": generations.get(name, 0),
-                   "offsets": [[t, p, c.offset, c.metadata, c.commit_time_ms]
-                               for (t, p), c in sorted(offsets.get(name, {}).items())]}
-            for name in names}}
-        return json.dumps(doc, sort_keys=True).encode()
-
-    async def _write(self, generations: dict[str, int],
-                     offsets: dict[str, dict[TP, Committed]]) -> None:
-        data = self._encode(generations, offsets)
-        await asyncio.to_thread(write_atomic, self.path, data)
-        self._generations, self._offsets = generations, offsets
-
-    def generation(self, group: str) -> int:
-        return self._generations.get(group, 0)
-
-    def offsets(self, group: str) -> dict[TP, Committed]:
-        return dict(self._offsets.get(group, {}))
-
-    def groups(self) -> list[str]:
-        return sorted(set(self._generations) | set(self._offsets))
-
-    async def store_generation(self, group: str, generation: int) -> None:
-        async with self._lock:
-            if generation <= self._generations.get(group, 0):
-                return
-            gens = dict(self._generations)
-            gens[group] = generation
-            await self._write(gens, self._offsets)
-
-    async def commit(self, group: str, generation: int, offsets: Mapping[TP, tuple[int, str]],
-                     commit_time_ms: int) -> None:
-        async with self._lock:
-            table = {name: dict(v) for name, v in self._offsets.items()}
-            mine = table.setdefault(group, {})
-            for tp, (offset, meta) in offsets.items():
-                mine[tp] = Committed(offset, meta, commit_time_ms)
-            gens = dict(self._generations)
-            gens.setdefault(group, max(generation, 0))
-            await self._write(gens, table)
-
-    async def delete(self, group: str) -> None:
-        async with self._lock:
-            if group not in self._generations and group not in self._offsets:
-                raise UnknownGroupError(f"unknown group {group!r}")
-            gens = {k: v for k, v in self._generations.items() if k != group}
-            table = {k: v for k, v in self._offsets.items() if k != group}
-            await self._write(gens, table)
 
 
 class MetadataProposer(Protocol):

@@ -6,22 +6,17 @@ arrive as a peer principal, which (like the super users) bypasses ACLs. With ``a
 ``require`` returns at once (one attribute test), so the hot path pays nothing.
 
 Where the rules live, behind one ``AclStore`` protocol (as node/groups/offsets.py does for
-offsets):
-
-- ``FileAclStore`` (single node): ``<data_dir>/acls.json``, replaced atomically per change.
-- ``MetadataAclStore`` (cluster): ``AddAcl``/``RemoveAcl`` commands of the metadata Raft group,
-  proposed on its leader (the Admin service forwards there); every node reads its own applied
-  state, so a rule added through any node applies on all of them once replicated, and survives
-  restarts with the metadata log.
+offsets): ``MetadataAclStore``, ``AddAcl``/``RemoveAcl`` commands of the metadata Raft group,
+proposed on its leader (the Admin service forwards there); every node reads its own applied
+state, so a rule added through any node applies on all of them once replicated, and survives
+restarts with the metadata log (a lone node is a cluster of one).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Protocol
 
 from rillet.cluster import metadata as md
@@ -36,11 +31,9 @@ from rillet.node.security.acl import (
     ResourceType,
     denial,
 )
-from rillet.node.storage.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
-FILE_NAME = "acls.json"
 PROPOSE_TIMEOUT_S = 10.0
 
 
@@ -55,53 +48,6 @@ class AclStore(Protocol):
 
     async def remove(self, rule: AclRule) -> bool:
         """Remove ``rule`` durably; False when there was no such rule."""
-
-
-class FileAclStore:
-    """Single-node store: every rule in one small JSON file, rewritten per change."""
-
-    def __init__(self, directory: Path) -> None:
-        self.path = directory / FILE_NAME
-        self._rules: frozenset[AclRule] = frozenset()
-        self._lock = asyncio.Lock()
-
-    def load(self) -> None:
-        """Read the file, if there is one. A rule that no longer parses is an error naming
-        the file (a node must not run with a rule it silently dropped)."""
-        if not self.path.exists():
-            return
-        try:
-            doc = json.loads(self.path.read_text())
-            self._rules = frozenset(AclRule.from_key(k) for k in doc["acls"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{self.path}: not an ACL file: {exc}") from None
-
-    def rules(self) -> frozenset[AclRule]:
-        return self._rules
-
-    async def _write(self, rules: frozenset[AclRule]) -> None:
-        doc = {"acls": sorted(list(r.key()) for r in rules)}
-        data = json.dumps(doc, indent=1, sort_keys=True).encode()
-        await asyncio.to_thread(self._write_file, data)
-        self._rules = rules
-
-    def _write_file(self, data: bytes) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path, data)
-
-    async def add(self, rule: AclRule) -> bool:
-        async with self._lock:
-            if rule in self._rules:
-                return False
-            await self._write(self._rules | {rule})
-            return True
-
-    async def remove(self, rule: AclRule) -> bool:
-        async with self._lock:
-            if rule not in self._rules:
-                return False
-            await self._write(self._rules - {rule})
-            return True
 
 
 class MetadataProposer(Protocol):

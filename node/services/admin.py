@@ -29,7 +29,7 @@ from rillet.node.security.acl import filter_rules as filter_acls
 from rillet.node.security.principal import current as current_principal
 from rillet.node.services import groups as gs
 from rillet.node.services.common import NodeContext
-from rillet.node.topics import Topic, TopicSettings
+from rillet.node.topics import TopicSettings
 
 FORWARD_TIMEOUT_S = 30.0
 VIEW_WAIT_S = 10.0
@@ -53,18 +53,6 @@ def _config(s: TopicSettings) -> admin_pb2.TopicConfig:
         segment_bytes=s.segment_bytes, segment_ms=s.segment_ms,
         delete_retention_ms=s.delete_retention_ms,
         cleanup_policy=s.cleanup_policy)  # type: ignore[arg-type]
-
-
-def describe_topic(topic: Topic, node_id: int) -> admin_pb2.TopicDescription:
-    return admin_pb2.TopicDescription(
-        name=topic.name, replication_factor=topic.replication_factor,
-        config=_config(topic.settings),
-        partitions=[
-            admin_pb2.PartitionDescription(
-                partition=p.index, leader_id=node_id, replicas=[node_id],
-                log_start_offset=p.log.log_start_offset, high_watermark=p.high_watermark,
-                size_bytes=p.log.size_bytes)
-            for p in topic.partitions])
 
 
 def describe_cluster_topic(cluster: ClusterNode, topic: ClusterTopic
@@ -138,29 +126,20 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             self.node.authorizer.require(Operation.CREATE, _TOPIC, request.name)
         except Exception as exc:
             await errors.abort(context, exc, where=f"create topic {request.name!r}")
-        if cluster is not None:
-            try:
-                async def local() -> None:
-                    await cluster.create_topic(request.name, request.partitions,
-                                               request.replication_factor,
-                                               _overrides(request.config))
-
-                async def forward(ch: grpc.aio.Channel) -> None:
-                    await admin_pb2_grpc.AdminStub(ch).CreateTopic(  # type: ignore[no-untyped-call]
-                        request, timeout=FORWARD_TIMEOUT_S)
-
-                await cluster.on_metadata_leader(local, forward)
-                await _wait_view(cluster, request.name, exists=True)
-                return admin_pb2.CreateTopicResponse(
-                    topic=describe_cluster_topic(cluster, cluster.get_topic(request.name)))
-            except Exception as exc:
-                await errors.abort(context, exc, where=f"create topic {request.name!r}")
         try:
-            topic = await self.node.registry.create(
-                request.name, request.partitions, request.replication_factor,
-                _overrides(request.config))
+            async def local() -> None:
+                await cluster.create_topic(request.name, request.partitions,
+                                           request.replication_factor,
+                                           _overrides(request.config))
+
+            async def forward(ch: grpc.aio.Channel) -> None:
+                await admin_pb2_grpc.AdminStub(ch).CreateTopic(  # type: ignore[no-untyped-call]
+                    request, timeout=FORWARD_TIMEOUT_S)
+
+            await cluster.on_metadata_leader(local, forward)
+            await _wait_view(cluster, request.name, exists=True)
             return admin_pb2.CreateTopicResponse(
-                topic=describe_topic(topic, self.node.config.node_id))
+                topic=describe_cluster_topic(cluster, cluster.get_topic(request.name)))
         except Exception as exc:
             await errors.abort(context, exc, where=f"create topic {request.name!r}")
 
@@ -172,22 +151,16 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             self.node.authorizer.require(Operation.DELETE, _TOPIC, request.name)
         except Exception as exc:
             await errors.abort(context, exc, where=f"delete topic {request.name!r}")
-        if cluster is not None:
-            try:
-                async def local() -> None:
-                    await cluster.delete_topic(request.name)
-
-                async def forward(ch: grpc.aio.Channel) -> None:
-                    await admin_pb2_grpc.AdminStub(ch).DeleteTopic(  # type: ignore[no-untyped-call]
-                        request, timeout=FORWARD_TIMEOUT_S)
-
-                await cluster.on_metadata_leader(local, forward)
-                await _wait_view(cluster, request.name, exists=False)
-                return admin_pb2.DeleteTopicResponse()
-            except Exception as exc:
-                await errors.abort(context, exc, where=f"delete topic {request.name!r}")
         try:
-            await self.node.registry.delete(request.name)
+            async def local() -> None:
+                await cluster.delete_topic(request.name)
+
+            async def forward(ch: grpc.aio.Channel) -> None:
+                await admin_pb2_grpc.AdminStub(ch).DeleteTopic(  # type: ignore[no-untyped-call]
+                    request, timeout=FORWARD_TIMEOUT_S)
+
+            await cluster.on_metadata_leader(local, forward)
+            await _wait_view(cluster, request.name, exists=False)
             return admin_pb2.DeleteTopicResponse()
         except Exception as exc:
             await errors.abort(context, exc, where=f"delete topic {request.name!r}")
@@ -198,15 +171,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         cluster = self.node.cluster
         # Only the topics the principal may describe (as Kafka does).
         may = self.node.authorizer.allowed
-        if cluster is not None:
-            return admin_pb2.ListTopicsResponse(topics=[
-                admin_pb2.TopicSummary(name=t.name, partitions=len(t.replicas),
-                                       replication_factor=t.replication_factor)
-                for t in cluster.topic_list() if may(Operation.DESCRIBE, _TOPIC, t.name)])
         return admin_pb2.ListTopicsResponse(topics=[
-            admin_pb2.TopicSummary(name=t.name, partitions=len(t.partitions),
+            admin_pb2.TopicSummary(name=t.name, partitions=len(t.replicas),
                                    replication_factor=t.replication_factor)
-            for t in self.node.registry.topics() if may(Operation.DESCRIBE, _TOPIC, t.name)])
+            for t in cluster.topic_list() if may(Operation.DESCRIBE, _TOPIC, t.name)])
 
     async def DescribeTopic(
         self, request: admin_pb2.DescribeTopicRequest, context: Context
@@ -214,12 +182,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         try:
             self.node.authorizer.require(Operation.DESCRIBE, _TOPIC, request.name)
             cluster = self.node.cluster
-            if cluster is not None:
-                return admin_pb2.DescribeTopicResponse(
-                    topic=describe_cluster_topic(cluster, cluster.get_topic(request.name)))
-            topic = self.node.registry.get(request.name)
             return admin_pb2.DescribeTopicResponse(
-                topic=describe_topic(topic, self.node.config.node_id))
+                topic=describe_cluster_topic(cluster, cluster.get_topic(request.name)))
         except Exception as exc:
             await errors.abort(context, exc, where=f"describe topic {request.name!r}")
 
@@ -236,20 +200,14 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     # -- access control -----------------------------------------------------------------------
 
     async def _acl_change(self, context: Context, request: Any, add: bool) -> bool:
-        """Add or remove one rule: through the metadata leader in a cluster (then wait,
-        bounded, until this node applied it, so a check here right after sees it), in the
-        file on a single node. True when something changed."""
+        """Add or remove one rule through the metadata leader, then wait (bounded) until this
+        node applied it, so a check here right after sees it. True when something changed."""
         await self._require(context, Operation.CLUSTER_ADMIN, _CLUSTER)
         method = "AddAcl" if add else "RemoveAcl"
         try:
             rule = rule_from_proto(request.rule)
             store = self.node.authorizer.store
             cluster = self.node.cluster
-            if cluster is None:
-                done = await (store.add(rule) if add else store.remove(rule))
-                if done:
-                    log.info("ACL %s: %s", "added" if add else "removed", rule.describe())
-                return done
 
             async def local() -> bool:
                 return await (store.add(rule) if add else store.remove(rule))
@@ -337,9 +295,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         if ends is None:
             raise UnavailableError(f"the coordinator holds no replica of {topic}-{index}; "
                                    "it cannot resolve the position")
-        part: Any = (self.node.cluster.get_topic(topic).replicas[index]
-                     if self.node.cluster is not None
-                     else self.node.registry.get(topic).partitions[index])
+        part: Any = self.node.cluster.get_topic(topic).replicas[index]
         kind = to.WhichOneof("kind")
         if kind == "offset":
             return min(max(to.offset, ends.log_start), ends.high_watermark)
@@ -410,7 +366,6 @@ class MetadataService(admin_pb2_grpc.MetadataServicer):
     async def GetMetadata(
         self, request: admin_pb2.MetadataRequest, context: Context
     ) -> admin_pb2.MetadataResponse:
-        node_id = self.node.config.node_id
         cluster = self.node.cluster
         # Named topics: each must be describable (checked before the lookup, so a denied
         # principal does not learn which exist); all topics: those it may describe.
@@ -420,41 +375,24 @@ class MetadataService(admin_pb2_grpc.MetadataServicer):
                 authz.require(Operation.DESCRIBE, _TOPIC, name)
         except Exception as exc:
             await errors.abort(context, exc, where="metadata")
-        if cluster is not None:
-            try:
-                ctopics = ([cluster.get_topic(name) for name in request.topics]
-                           if request.topics else [
-                               t for t in cluster.topic_list()
-                               if authz.allowed(Operation.DESCRIBE, _TOPIC, t.name)])
-            except Exception as exc:
-                await errors.abort(context, exc, where="metadata")
-            return admin_pb2.MetadataResponse(
-                cluster_id=self.node.config.cluster_id,
-                metadata_leader_id=cluster.metadata_leader(),
-                brokers=[admin_pb2.Broker(node_id=b, address=a) for b, a in cluster.brokers()],
-                topics=[
-                    admin_pb2.TopicMetadata(name=t.name, partitions=[
-                        admin_pb2.PartitionMetadata(
-                            partition=i, leader_id=cluster.leader_of(t, i),
-                            replicas=list(info.replicas))
-                        for i, info in enumerate(t.info.partitions)])
-                    for t in ctopics])
         try:
-            registry = self.node.registry
-            topics = ([registry.get(name) for name in request.topics] if request.topics
-                      else [t for t in registry.topics()
-                            if authz.allowed(Operation.DESCRIBE, _TOPIC, t.name)])
+            ctopics = ([cluster.get_topic(name) for name in request.topics]
+                       if request.topics else [
+                           t for t in cluster.topic_list()
+                           if authz.allowed(Operation.DESCRIBE, _TOPIC, t.name)])
         except Exception as exc:
             await errors.abort(context, exc, where="metadata")
         return admin_pb2.MetadataResponse(
-            cluster_id=self.node.config.cluster_id, metadata_leader_id=node_id,
-            brokers=[admin_pb2.Broker(node_id=node_id, address=self.node.config.address)],
+            cluster_id=self.node.config.cluster_id,
+            metadata_leader_id=cluster.metadata_leader(),
+            brokers=[admin_pb2.Broker(node_id=b, address=a) for b, a in cluster.brokers()],
             topics=[
                 admin_pb2.TopicMetadata(name=t.name, partitions=[
-                    admin_pb2.PartitionMetadata(partition=p.index, leader_id=node_id,
-                                                replicas=[node_id])
-                    for p in t.partitions])
-                for t in topics])
+                    admin_pb2.PartitionMetadata(
+                        partition=i, leader_id=cluster.leader_of(t, i),
+                        replicas=list(info.replicas))
+                    for i, info in enumerate(t.info.partitions)])
+                for t in ctopics])
 
     async def InitProducer(
         self, request: admin_pb2.InitProducerRequest, context: Context
@@ -466,20 +404,16 @@ class MetadataService(admin_pb2_grpc.MetadataServicer):
                     f"principal {current_principal().name!r} may not init a producer "
                     "(no ACL allows operation produce on any topic)")
             cluster = self.node.cluster
-            if cluster is not None:
-                async def local() -> int:
-                    return await cluster.allocate_producer_id()
 
-                async def forward(ch: grpc.aio.Channel) -> int:
-                    resp = await admin_pb2_grpc.MetadataStub(ch).InitProducer(  # type: ignore[no-untyped-call]
-                        request, timeout=FORWARD_TIMEOUT_S)
-                    return int(resp.producer_id)
+            async def local() -> int:
+                return await cluster.allocate_producer_id()
 
-                pid = await cluster.on_metadata_leader(local, forward)
-            else:
-                if self.node.producer_ids is None:
-                    raise UnavailableError("this node hands out no producer ids")
-                pid = await self.node.producer_ids.allocate()
+            async def forward(ch: grpc.aio.Channel) -> int:
+                resp = await admin_pb2_grpc.MetadataStub(ch).InitProducer(  # type: ignore[no-untyped-call]
+                    request, timeout=FORWARD_TIMEOUT_S)
+                return int(resp.producer_id)
+
+            pid = await cluster.on_metadata_leader(local, forward)
             return admin_pb2.InitProducerResponse(producer_id=pid, producer_epoch=0)
         except Exception as exc:
             await errors.abort(context, exc, where="init producer")

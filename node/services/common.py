@@ -1,4 +1,4 @@
-"""What every servicer of a node shares: settings, the topic registry, the shutdown signal,
+"""What every servicer of a node shares: settings, the cluster node, the shutdown signal,
 and the small read helpers that Consume and Replay both use."""
 
 from __future__ import annotations
@@ -13,16 +13,8 @@ from rillet.node.cluster_node import ClusterNode, ClusterTopic
 from rillet.node.config import BrokerConfig
 from rillet.node.errors import InvalidRequestError, OffsetOutOfRangeError
 from rillet.node.metrics import NodeMetrics
-from rillet.node.partition import Partition
-from rillet.node.producer_ids import ProducerIdAllocator
 from rillet.node.replica import ReplicatedPartition
-from rillet.node.security.authz import (
-    Authorizer,
-    FileAclStore,
-    MetadataAclStore,
-    parse_names,
-)
-from rillet.node.topics import Topic, TopicRegistry
+from rillet.node.security.authz import Authorizer, MetadataAclStore, parse_names
 
 DEFAULT_MAX_BYTES = 1024 * 1024
 DEFAULT_MAX_WAIT_MS = 5000
@@ -40,37 +32,24 @@ class NodeContext:
     """The node as the servicers see it."""
 
     config: BrokerConfig
-    registry: TopicRegistry
+    # Topics come from the metadata group, partitions are Raft groups (a lone node is a
+    # cluster of one).
+    cluster: ClusterNode
     # Set when the node starts shutting down: open streams end with UNAVAILABLE.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    # Cluster mode (peers configured): topics come from the metadata group, partitions are
-    # Raft groups. None: a single node serving `registry`.
-    cluster: ClusterNode | None = None
-    producer_ids: ProducerIdAllocator | None = None
     metrics: NodeMetrics = field(default_factory=NodeMetrics)
     # Who may do what (node/security/authz.py); built from `config` when not given. Rules
-    # live in the metadata group (cluster) or <data_dir>/acls.json (single node).
+    # live in the metadata group.
     authorizer: Authorizer = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.authorizer is None:
-            store: FileAclStore | MetadataAclStore
-            if self.cluster is not None:
-                store = MetadataAclStore(self.cluster)
-            else:
-                store = FileAclStore(self.config.data_dir)
-                store.load()
             self.authorizer = Authorizer(self.config.acl, parse_names(self.config.super_users),
-                                         store)
+                                         MetadataAclStore(self.cluster))
 
-    def get_topic(self, name: str) -> Topic | ClusterTopic:
+    def get_topic(self, name: str) -> ClusterTopic:
         """The topic as this node serves it (UnknownTopicError / InvalidTopicError)."""
-        if self.cluster is not None:
-            return self.cluster.get_topic(name)
-        return self.registry.get(name)
-
-
-AnyPartition = Partition | ReplicatedPartition
+        return self.cluster.get_topic(name)
 
 
 def clamp_max_bytes(requested: int, limit: int) -> int:
@@ -97,7 +76,7 @@ def batches_end(data: bytes, end_offset: int | None = None) -> tuple[int, int]:
     return pos, next_offset
 
 
-def resolve_position(part: AnyPartition, position: common_pb2.Position,
+def resolve_position(part: ReplicatedPartition, position: common_pb2.Position,
                      default: int) -> int:
     """The offset a read starts from; OUT_OF_RANGE names the valid range for a bad offset."""
     kind = position.WhichOneof("kind")

@@ -56,7 +56,6 @@ from rillet.node.groups.errors import (
 )
 from rillet.node.groups.offsets import (
     Committed,
-    FileOffsetStore,
     MetadataOffsetStore,
     OffsetStore,
 )
@@ -69,7 +68,6 @@ TICK_S = 0.2
 METRICS_INTERVAL_S = 5.0
 REJOIN_GRACE_S = 3.0
 LEADER_WATCH_S = 0.1
-RESTART_S = 1.0
 RUNTIME_WAIT_S = 5.0
 FORWARD_TIMEOUT_S = 30.0
 MAX_METADATA_CHARS = 4096
@@ -222,25 +220,19 @@ class GroupRuntime:
 
 
 class GroupsHost:
-    """Owns the runtime: always on a single node; in a cluster while this node is the ready
-    metadata leader."""
+    """Owns the runtime while this node is the ready metadata leader."""
 
     def __init__(self, node: NodeContext) -> None:
         self.node = node
         self.runtime: GroupRuntime | None = None
-        self._file_store: FileOffsetStore | None = None
         self._watch: asyncio.Task[None] | None = None
         self._metrics_task: asyncio.Task[None] | None = None
 
     def partitions_of(self, topic: str) -> int | None:
         try:
-            t = self.node.get_topic(topic)
+            return len(self.node.get_topic(topic).replicas)
         except Exception:
             return None
-        cluster = self.node.cluster
-        if cluster is not None:
-            return len(cluster.get_topic(topic).replicas)
-        return len(t.partitions)
 
     def _new_runtime(self, store: OffsetStore, grace: float) -> GroupRuntime:
         rt = GroupRuntime(store, self.partitions_of, rejoin_grace_s=grace,
@@ -250,26 +242,15 @@ class GroupsHost:
 
     async def start(self) -> None:
         self._metrics_task = asyncio.create_task(self._metrics_loop(), name="group-metrics")
-        if self.node.cluster is None:
-            store = FileOffsetStore(self.node.config.data_dir / "groups")
-            await asyncio.to_thread(store.load)
-            self._file_store = store
-            self.runtime = self._new_runtime(store, REJOIN_GRACE_S)
         self._watch = asyncio.create_task(self._watch_leader(), name="groups-leader")
 
     async def _watch_leader(self) -> None:
-        """Cluster: coordinate while this node is the ready metadata leader. Single node:
-        start a fresh runtime if the last one stopped (its store failed: disk full...)."""
+        """Coordinate while this node is the ready metadata leader (a runtime that stopped,
+        its store failing, is started afresh)."""
         cluster = self.node.cluster
         while True:
-            await asyncio.sleep(LEADER_WATCH_S if cluster is not None else RESTART_S)
+            await asyncio.sleep(LEADER_WATCH_S)
             stopping = self.node.stopping.is_set()
-            if cluster is None:
-                if not stopping and self._file_store is not None and (
-                        self.runtime is None or self.runtime.stopped):
-                    log.warning("group coordinator restarting after a failure")
-                    self.runtime = self._new_runtime(self._file_store, REJOIN_GRACE_S)
-                continue
             ready = cluster.metadata_ready() and not stopping
             if ready and (self.runtime is None or self.runtime.stopped):
                 log.info("node %d: coordinating consumer groups", cluster.broker_id)
@@ -293,14 +274,9 @@ class GroupsHost:
     def ends(self, topic: str, index: int) -> PartitionEnds | None:
         """Ends of a partition this node holds a replica of (None: it holds none)."""
         try:
-            cluster = self.node.cluster
-            part: Any
-            if cluster is not None:
-                part = cluster.get_topic(topic).replicas[index]
-                if part is None:
-                    return None
-            else:
-                part = self.node.registry.get(topic).partitions[index]
+            part = self.node.cluster.get_topic(topic).replicas[index]
+            if part is None:
+                return None
         except Exception:
             return None
         plog, hw = part.log, part.high_watermark
@@ -312,8 +288,6 @@ class GroupsHost:
         """Ends and the timestamp at ``committed`` of a partition this node holds no replica
         of, through its own read path (Consume, which passes the read to the leader)."""
         cluster = self.node.cluster
-        if cluster is None:
-            return None
         stub = log_pb2_grpc.ConsumeStub(cluster.channel(cluster.broker_id))  # type: ignore[no-untyped-call]
         for pos in ([common_pb2.Position(offset=committed)] if committed >= 0 else []) + [
                 common_pb2.Position(boundary=common_pb2.BOUNDARY_EARLIEST)]:
@@ -373,21 +347,13 @@ class GroupsHost:
                 log.exception("group metrics update failed")
 
     def store(self) -> OffsetStore:
-        """Read access to stored offsets on this node (any node in a cluster)."""
-        if self.node.cluster is not None:
-            return MetadataOffsetStore(self.node.cluster)
-        assert self._file_store is not None
-        return self._file_store
+        """Read access to stored offsets on this node (any node)."""
+        return MetadataOffsetStore(self.node.cluster)
 
     async def local_runtime(self) -> GroupRuntime | None:
         """The runtime if this node coordinates (waiting briefly while it takes over);
         None if another node does."""
         cluster = self.node.cluster
-        if cluster is None:
-            rt = self.runtime
-            if rt is None or rt.stopped:
-                raise UnavailableError("group coordinator is not running")
-            return rt
         leader = await cluster.wait_metadata_leader()
         if leader != cluster.broker_id:
             return None
@@ -406,7 +372,6 @@ class GroupsHost:
         if rt is not None:
             return await local(rt)
         cluster = self.node.cluster
-        assert cluster is not None
         if is_forwarded(context):
             raise UnavailableError("the group coordinator moved while the call was forwarded; "
                                    "retry")
@@ -429,9 +394,7 @@ def check_offsets(node: NodeContext, offsets: Any) -> dict[TP, tuple[int, str]]:
     if not offsets:
         raise InvalidRequestError("no offsets to commit")
     for o in offsets:
-        topic = node.get_topic(o.topic)
-        count = (len(node.cluster.get_topic(o.topic).replicas) if node.cluster is not None
-                 else len(topic.partitions))
+        count = len(node.get_topic(o.topic).replicas)
         if not 0 <= o.partition < count:
             raise errors.PartitionOutOfRangeError(
                 f"partition {o.partition} of topic {o.topic!r} does not exist "
@@ -603,7 +566,6 @@ class GroupsService(groups_pb2_grpc.GroupsServicer):
                      requests: AsyncIterator[groups_pb2.GroupRequest],
                      context: Context) -> AsyncIterator[groups_pb2.GroupEvent]:
         cluster = self.node.cluster
-        assert cluster is not None
         if is_forwarded(context):
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 "the group coordinator moved; join again")

@@ -132,7 +132,7 @@ class ProduceService(log_pb2_grpc.ProduceServicer):
             return self._handle_here(req, check)
         except NotLeaderError as exc:
             cluster = self.node.cluster
-            if cluster is None or forwarded or self.node.stopping.is_set():
+            if forwarded or self.node.stopping.is_set():
                 return _error_response(req.topic, req.partition, exc), None
             try:
                 leader = cluster.leader_of(cluster.get_topic(req.topic), req.partition)
@@ -145,7 +145,6 @@ class ProduceService(log_pb2_grpc.ProduceServicer):
 
     async def _forward(self, req: log_pb2.ProduceRequest, leader: int) -> log_pb2.ProduceResponse:
         cluster = self.node.cluster
-        assert cluster is not None
         answer = await self.forwarder.produce(cluster.channel(leader), cluster.peers[leader], req)
         return await answer
 

@@ -19,17 +19,16 @@ from rillet.node.cluster_node import ClusterNode, ClusterTopic
 from rillet.node.errors import Context, InvalidRequestError, UnavailableError, UnknownTopicError
 from rillet.node.forward import is_forwarded
 from rillet.node.read_proxy import consume_calls, merge, needs_proxy, replay_calls
+from rillet.node.replica import ReplicatedPartition
 from rillet.node.security.acl import Operation, ResourceType
 from rillet.node.services.common import (
     DEFAULT_MAX_WAIT_MS,
     MAX_WAIT_MS_LIMIT,
-    AnyPartition,
     NodeContext,
     batches_end,
     clamp_max_bytes,
     resolve_position,
 )
-from rillet.node.topics import Topic
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +38,7 @@ class _Cursor:
 
     __slots__ = ("end", "next", "part")
 
-    def __init__(self, part: AnyPartition, next_offset: int, end: int | None = None) -> None:
+    def __init__(self, part: ReplicatedPartition, next_offset: int, end: int | None = None) -> None:
         self.part = part
         self.next = next_offset
         self.end = end
@@ -49,7 +48,7 @@ class _Cursor:
         return self.end is not None and self.next >= self.end
 
 
-def _check_live(node: NodeContext, topic: Topic | ClusterTopic) -> None:
+def _check_live(node: NodeContext, topic: ClusterTopic) -> None:
     if node.stopping.is_set():
         raise UnavailableError("node is shutting down; reconnect to continue")
     if topic.deleted:
@@ -87,11 +86,11 @@ def _fill(cursors: Sequence[_Cursor], start: int, max_bytes: int,
     return out
 
 
-def _partitions(topic: Topic | ClusterTopic, indexes: Sequence[int]) -> list[AnyPartition]:
+def _partitions(topic: ClusterTopic, indexes: Sequence[int]) -> list[ReplicatedPartition]:
     if not indexes:
         return list(topic.partitions)
     seen = set()
-    out: list[AnyPartition] = []
+    out: list[ReplicatedPartition] = []
     for index in indexes:
         if index in seen:
             raise InvalidRequestError(f"partition {index} is listed twice")
@@ -100,15 +99,13 @@ def _partitions(topic: Topic | ClusterTopic, indexes: Sequence[int]) -> list[Any
     return out
 
 
-def _upstream(node: NodeContext, topic: Topic | ClusterTopic, partitions: list[int],
+def _upstream(node: NodeContext, topic: ClusterTopic, partitions: list[int],
               context: Context,
               calls: Callable[[ClusterNode, ClusterTopic], list[Any]]) -> list[Any] | None:
     """The upstream calls of a read this node proxies (node/read_proxy.py), or None when it
     serves the read itself."""
-    if node.cluster is None or not needs_proxy(node.cluster, topic, partitions,
-                                               is_forwarded(context)):
+    if not needs_proxy(node.cluster, topic, partitions, is_forwarded(context)):
         return None
-    assert isinstance(topic, ClusterTopic)
     return calls(node.cluster, topic)
 
 
@@ -241,7 +238,7 @@ class ReplayService(log_pb2_grpc.ReplayServicer):
             yield log_pb2.ReplayResponse(partitions=data)
 
 
-def _resolve_end(part: AnyPartition, position: common_pb2.Position) -> int:
+def _resolve_end(part: ReplicatedPartition, position: common_pb2.Position) -> int:
     """Exclusive end of a replay, fixed when the request arrives (never above the hw)."""
     hw = part.high_watermark
     kind = position.WhichOneof("kind")

@@ -125,7 +125,7 @@ BAD_NAMES = [
 
 BAD_CONFIGS = [
     ({"partitions": 100_000}, "partitions must be in [1, 1000]"),
-    ({"replication_factor": 3}, "only replication_factor 1"),
+    ({"replication_factor": 3}, "replication_factor 3 needs 3 live brokers; 1 are live"),
     ({"replication_factor": 2}, "must be 1, 3 or 5"),
     ({"config": admin_pb2.TopicConfig(retention_ms=-5)}, "retention.ms"),
     ({"config": admin_pb2.TopicConfig(retention_bytes=0)}, "retention.bytes"),
@@ -146,7 +146,7 @@ async def test_invalid_topic_names_and_configs_create_nothing(broker, stubs) -> 
                             INVALID, fragment)
         listed = await stubs.admin.ListTopics(admin_pb2.ListTopicsRequest())
         assert list(listed.topics) == [], kwargs
-        assert list((broker.data_dir / "topics").iterdir()) == [], kwargs
+        assert list((broker.data_dir / "partitions").iterdir()) == [], kwargs
     # The node is still fine afterwards.
     await stubs.admin.CreateTopic(admin_pb2.CreateTopicRequest(name="ok"))
 

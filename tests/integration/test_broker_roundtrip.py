@@ -10,6 +10,7 @@ from grpc_health.v1 import health_pb2
 
 from rillet import batch
 from rillet.api.v1 import admin_pb2, common_pb2, log_pb2
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -127,7 +128,12 @@ async def test_metadata_and_list(broker, stubs) -> None:
     await stubs.admin.DeleteTopic(admin_pb2.DeleteTopicRequest(name="a"))
     listed = await stubs.admin.ListTopics(admin_pb2.ListTopicsRequest())
     assert [t.name for t in listed.topics] == ["b"]
-    assert not (broker.data_dir / "topics" / "a").exists()
+    # Its partition directories (<group>-<topic>-<partition>) go with it.
+    await wait_for(lambda: not [d for d in (broker.data_dir / "partitions").iterdir()
+                                if d.name.endswith(("-a-0", "-a-1"))],
+                   "the deleted topic's partition directories to go", timeout_s=10.0)
+    assert [d.name.split("-", 1)[1] for d in (broker.data_dir / "partitions").iterdir()] == [
+        "b-0"]
 
 
 async def test_graceful_stop_exits_zero_and_keeps_data(broker, connect) -> None:

@@ -169,10 +169,11 @@ def test_principal_patterns() -> None:
     ({"tls_peer_ca": "ca.pem"}, "tls_peer_ca is set but tls_cert and tls_key are not"),
     ({"token_file": "t", "tls_cert": "c", "tls_key": "k", "tls_client_ca": "ca"},
      "token_file and tls_client_ca are both set"),
-    ({"token_file": "t", "peers": "0=127.0.0.1:1", "peer_token": "x"},
+    ({"token_file": "t", "peers": "0=127.0.0.1:1,1=127.0.0.2:1", "peer_token": "x"},
      "peer_principals must name the cluster's nodes"),
-    ({"tls_cert": "c", "tls_key": "k", "peers": "0=127.0.0.1:1"}, "needs tls_peer_ca"),
-    ({"token_file": "t", "peers": "0=127.0.0.1:1", "peer_principals": "node-*"},
+    ({"tls_cert": "c", "tls_key": "k", "peers": "0=127.0.0.1:1,1=127.0.0.2:1"},
+     "needs tls_peer_ca"),
+    ({"token_file": "t", "peers": "0=127.0.0.1:1,1=127.0.0.2:1", "peer_principals": "node-*"},
      "peer_token is needed"),
 ])
 def test_half_configured_security_is_refused(settings: dict[str, str], wanted: str) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -18,7 +17,6 @@ from rillet.node.security import principal as principals
 from rillet.node.security.acl import AclRule, Operation, ResourceType
 from rillet.node.security.authz import (
     Authorizer,
-    FileAclStore,
     MetadataAclStore,
     parse_names,
 )
@@ -84,31 +82,6 @@ def test_old_snapshots_without_acls_restore() -> None:
 
 
 # -- stores ----------------------------------------------------------------------------------
-
-
-def test_file_store_survives_a_reload(tmp_path: Path) -> None:
-    rule = AclRule.parse("alice", "produce", "topic", "orders")
-
-    async def go() -> None:
-        store = FileAclStore(tmp_path)
-        store.load()
-        assert await store.add(rule) is True
-        assert await store.add(rule) is False
-        again = FileAclStore(tmp_path)
-        again.load()
-        assert again.rules() == {rule}
-        assert await again.remove(rule) is True
-        assert await again.remove(rule) is False
-        last = FileAclStore(tmp_path)
-        last.load()
-        assert last.rules() == frozenset()
-    asyncio.run(go())
-
-
-def test_file_store_refuses_a_damaged_file(tmp_path: Path) -> None:
-    (tmp_path / "acls.json").write_text('{"acls": [["alice", "fly", "topic", "t", "literal"]]}')
-    with pytest.raises(ValueError, match=r"acls\.json: not an ACL file: unknown operation"):
-        FileAclStore(tmp_path).load()
 
 
 class _FakeCluster:
