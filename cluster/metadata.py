@@ -17,7 +17,7 @@ and changes nothing but ``applied_index``. Validation is done in full before any
 a rejection can never leave half a change behind. An exception out of ``apply`` would stop the
 group on every node at the same entry, forever; only a broken invariant (a bug) may do that.
 
-Validation matches the single-node broker (``rillet.node.topics``) and ``admin.proto``:
+Validation matches ``rillet.node.topics`` and ``admin.proto``:
 topic names are 1-249 characters of ``[a-zA-Z0-9._-]`` and not ``.`` or ``..``; partitions in
 ``[1, max_partitions]``; replication factor 1, 3 or 5 and at most the number of live
 (registered, non-draining) brokers; ``retention_ms``/``retention_bytes`` -1 or at least 1;

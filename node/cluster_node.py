@@ -150,8 +150,8 @@ class MetadataReplica:
 
 
 class ClusterTopic(TopicSignal):
-    """A topic of the metadata state as the servicers see it (the single-node Topic's shape):
-    partitions this node holds a replica of are served here, the others raise NOT_LEADER."""
+    """A topic of the metadata state as the servicers see it: partitions this node holds a
+    replica of are served here, the others raise NOT_LEADER."""
 
     def __init__(self, info: md.TopicInfo, settings: TopicSettings) -> None:
         self.name = info.name
@@ -699,7 +699,7 @@ class ClusterNode:
                 core = self.driver.core(gid)
             except DriverError:
                 continue
-            out.append((part.topic, part.index, core.role == Role.LEADER, core.term,
+            out.append((part.topic, part.partition, core.role == Role.LEADER, core.term,
                         part.high_watermark, max(0, core.commit_index - core.applied_index)))
         return out
 

@@ -1,4 +1,4 @@
-"""Forwarding produce requests to the partition's leader (cluster mode).
+"""Forwarding produce requests to the partition's leader.
 
 Any node answers any client: a plain generated client pointed at one address (or a
 Kubernetes Service) just works. A node that does not lead a partition passes the batch on to

@@ -1,4 +1,4 @@
-"""Consume and Replay for partitions this node holds no replica of (cluster mode).
+"""Consume and Replay for partitions this node holds no replica of.
 
 Any node serves any client. A node serves reads of the partitions it holds a replica of itself
 (committed data only, leader or follower). When a request names a partition it does not hold,

@@ -1,4 +1,5 @@
-"""One partition replica in cluster mode: the Raft group's state machine and its produce path.
+"""One partition replica: the Raft group's state machine and its produce path (on one node as
+on many: a lone node's partitions are groups of one replica).
 
 The partition log is the group's Raft log (node/storage/raft_log.py); this module adds what the
 log alone does not know:
@@ -42,7 +43,7 @@ from rillet.node.errors import (
     UnknownTopicError,
 )
 from rillet.node.storage.log import PartitionLog
-from rillet.node.storage.raft_log import _NEXT_OFFSET, PartitionRaftLog
+from rillet.node.storage.raft_log import NEXT_OFFSET, PartitionRaftLog
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +100,14 @@ class _InFlight:
 class ReplicatedPartition:
     """This node's replica of one partition; the driver's StateMachine for its group.
 
-    Readers use ``log``, ``high_watermark``, ``index``, ``name`` and ``closed`` (as with the
-    single-node ``Partition``); the produce service calls ``produce``.
+    Readers use ``log``, ``high_watermark``, ``partition``, ``name`` and ``closed``; the produce
+    service calls ``produce``.
     """
 
-    def __init__(self, topic: str, index: int, group_id: int, rlog: PartitionRaftLog,
+    def __init__(self, topic: str, partition: int, group_id: int, rlog: PartitionRaftLog,
                  driver: RaftDriver, *, on_advance: Callable[[], None]) -> None:
         self.topic = topic
-        self.index = index
+        self.partition = partition  # the partition number in its topic (not a Raft index)
         self.group_id = group_id
         self.rlog = rlog
         self.log: PartitionLog = rlog.plog
@@ -122,7 +123,7 @@ class ReplicatedPartition:
 
     @property
     def name(self) -> str:
-        return f"{self.topic}-{self.index}"
+        return f"{self.topic}-{self.partition}"
 
     def check_open(self) -> None:
         if self.closed:
@@ -158,7 +159,7 @@ class ReplicatedPartition:
     def restore(self, snapshot: Snapshot) -> None:
         """The leader sent its log start: the log restarts at the record offset it carries.
         Producer state of the skipped part is lost; those producers are treated as new."""
-        (next_offset,) = _NEXT_OFFSET.unpack(snapshot.data)
+        (next_offset,) = NEXT_OFFSET.unpack(snapshot.data)
         self.next_offset = self.high_watermark = next_offset
         self.producers.clear()
         self.applied_term = snapshot.meta.term

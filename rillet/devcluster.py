@@ -6,8 +6,8 @@ With the default three nodes, node i listens on 127.0.0.(i+1):PORT, so every nod
 port clients expect (9091) and the default bootstrap address 127.0.0.1:9091 reaches node 0.
 Linux routes all of 127.0.0.0/8 to the loopback device, so no setup is needed; `--host H`
 puts every node on H instead, node i on port PORT+i. Data lives in DATA_DIR/node-<i> and each
-node's log in DATA_DIR/node-<i>.log. `--nodes 1` runs one node without `--peers`
-(single-node mode).
+node's log in DATA_DIR/node-<i>.log. `--nodes 1` runs one node without `--peers` (a cluster
+of one).
 
 The cluster counts as up once the metadata group has a leader and every node registered
 itself: `Metadata.GetMetadata` lists all the brokers. Ctrl-C or SIGTERM stops every node by
@@ -351,7 +351,7 @@ def banner(nodes: Sequence[NodeProcess]) -> str:
               show_default=True, help="Node i keeps its data in DATA_DIR/node-<i> and its log "
               "in DATA_DIR/node-<i>.log.")
 @click.option("--nodes", type=click.IntRange(1, 5), default=3, show_default=True,
-              help="How many nodes to start; 1 runs a single node without --peers.")
+              help="How many nodes to start; 1 runs one node without --peers (a cluster of one).")
 @click.option("--port", "--base-port", "port", type=click.IntRange(1, 65535 - 5),
               default=DEFAULT_PORT, show_default=True, help="Port of every node (node i on "
               "127.0.0.(i+1)); with --host, node i listens on PORT+i.")

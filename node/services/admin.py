@@ -1,7 +1,7 @@
 """Admin (topic and consumer-group management) and Metadata (who leads what).
 
-On a single node every partition's leader is this node and its only replica. In cluster mode
-changes (create, delete, producer ids) run on the metadata group's leader: any node accepts
+Changes (create, delete, producer ids) run on the metadata group's leader (a lone node is a
+cluster of one and its own leader): any node accepts
 them and forwards them there, then waits (bounded) until its own view shows the change, so a
 client that asks the same node next sees what it just did. Failures end the call with the
 status from the errors table; the message says what was wrong.

@@ -1,7 +1,7 @@
 """The Groups service (consumer groups) and the coordinator's runtime around the pure
 ``Coordinator`` (node/groups/coordinator.py).
 
-Where the coordinator runs: on a single node, there; in a cluster, on the metadata Raft leader
+Where the coordinator runs: on the metadata Raft leader (a lone node is its own)
 (``GroupsHost`` watches ``ClusterNode.metadata_ready()`` and starts a fresh runtime when this
 node becomes the ready leader, and stops it, ending every member stream with UNAVAILABLE,
 when it stops leading). Any other node passes calls on: unary calls through

@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 _DURABLE_ACKS = (log_pb2.ACKS_UNSPECIFIED, log_pb2.ACKS_ALL)
 _KNOWN_ACKS = (log_pb2.ACKS_UNSPECIFIED, log_pb2.ACKS_NONE, log_pb2.ACKS_LEADER, log_pb2.ACKS_ALL)
 
-# One queued answer: the response, and what it still waits for (None: answer now): the fsync
-# (single node: resolves to None) or the commit (cluster: resolves to the base offset).
+# One queued answer: the response, and what it still waits for (None: answer now): the
+# commit, which resolves to the base offset.
 _Pending = tuple[log_pb2.ProduceResponse, "asyncio.Future[Any] | None"]
 # What the reader queues: the pending answer, when the request was read, and for the metrics
 # its acks level, batch bytes and record count.

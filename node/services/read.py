@@ -1,7 +1,8 @@
 """Consume (tail from a position until cancelled) and Replay (a bounded range that ends).
 
-Both only serve data below each partition's high watermark, which on a single node is the
-flushed offset: a consumer never sees a record that a crash could take back. Batches go out
+Both only serve data below each partition's high watermark, the end of what a majority of its
+replicas fsynced (on a lone node: what it fsynced): a consumer never sees a record that a
+crash of a minority could take back. Batches go out
 byte-for-byte as stored; the broker reads only their length and count fields.
 """
 
@@ -74,7 +75,7 @@ def _fill(cursors: Sequence[_Cursor], start: int, max_bytes: int,
         if keep != len(data):
             data = data[:keep]
         out.append(common_pb2.PartitionData(
-            partition=part.index, batches=data, first_offset=cur.next,
+            partition=part.partition, batches=data, first_offset=cur.next,
             end_offset=cur.end if bounded and cur.end is not None else 0,
             high_watermark=hw, log_start_offset=part.log.log_start_offset,
             next_offset=next_offset))
@@ -185,7 +186,7 @@ class ConsumeService(log_pb2_grpc.ConsumeServicer):
                 continue
             yield log_pb2.ConsumeResponse(partitions=[
                 common_pb2.PartitionData(
-                    partition=c.part.index, first_offset=c.next, next_offset=c.next,
+                    partition=c.part.partition, first_offset=c.next, next_offset=c.next,
                     high_watermark=c.part.high_watermark,
                     log_start_offset=c.part.log.log_start_offset if not c.part.closed else 0)
                 for c in cursors])

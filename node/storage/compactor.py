@@ -4,8 +4,9 @@ A pass (`compact_log`, reached as `PartitionLog.compact`) works on the cleanable
 partition log: the closed segments that are fully flushed (and, for a Raft log, hold nothing
 above the commit index, which could still be truncated). The active segment is never touched.
 
-1. Under the log's lock, take the cleanable segments and a duplicate of each file descriptor
-   (the duplicates keep the files readable even if retention deletes them meanwhile).
+1. Under the log's lock (`PartitionLog.cleanable_segments`), take the cleanable segments and
+   a duplicate of each file descriptor (the duplicates keep the files readable even if
+   retention deletes them meanwhile).
 2. Outside the lock, build key -> offset of its latest record over that whole prefix.
 3. Rewrite the segments oldest first, each into `<base>.log.cleaned`: every batch stays
    (its Raft index, term, base offset and offset span), only its records shrink; a record
@@ -14,9 +15,10 @@ above the commit index, which could still be truncated). The active segment is n
    a compacted batch (rillet.batch.compact_records; format in records.proto). The new file is
    fsynced and read back in full (CRC, continuity) to build its indexes.
 4. The swap, per segment: the old index files are unlinked and the directory synced; then,
-   under the log's lock (a rename and a list assignment: microseconds), the `.cleaned` file is
-   renamed over `<base>.log` and the new Segment object replaces the old one; after the lock,
-   the directory is synced and the new index files written and fsynced.
+   under the log's lock (`PartitionLog.replace_segment`: a rename and a list assignment,
+   microseconds), the `.cleaned` file is renamed over `<base>.log` and the new Segment object
+   replaces the old one; after the lock, the directory is synced and the new index files
+   written and fsynced.
 
 Crash safety: until the rename the old `.log` is intact and recovery deletes the `.cleaned`
 leftover; the rename is atomic, and the new file was fsynced before it, so after a crash the
@@ -97,8 +99,11 @@ class CompactionStats:
 
 
 @dataclass
-class _Progress:
-    """Per-log memory between passes, so an idle compacted partition costs nothing."""
+class CompactionProgress:
+    """Per-log memory between passes, so an idle compacted partition costs nothing.
+
+    Public because the PartitionLog keeps one (its lifetime is the log's) and hands it back
+    with each view of its cleanable segments; only this module reads or writes the fields."""
 
     compacted_to: int = -1
     """Offset up to which the last pass cleaned (its cleanable end)."""
@@ -108,8 +113,11 @@ class _Progress:
     delete_retention_ms: int = -1
 
 
-class _Aborted(Exception):
-    """The log changed under the pass (truncated, reset, closed, segment deleted)."""
+class CompactionAborted(Exception):
+    """The log changed under the pass (truncated, reset, closed, segment deleted).
+
+    Public because `PartitionLog.replace_segment` raises it and `compact_log` catches it: a
+    pass that loses that race ends quietly and the next one starts over."""
 
 
 def _iter_batches(fd: int, size: int) -> Iterator[tuple[int, memoryview]]:
@@ -151,18 +159,8 @@ def compact_log(plog: PartitionLog, now_ms: int, *, delete_retention_ms: int,
     `should_stop()` is checked between segments (a stopping node ends the pass early)."""
     started = time.perf_counter()
     stats = CompactionStats()
-    progress: _Progress = plog._compaction
-    with plog._lock:
-        plog._check_open()
-        cands: list[Segment] = []
-        for seg in plog._segments[:-1]:
-            if seg.flushed_size < seg.size:
-                break
-            if max_raft_index is not None and seg.next_raft_index - 1 > max_raft_index:
-                break
-            cands.append(seg)
-        end = cands[-1].next_offset if cands else plog.log_start_offset
-        epoch = plog._epoch
+    with plog.cleanable_segments(max_raft_index=max_raft_index) as cleanable:
+        cands, end, epoch, progress = cleanable
         if not cands:
             stats.skipped = "no closed segment to clean"
             return stats
@@ -171,6 +169,7 @@ def compact_log(plog: PartitionLog, now_ms: int, *, delete_retention_ms: int,
                 and (progress.next_expiry_ms is None or now_ms < progress.next_expiry_ms)):
             stats.skipped = "nothing new since the last pass"
             return stats
+        # Under the log's lock: retention cannot close these files before they are duplicated.
         fds = [os.dup(seg.fd) for seg in cands]
     next_expiry: int | None = None
     try:
@@ -211,7 +210,7 @@ def compact_log(plog: PartitionLog, now_ms: int, *, delete_retention_ms: int,
             progress.next_expiry_ms = next_expiry
             progress.epoch = epoch
             progress.delete_retention_ms = delete_retention_ms
-    except _Aborted as exc:
+    except CompactionAborted as exc:
         stats.skipped = f"aborted: {exc}"
         plog.logger.info("%s: compaction pass aborted: %s", plog.directory, exc)
     finally:
@@ -354,22 +353,13 @@ def _swap(plog: PartitionLog, old: Segment, out: _CleanedFile, epoch: int,
     fsync_dir(directory)
     if hook is not None:
         hook(STEP_INDEXES_REMOVED, old.base_offset)
-    with plog._lock:
-        if plog._closed or plog._epoch != epoch:
-            raise _Aborted("the log was closed, truncated or reset")
-        try:
-            i = next(j for j, s in enumerate(plog._segments) if s is old)
-        except StopIteration:
-            raise _Aborted(f"segment {old.base_offset} was deleted") from None
-        if i == len(plog._segments) - 1:
-            raise _Aborted(f"segment {old.base_offset} is active again")
-        out.path.replace(old.log_path)
-        out.fd = -1  # the new Segment owns the descriptor now
-        plog._segments[i] = new
-        plog._size += new.size - old.size
-        dead = {old.index_path, old.timeindex_path}
-        plog._pending_fsync = [p for p in plog._pending_fsync if p not in dead]
-        old.close()
+    out.fd = -1  # the new Segment owns the descriptor from here on, swapped in or not
+    try:
+        plog.replace_segment(old, new, epoch, out.path)
+    except CompactionAborted:  # nothing changed: the rewrite goes
+        new.close()
+        out.path.unlink(missing_ok=True)
+        raise
     if hook is not None:
         hook(STEP_RENAMED, old.base_offset)
     fsync_dir(directory)
@@ -483,5 +473,5 @@ class Compactor:
         return lg.compact(self._clock_ms(), should_stop=lambda: self._stopping)
 
 
-__all__ = ["CLEANED_SUFFIX", "STEPS", "Compactable", "CompactionStats", "Compactor",
-           "compact_log"]
+__all__ = ["CLEANED_SUFFIX", "STEPS", "Compactable", "CompactionAborted", "CompactionProgress",
+           "CompactionStats", "Compactor", "compact_log"]

@@ -44,7 +44,7 @@ import re
 import struct
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -63,8 +63,9 @@ from rillet.batch import (
 from rillet.node.storage.atomic import fsync_dir, fsync_path, write_atomic
 from rillet.node.storage.compactor import (
     CLEANED_SUFFIX,
+    CompactionAborted,
+    CompactionProgress,
     CompactionStats,
-    _Progress,
     compact_log,
 )
 from rillet.node.storage.errors import OffsetOutOfRangeError, StorageError
@@ -96,7 +97,8 @@ CLEANUP_COMPACT = 2
 CLEANUP_COMPACT_DELETE = 3
 
 
-def _wall_clock_ms() -> int:
+# Public: raft_log.py opens its PartitionLog with the same default clock.
+def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
@@ -149,6 +151,21 @@ class AppendInfo(NamedTuple):
     """Clock time of the append, ms since the Unix epoch."""
 
 
+class CleanableSegments(NamedTuple):
+    """One consistent view of what a compaction pass may rewrite, taken under the log's lock
+    so the swap can later tell whether the log moved on (see `PartitionLog.replace_segment`)."""
+
+    segments: list[Segment]
+    """The closed, fully flushed segments, oldest first, that hold nothing above the
+    requested Raft index (never the active segment; may be empty)."""
+    end_offset: int
+    """The offset just past the last of them (the log start offset when there are none)."""
+    epoch: int
+    """The log's truncation epoch at the time of the view."""
+    progress: CompactionProgress
+    """The compactor's memory between passes, kept by the log it describes."""
+
+
 class PartitionLog:
     """An append-only, segmented log of record batches; see the module doc for guarantees."""
 
@@ -179,12 +196,12 @@ class PartitionLog:
         self._start_raft_index = 1
         self._start_prev_term = 0
         self._start_meta = ""  # the owner's opaque notes about the log start (Raft: membership)
-        self._compaction = _Progress()  # the compactor's memory between passes
+        self._compaction = CompactionProgress()  # the compactor's memory between passes
 
     # ================================================================ opening and recovery
     @classmethod
     def open(cls, directory: Path, config: LogConfig, *,
-             clock_ms: Callable[[], int] = _wall_clock_ms,
+             clock_ms: Callable[[], int] = wall_clock_ms,
              log_fields: Mapping[str, object] | None = None) -> PartitionLog:
         """Create the log in `directory`, or recover the one already there (see module doc).
         `log_fields` (topic, partition) go on every line it logs."""
@@ -803,6 +820,56 @@ class PartitionLog:
         """The topic's cleanup.policy includes compact."""
         return self.config.compacts
 
+    @contextlib.contextmanager
+    def cleanable_segments(self, *, max_raft_index: int | None = None
+                           ) -> Iterator[CleanableSegments]:
+        """The prefix a compaction pass may rewrite: closed segments with nothing unflushed
+        (a crash could still cut it) and, for a Raft log, no entry above `max_raft_index`
+        (the commit index: a new leader could still truncate above it).
+
+        The log's lock is held for the whole `with` body, so the pass can decide whether to
+        run and duplicate the descriptors it will read before retention can close them; keep
+        the body that short, appends and reads wait for it. StorageError if the log is closed.
+        """
+        with self._lock:
+            self._check_open()
+            segments: list[Segment] = []
+            for seg in self._segments[:-1]:
+                if seg.flushed_size < seg.size:
+                    break
+                if max_raft_index is not None and seg.next_raft_index - 1 > max_raft_index:
+                    break
+                segments.append(seg)
+            end = segments[-1].next_offset if segments else self.log_start_offset
+            yield CleanableSegments(segments, end, self._epoch, self._compaction)
+
+    def replace_segment(self, old: Segment, new: Segment, epoch: int, cleaned: Path) -> None:
+        """Swap closed segment `old` for its compacted rewrite `new`, whose file is `cleaned`
+        (Kafka's replaceSegments): the rename and the list update happen under the lock, so
+        a reader sees the old segment or the new one, never a mix.
+
+        `new` must cover exactly `old`'s offsets and Raft indexes, be sealed and fsynced, and
+        have `cleaned` in the same directory. The rename makes it durable only once the caller
+        syncs the directory; `new`'s index files are the caller's to write. On return the log
+        owns `new` and has closed `old`. Raises CompactionAborted, changing nothing, when the
+        log moved on since `epoch` (closed, truncated or reset) or `old` is gone or active.
+        """
+        with self._lock:
+            if self._closed or self._epoch != epoch:
+                raise CompactionAborted("the log was closed, truncated or reset")
+            try:
+                i = next(j for j, s in enumerate(self._segments) if s is old)
+            except StopIteration:
+                raise CompactionAborted(f"segment {old.base_offset} was deleted") from None
+            if i == len(self._segments) - 1:
+                raise CompactionAborted(f"segment {old.base_offset} is active again")
+            cleaned.replace(old.log_path)
+            self._segments[i] = new
+            self._size += new.size - old.size
+            dead = {old.index_path, old.timeindex_path}
+            self._pending_fsync = [p for p in self._pending_fsync if p not in dead]
+            old.close()
+
     def compact(self, now_ms: int | None = None, *, max_raft_index: int | None = None,
                 delete_retention_ms: int | None = None,
                 should_stop: Callable[[], bool] | None = None,
@@ -867,5 +934,5 @@ class PartitionLog:
 
 
 
-__all__ = ["INDEX_SUFFIX", "LOG_SUFFIX", "TIMEINDEX_SUFFIX", "AppendInfo", "LogConfig",
-           "PartitionLog"]
+__all__ = ["INDEX_SUFFIX", "LOG_SUFFIX", "TIMEINDEX_SUFFIX", "AppendInfo", "CleanableSegments",
+           "LogConfig", "PartitionLog", "wall_clock_ms"]

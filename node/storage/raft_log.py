@@ -59,16 +59,17 @@ from rillet.node.storage.atomic import write_atomic
 from rillet.node.storage.compactor import CompactionStats
 from rillet.node.storage.errors import LogCorruptionError, StorageError
 from rillet.node.storage.hardstate import HardStateJournal
-from rillet.node.storage.log import LogConfig, PartitionLog, _wall_clock_ms
+from rillet.node.storage.log import LogConfig, PartitionLog, wall_clock_ms
 
 log = logging.getLogger(__name__)
 
 STATE_NAME = "raft-state"
 _STATE_MAGIC = b"RRS1"
 _CRC = struct.Struct("<I")
-_NEXT_OFFSET = struct.Struct("<q")
-COMMIT_SAVE_INTERVAL_S = 1.0
+# Public: node/replica.py decodes the same snapshot data when it installs a snapshot.
+NEXT_OFFSET = struct.Struct("<q")
 """Snapshot.data of a partition: the record offset the log restarts at (8 bytes)."""
+COMMIT_SAVE_INTERVAL_S = 1.0
 
 
 def _conf_to_json(conf: ConfState) -> dict[str, list[int]]:
@@ -117,7 +118,7 @@ class PartitionRaftLog:
     @classmethod
     def open(cls, directory: Path, config: LogConfig | None = None, *,
              conf: ConfState | None = None,
-             clock_ms: Callable[[], int] = _wall_clock_ms,
+             clock_ms: Callable[[], int] = wall_clock_ms,
              journal: HardStateJournal | None = None, group: int = 0,
              log_fields: Mapping[str, object] | None = None) -> PartitionRaftLog:
         """Open (recovering) the partition log in `directory` and its Raft state. `conf` is the
@@ -235,7 +236,7 @@ class PartitionRaftLog:
         record offset the log starts at, for a follower to restart its log at."""
         meta = SnapshotMeta(self.first_index() - 1, self.plog.start_prev_term,
                             self._start_conf())
-        return Snapshot(meta, _NEXT_OFFSET.pack(self.plog.log_start_offset))
+        return Snapshot(meta, NEXT_OFFSET.pack(self.plog.log_start_offset))
 
     # -- the write side (staged; see the module doc) ----------------------------------------
 
@@ -305,10 +306,10 @@ class PartitionRaftLog:
             raise SnapshotOutOfDateError(
                 f"snapshot at {meta.index} is not newer than the log start "
                 f"{self.first_index() - 1}")
-        if len(snapshot.data) != _NEXT_OFFSET.size:
-            raise StorageError(f"partition snapshot data must be {_NEXT_OFFSET.size} bytes "
+        if len(snapshot.data) != NEXT_OFFSET.size:
+            raise StorageError(f"partition snapshot data must be {NEXT_OFFSET.size} bytes "
                                f"(the next record offset), got {len(snapshot.data)}")
-        (next_offset,) = _NEXT_OFFSET.unpack(snapshot.data)
+        (next_offset,) = NEXT_OFFSET.unpack(snapshot.data)
         self.plog.reset(next_offset, meta.index + 1, meta.term,
                         start_meta=json.dumps(_conf_to_json(meta.conf)))
         with self._lock:
@@ -433,4 +434,5 @@ def _sync_all(logs: list[PartitionRaftLog], journal: HardStateJournal | None = N
         journal.sync()  # after the entries: a commit index on disk never outruns them
 
 
-__all__ = ["STATE_NAME", "PartitionRaftLog", "PartitionRaftLogSyncer", "entry_of"]
+__all__ = ["NEXT_OFFSET", "STATE_NAME", "PartitionRaftLog", "PartitionRaftLogSyncer",
+           "entry_of"]
