@@ -37,6 +37,7 @@ from rillet.cluster.raft import (
 )
 from rillet.cluster.raft.codec import encode_conf_change
 from rillet.cluster.raft.types import ConfChange, ConfChangeKind
+from rillet.node.storage import raft_log
 from rillet.node.storage.log import CHECKPOINT_NAME, LogConfig
 from rillet.node.storage.raft_log import PartitionRaftLog, entry_of
 from tests.unit.storage.helpers import FakeClock
@@ -220,6 +221,10 @@ class RaftLogModel(RuleBasedStateMachine):
         for i in {m.first_index() - 1, m.last_index(), (m.first_index() + m.last_index()) // 2}:
             if m.first_index() - 1 <= i <= m.last_index():
                 assert r.term(i) == m.term(i), i
+        # Every entry, as the core would read it back (from the recent entries or the disk).
+        got = r.entries(m.first_index(), m.last_index() + 1)
+        assert [_key(e) for e in got] == [_key(e) for e in m.entries(m.first_index(),
+                                                                      m.last_index() + 1)]
         snap = r.snapshot()
         assert (snap.meta.index, snap.meta.term, snap.meta.conf) == (
             m.snapshot().meta.index, m.snapshot().meta.term, m.snapshot().meta.conf)
@@ -246,7 +251,14 @@ def model_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAFT_LOG_TMP", str(tmp_path))
 
 
-def test_partition_raft_log_matches_memory_storage(model_tmp: None) -> None:
+@pytest.mark.parametrize("recent_bytes", [raft_log.RECENT_ENTRIES_BYTES, 300],
+                         ids=["recent-8MiB", "recent-300B"])
+def test_partition_raft_log_matches_memory_storage(model_tmp: None, recent_bytes: int,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the default bound every read the model makes is served from the recent entries
+    kept in memory; with a tiny one most come from disk and the kept ones are trimmed all the
+    time: both must read exactly what the oracle holds."""
+    monkeypatch.setattr(raft_log, "RECENT_ENTRIES_BYTES", recent_bytes)
     RaftLogModel.TestCase.settings = settings(
         max_examples=40, stateful_step_count=30, deadline=None, database=None,
         suppress_health_check=list(HealthCheck))
@@ -275,6 +287,23 @@ def test_entries_round_trip_and_follower_keeps_the_leaders_bytes(tmp_path: Path)
     assert (h.base_offset, h.leader_term, h.raft_index) == (3, 1, 4)
     leader.close()
     follower.close()
+
+
+def test_reads_after_a_conflicting_suffix_see_the_new_entries(tmp_path: Path) -> None:
+    """The entries kept in memory as appended follow a truncation and a snapshot: the core
+    never reads back an entry a new leader replaced."""
+    rlog = PartitionRaftLog.open(tmp_path / "p", conf=CONF)
+    rlog.set_hard_state(HardState(1, 0, 0))
+    rlog.append([Entry(1, 1), Entry(2, 1), Entry(3, 1)])
+    rlog.set_hard_state(HardState(2, 0, 0))
+    rlog.append([Entry(2, 2), Entry(3, 2)])
+    assert [(e.index, e.term) for e in rlog.entries(1, 4)] == [(1, 1), (2, 2), (3, 2)]
+    rlog.apply_snapshot(Snapshot(SnapshotMeta(10, 3, CONF), (50).to_bytes(8, "little")))
+    rlog.append([Entry(11, 3)])
+    assert [(e.index, e.term) for e in rlog.entries(11, 12)] == [(11, 3)]
+    with pytest.raises(CompactedError):
+        rlog.entries(3, 12)
+    rlog.close()
 
 
 def test_conflicting_suffix_is_replaced_durably(tmp_path: Path) -> None:
