@@ -34,7 +34,6 @@ from rillet.node.services.common import NodeContext
 
 log = logging.getLogger(__name__)
 
-_DURABLE_ACKS = (log_pb2.ACKS_UNSPECIFIED, log_pb2.ACKS_ALL)
 _KNOWN_ACKS = (log_pb2.ACKS_UNSPECIFIED, log_pb2.ACKS_NONE, log_pb2.ACKS_LEADER, log_pb2.ACKS_ALL)
 
 # One queued answer: the response, and what it still waits for (None: answer now): the
@@ -163,14 +162,7 @@ class ProduceService(log_pb2_grpc.ProduceServicer):
                     f"batch of {len(data)} bytes is above this broker's limit of "
                     f"{self.max_batch_bytes} bytes (max_batch_bytes)")
             batch_codec.validate(data, self.limits)
-            if isinstance(part, ReplicatedPartition):
-                return self._propose(req, part)
-            info, fut = part.append(data, wait_durable=req.acks in _DURABLE_ACKS)
-            resp = log_pb2.ProduceResponse(
-                topic=req.topic, partition=req.partition, base_offset=info.base_offset,
-                log_append_time_ms=info.log_append_time_ms,
-                log_start_offset=part.log.log_start_offset)
-            return resp, fut
+            return self._propose(req, part)
         except NotLeaderError:
             raise
         except Exception as exc:
@@ -178,8 +170,8 @@ class ProduceService(log_pb2_grpc.ProduceServicer):
 
     @staticmethod
     def _propose(req: log_pb2.ProduceRequest, part: ReplicatedPartition) -> _Pending:
-        """Cluster mode: the batch is a Raft proposal. acks=all and acks=leader are both
-        answered once a majority fsynced it (committed); acks=none at once, offset unknown."""
+        """The batch is a Raft proposal. acks=all and acks=leader are both answered once a
+        majority fsynced it (committed); acks=none at once, offset unknown."""
         committed, append_ms = part.produce(req.batch)
         resp = log_pb2.ProduceResponse(
             topic=req.topic, partition=req.partition, base_offset=-1,

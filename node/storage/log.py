@@ -5,8 +5,9 @@ Layout of a partition directory:
     recovery-point.json                               checkpoint, replaced atomically
 
 Every batch is also one Raft entry (decision 0401): its header carries a raft_index, and
-batches carry consecutive Raft indexes. `append` (the single-node produce path) stamps the
-next one itself, so there the Raft index is the entry count; `append_stamped` takes batches a
+batches carry consecutive Raft indexes. `append` (storage tests and benchmarks; the broker
+writes through a Raft log) stamps the next one itself, so there the Raft index is the entry
+count; `append_stamped` takes batches a
 Raft log stamped (control batches included), `truncate_to_raft_index`, `read_raft` and
 `reset` serve node/storage/raft_log.py. The checkpoint also holds the log start: its record
 offset, its Raft index, the term of the entry before it, and the owner's `start_meta`.

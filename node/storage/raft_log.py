@@ -436,8 +436,8 @@ class PartitionRaftLog:
 
 class PartitionRaftLogSyncer:
     """cluster.driver.Syncer for PartitionRaftLogs: one worker-thread call per round fsyncs
-    every dirty log and writes the hard states that changed (group commit, as
-    node/partition.py's GroupCommitter does for the single-node path). Raises if any write
+    every dirty log and writes the hard states that changed (group commit: one fsync round
+    for every group of the node, however many). Raises if any write
     failed: the driver then stops, since a node that cannot persist must not vote or ack.
 
     With a `journal`, the hard states of every group are appended to it after the logs were
