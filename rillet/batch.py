@@ -336,15 +336,6 @@ def stamp(batch: bytearray, base_offset: int, leader_term: int, raft_index: int 
     _STAMP.pack_into(batch, pos + _RAFT_INDEX_OFFSET, raft_index)
 
 
-def stamped(batch: bytes, base_offset: int, leader_term: int, raft_index: int) -> bytes:
-    """`batch` with the broker fields written (see `stamp`), as new immutable bytes made with
-    one copy of the batch: a caller that keeps what it stored (the Raft log's recent entries)
-    needs no second copy."""
-    header = bytearray(memoryview(batch)[:HEADER_SIZE])
-    stamp(header, base_offset, leader_term, raft_index)
-    return b"".join((header, memoryview(batch)[HEADER_SIZE:]))
-
-
 def encode_control(data: bytes, *, conf_change: bool = False) -> bytes:
     """A control batch carrying a Raft entry the core made itself: `data` is the entry's raw
     bytes (empty for the leader's no-op, the encoded ConfChange for a membership change).

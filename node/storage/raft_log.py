@@ -41,14 +41,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rillet.batch import (
-    CONF_CHANGE_FLAG,
-    HEADER_SIZE,
-    crc32c,
-    encode_control,
-    parse_header,
-    stamped,
-)
+from rillet.batch import CONF_CHANGE_FLAG, HEADER_SIZE, crc32c, encode_control, parse_header, stamp
 from rillet.cluster.raft import (
     CompactedError,
     ConfState,
@@ -77,11 +70,6 @@ _CRC = struct.Struct("<I")
 NEXT_OFFSET = struct.Struct("<q")
 """Snapshot.data of a partition: the record offset the log restarts at (8 bytes)."""
 COMMIT_SAVE_INTERVAL_S = 1.0
-#: Bytes of the newest entries kept in memory as appended: the core reads each entry back
-#: right after appending it (to apply it once committed, to send it to a follower), and serving
-#: that from memory spares a disk read and a parse per entry (issue 13's benchmark: 5% of a
-#: lone node's event loop under `send_many`).
-RECENT_ENTRIES_BYTES = 8 * 1024 * 1024
 
 
 def _conf_to_json(conf: ConfState) -> dict[str, list[int]]:
@@ -126,11 +114,6 @@ class PartitionRaftLog:
         self._synced_hard_state = HardState()
         self._journal: HardStateJournal | None = None
         self._group = 0
-        # The newest entries, exactly as entries() would read them back: _recent[i] has index
-        # _recent_first + i, and the last one is the log's last entry (or the list is empty).
-        self._recent: list[Entry] = []
-        self._recent_first = 0
-        self._recent_bytes = 0
 
     @classmethod
     def open(cls, directory: Path, config: LogConfig | None = None, *,
@@ -176,7 +159,6 @@ class PartitionRaftLog:
             "%s: Raft entries from %d have terms above the recorded term %d (last %d): damaged "
             "leader terms; dropping them", self.directory, cut, limit, self.plog.last_term)
         self.plog.truncate_to_raft_index(cut)
-        self._forget_recent()
 
     # -- the state file ------------------------------------------------------------------------
 
@@ -246,9 +228,6 @@ class PartitionRaftLog:
         assert lo <= hi, f"invalid range [{lo}, {hi})"
         if lo == hi:
             return []
-        if self._recent and lo >= self._recent_first:
-            start = lo - self._recent_first
-            return limit_size(self._recent[start:start + hi - lo], max_bytes)
         batches = self.plog.read_raft(lo, hi, max_bytes)
         return limit_size([entry_of(b) for b in batches], max_bytes)
 
@@ -275,44 +254,23 @@ class PartitionRaftLog:
             self.plog.logger.info("%s: dropping Raft entries from %d (conflicting suffix)",
                                   self.directory, entries[0].index)
             self.plog.truncate_to_raft_index(entries[0].index)
-            self._forget_recent()
         # Invariant: no gap between what is held and what is appended.
         assert entries[0].index == self.plog.next_raft_index, (
             f"gap: appending {entries[0].index} after {self.last_index()}")
         for e in entries:
-            batch = self._batch_for(e)
-            self.plog.append_stamped(batch)
-            self._remember(entry_of(batch))
+            self.plog.append_stamped(self._batch_for(e))
 
-    def _remember(self, entry: Entry) -> None:
-        """Keep a just-appended entry for entries(); drop the oldest past the byte bound."""
-        if not self._recent:
-            self._recent_first = entry.index
-        self._recent.append(entry)
-        self._recent_bytes += entry.size()
-        if self._recent_bytes > RECENT_ENTRIES_BYTES and len(self._recent) > 1:
-            drop = 0
-            while self._recent_bytes > RECENT_ENTRIES_BYTES // 2 and drop < len(self._recent) - 1:
-                self._recent_bytes -= self._recent[drop].size()
-                drop += 1
-            del self._recent[:drop]
-            self._recent_first += drop
-
-    def _forget_recent(self) -> None:
-        """The log's end moved back or restarted: what is kept no longer ends at its end."""
-        self._recent.clear()
-        self._recent_bytes = 0
-
-    def _batch_for(self, e: Entry) -> bytes:
+    def _batch_for(self, e: Entry) -> bytes | bytearray:
         if e.kind == EntryKind.CONF_CHANGE or not e.data:
-            data = encode_control(e.data, conf_change=e.kind == EntryKind.CONF_CHANGE)
+            buf = bytearray(encode_control(e.data, conf_change=e.kind == EntryKind.CONF_CHANGE))
         else:
             header = parse_header(e.data)
             if (header.raft_index == e.index and header.leader_term == e.term
                     and header.base_offset == self.plog.log_end_offset):
                 return e.data  # the leader's stored bytes, already stamped as ours would be
-            data = e.data
-        return stamped(data, self.plog.log_end_offset, e.term, e.index)
+            buf = bytearray(e.data)
+        stamp(buf, self.plog.log_end_offset, e.term, e.index)
+        return buf
 
     def set_hard_state(self, hard_state: HardState) -> None:
         """Record term, vote and commit. A new term or vote is written by the next sync; a
@@ -354,7 +312,6 @@ class PartitionRaftLog:
         (next_offset,) = NEXT_OFFSET.unpack(snapshot.data)
         self.plog.reset(next_offset, meta.index + 1, meta.term,
                         start_meta=json.dumps(_conf_to_json(meta.conf)))
-        self._forget_recent()
         with self._lock:
             if self._applied_conf is not None:
                 self._applied_conf = None  # the applied index is now the snapshot's
