@@ -37,7 +37,6 @@ from rillet.cluster.raft import (
 )
 from rillet.cluster.raft.codec import encode_conf_change
 from rillet.cluster.raft.types import ConfChange, ConfChangeKind
-from rillet.node.storage import raft_log
 from rillet.node.storage.log import CHECKPOINT_NAME, LogConfig
 from rillet.node.storage.raft_log import PartitionRaftLog, entry_of
 from tests.unit.storage.helpers import FakeClock
@@ -251,14 +250,7 @@ def model_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAFT_LOG_TMP", str(tmp_path))
 
 
-@pytest.mark.parametrize("recent_bytes", [raft_log.RECENT_ENTRIES_BYTES, 300],
-                         ids=["recent-8MiB", "recent-300B"])
-def test_partition_raft_log_matches_memory_storage(model_tmp: None, recent_bytes: int,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the default bound every read the model makes is served from the recent entries
-    kept in memory; with a tiny one most come from disk and the kept ones are trimmed all the
-    time: both must read exactly what the oracle holds."""
-    monkeypatch.setattr(raft_log, "RECENT_ENTRIES_BYTES", recent_bytes)
+def test_partition_raft_log_matches_memory_storage(model_tmp: None) -> None:
     RaftLogModel.TestCase.settings = settings(
         max_examples=40, stateful_step_count=30, deadline=None, database=None,
         suppress_health_check=list(HealthCheck))
@@ -290,8 +282,8 @@ def test_entries_round_trip_and_follower_keeps_the_leaders_bytes(tmp_path: Path)
 
 
 def test_reads_after_a_conflicting_suffix_see_the_new_entries(tmp_path: Path) -> None:
-    """The entries kept in memory as appended follow a truncation and a snapshot: the core
-    never reads back an entry a new leader replaced."""
+    """After a truncation and after a snapshot the core never reads back an entry a new
+    leader replaced."""
     rlog = PartitionRaftLog.open(tmp_path / "p", conf=CONF)
     rlog.set_hard_state(HardState(1, 0, 0))
     rlog.append([Entry(1, 1), Entry(2, 1), Entry(3, 1)])
