@@ -31,7 +31,7 @@ T = TypeVar("T")
 __all__ = ["Admin", "Consumer", "Producer", "Replay"]
 
 
-class _LoopThread:
+class LoopThread:
     """One event loop on one daemon thread, for one wrapper object."""
 
     def __init__(self, name: str) -> None:
@@ -58,7 +58,7 @@ class _LoopThread:
 
 
 class _Wrapper:
-    _lt: _LoopThread
+    _lt: LoopThread
 
     def __enter__(self) -> Self:
         return self
@@ -75,7 +75,7 @@ class Producer(_Wrapper):
     """Blocking producer; `send()` returns a concurrent.futures.Future of RecordMetadata."""
 
     def __init__(self, bootstrap: str | Sequence[str] = "127.0.0.1:9091", **options: Any) -> None:
-        self._lt = _LoopThread("rillet-sync-producer")
+        self._lt = LoopThread("rillet-sync-producer")
 
         async def make() -> _producer.Producer:
             p = _producer.Producer(bootstrap, **options)
@@ -142,7 +142,7 @@ class Consumer(_SyncReader):
 
     def __init__(self, bootstrap: str | Sequence[str], topic: str | Sequence[str],
                  **options: Any) -> None:
-        self._lt = _LoopThread("rillet-sync-consumer")
+        self._lt = LoopThread("rillet-sync-consumer")
 
         async def make() -> Any:
             c = _consumer.Consumer(bootstrap, topic, **options)  # type: ignore[arg-type]
@@ -172,7 +172,7 @@ class Replay(_SyncReader):
     """Blocking bounded read; iteration ends when the range has been sent."""
 
     def __init__(self, bootstrap: str | Sequence[str], topic: str, **options: Any) -> None:
-        self._lt = _LoopThread("rillet-sync-replay")
+        self._lt = LoopThread("rillet-sync-replay")
 
         async def make() -> _consumer.Replay:
             r = _consumer.Replay(bootstrap, topic, **options)
@@ -190,7 +190,7 @@ class Admin(_Wrapper):
 
     def __init__(self, bootstrap: str | Sequence[str] = "127.0.0.1:9091", *,
                  timeout: float = 10.0, credentials: Credentials | None = None) -> None:
-        self._lt = _LoopThread("rillet-sync-admin")
+        self._lt = LoopThread("rillet-sync-admin")
         self._a = _admin.Admin(bootstrap, timeout=timeout, credentials=credentials)
 
     def create_topic(self, name: str, partitions: int = 1, replication_factor: int = 1,

@@ -386,9 +386,9 @@ class SyncTable(Generic[K, V]):
     copy made on the loop thread, so it is consistent."""
 
     def __init__(self, bootstrap: str | Sequence[str], topic: str, **options: Any) -> None:
-        from rillet.client.sync import _LoopThread
+        from rillet.client.sync import LoopThread
 
-        self._lt = _LoopThread("rillet-sync-table")
+        self._lt = LoopThread("rillet-sync-table")
 
         async def make() -> Table[K, V]:
             t: Table[K, V] = Table(bootstrap, topic, **options)

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import click
 
-from rillet.cli import _admin, _fail, _run, client_options
+from rillet.cli import admin_client, client_options, fail, run_command
 from rillet.client.admin import ACL_OPERATIONS, Acl
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -99,13 +99,13 @@ def acl_add(principal: str, operation: str, topic_name: str | None, group_name: 
             on_cluster: bool, prefix: bool, bootstrap: str, timeout: float) -> None:
     """Allow PRINCIPAL to do OPERATION on a topic, a group (name or --prefix) or the cluster."""
     rule = _rule(principal, operation, topic_name, group_name, on_cluster, prefix)
-    admin = _admin(bootstrap, timeout)
+    admin = admin_client(bootstrap, timeout)
 
     async def go() -> None:
         async with admin:
             added = await admin.add_acl(rule)
         click.echo(f"{'added' if added else 'already present'}: {_text(rule)}", err=True)
-    _run(go())
+    run_command(go())
 
 
 @acl.command("remove")
@@ -118,13 +118,13 @@ def acl_remove(principal: str, operation: str, topic_name: str | None,
                timeout: float) -> None:
     """Remove the rule with exactly these fields (exit 1 when there is none)."""
     rule = _rule(principal, operation, topic_name, group_name, on_cluster, prefix)
-    admin = _admin(bootstrap, timeout)
+    admin = admin_client(bootstrap, timeout)
 
     async def go() -> bool:
         async with admin:
             return await admin.remove_acl(rule)
-    if not _run(go()):
-        _fail(f"no such rule: {_text(rule)} (see `rillet acl list`)")
+    if not run_command(go()):
+        fail(f"no such rule: {_text(rule)} (see `rillet acl list`)")
     click.echo(f"removed: {_text(rule)}", err=True)
 
 
@@ -142,12 +142,12 @@ def acl_list(principal: str, topic_name: str | None, group_name: str | None,
              on_cluster: bool, fmt: str, bootstrap: str, timeout: float) -> None:
     """Rules, one per line: PRINCIPAL, OPERATION, RESOURCE (a trailing * marks a prefix)."""
     rtype, name = _resource(topic_name, group_name, on_cluster, required=False)
-    admin = _admin(bootstrap, timeout)
+    admin = admin_client(bootstrap, timeout)
 
     async def go() -> list[Acl]:
         async with admin:
             return await admin.list_acls(principal, rtype, name)
-    rules = _run(go())
+    rules = run_command(go())
     if fmt == "json":
         click.echo(json.dumps([_doc(r) for r in rules]))
         return

@@ -63,12 +63,13 @@ T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _fail(reason: str, code: int = 1) -> NoReturn:
+def fail(reason: str, code: int = 1) -> NoReturn:
+    """One line on stderr and the exit code: how every command (rillet.acl_cli too) fails."""
     click.echo(f"rillet: error: {reason}", err=True)
     sys.exit(code)
 
 
-def _run(coro: Coroutine[Any, Any, T]) -> T:
+def run_command(coro: Coroutine[Any, Any, T]) -> T:
     """Run a command's coroutine; turn every expected failure into one line and an exit code."""
     try:
         return asyncio.run(coro)
@@ -81,7 +82,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         finally:
             sys.exit(0)
     except (RilletError, ValueError, OSError) as exc:
-        _fail(describe(exc))
+        fail(describe(exc))
 
 
 _CREDENTIALS_KEY = "rillet.credentials"
@@ -100,7 +101,7 @@ def _credentials() -> Credentials:
     return Credentials(**given)
 
 
-def _admin(bootstrap: str, timeout: float) -> Admin:
+def admin_client(bootstrap: str, timeout: float) -> Admin:
     """An Admin client for a command's --bootstrap, --timeout and credentials."""
     return Admin(_check_bootstrap(bootstrap), timeout=timeout, credentials=_credentials())
 
@@ -231,10 +232,10 @@ def topic_create(name: str, partitions: int, replication_factor: int, configs: S
         settings[key.strip()] = value.strip()
 
     async def go() -> None:
-        async with _admin(bootstrap, timeout) as admin:
+        async with admin_client(bootstrap, timeout) as admin:
             desc = await admin.create_topic(name, partitions, replication_factor, settings)
         click.echo(f"created topic {desc.name} with {len(desc.partitions)} partitions", err=True)
-    _run(go())
+    run_command(go())
 
 
 @topic.command("list")
@@ -242,12 +243,12 @@ def topic_create(name: str, partitions: int, replication_factor: int, configs: S
 def topic_list(bootstrap: str, timeout: float) -> None:
     """List topics: name, partitions, replication factor."""
     async def go() -> None:
-        async with _admin(bootstrap, timeout) as admin:
+        async with admin_client(bootstrap, timeout) as admin:
             topics = await admin.list_topics()
         for t in sorted(topics, key=lambda t: t.name):
             click.echo(f"{t.name}\tpartitions={t.partitions}\t"
                        f"replication_factor={t.replication_factor}")
-    _run(go())
+    run_command(go())
 
 
 @topic.command("describe")
@@ -284,7 +285,7 @@ def topic_describe(name: str, fmt: str, as_json: bool, bootstrap: str, timeout: 
             click.echo(f"  {p['partition']}\t{_leader_text(p['leader_id'])}\t"
                        f"{_replicas_text(p['replicas'])}\t{p['log_start_offset']}\t"
                        f"{p['high_watermark']}\t{p['size_bytes']}")
-    _run(go())
+    run_command(go())
 
 
 def _leader_text(leader_id: int) -> str:
@@ -372,10 +373,10 @@ async def _describe_topics(pool: ChannelPool, bootstrap: str, names: Sequence[st
 def topic_delete(name: str, bootstrap: str, timeout: float) -> None:
     """Delete topic NAME and all its data."""
     async def go() -> None:
-        async with _admin(bootstrap, timeout) as admin:
+        async with admin_client(bootstrap, timeout) as admin:
             await admin.delete_topic(name)
         click.echo(f"deleted topic {name}", err=True)
-    _run(go())
+    run_command(go())
 
 
 # ------------------------------------------------------------------------------------ produce
@@ -460,9 +461,9 @@ def produce(topic_name: str, key_separator: str | None, acks: str, partition: in
         await asyncio.sleep(0)
         click.echo(f"{acked} of {sent} records acknowledged", err=True)
         if first_error is not None or acked != sent:
-            _fail(f"{sent - acked} records not acknowledged: "
+            fail(f"{sent - acked} records not acknowledged: "
                   f"{describe(first_error) if first_error else 'unknown'}")
-    _run(go())
+    run_command(go())
 
 
 # ------------------------------------------------------------------------------------ reading
@@ -560,7 +561,7 @@ def consume(topic_name: str, start: PositionSpec, group_id: str | None,
         if start not in ("earliest", "latest"):
             raise click.BadParameter("with --group, --from is earliest or latest",
                                      param_hint="--from")
-        _run(_consume_group(_check_bootstrap(bootstrap), topic_name, group_id,
+        run_command(_consume_group(_check_bootstrap(bootstrap), topic_name, group_id,
                             "earliest" if start == "earliest" else "latest", fmt,
                             max_records, idle_timeout, timeout))
         return
@@ -570,7 +571,7 @@ def consume(topic_name: str, start: PositionSpec, group_id: str | None,
                             partitions=list(partitions) or None,
                             request_timeout_s=timeout, credentials=_credentials()) as consumer:
             await _pump(consumer, sys.stdout.buffer, fmt, max_records, idle_timeout)
-    _run(go())
+    run_command(go())
 
 
 async def _consume_group(bootstrap: str, topic_name: str, group_id: str,
@@ -651,7 +652,7 @@ def replay(topic_name: str, start: PositionSpec, end: PositionSpec, output: Path
     try:
         out: IO[bytes] = open(output, "wb") if output else sys.stdout.buffer
     except OSError as exc:
-        _fail(f"cannot write {output}: {exc.strerror}")
+        fail(f"cannot write {output}: {exc.strerror}")
 
     async def go() -> None:
         progress = None
@@ -671,7 +672,7 @@ def replay(topic_name: str, start: PositionSpec, end: PositionSpec, output: Path
             if progress is not None:
                 progress.close()
         click.echo(f"replayed {n} records", err=True)
-    _run(go())
+    run_command(go())
 
 
 async def _replay_total(bootstrap: str, topic_name: str, start: PositionSpec,
@@ -758,7 +759,7 @@ def cluster_status(fmt: str, bootstrap: str, timeout: float) -> None:
             for p in parts:
                 click.echo(f"  {p['partition']}\t{_leader_text(p['leader_id'])}\t"
                            f"{_replicas_text(p['replicas'])}\t{p['high_watermark']}")
-    _run(go())
+    run_command(go())
 
 
 # ------------------------------------------------------------------------------------ groups
@@ -780,7 +781,7 @@ def _fmt_option(f: F) -> F:
 def group_list(fmt: str, bootstrap: str, timeout: float) -> None:
     """Groups with their state (stable, rebalancing, empty) and member count."""
     async def go() -> None:
-        async with _admin(bootstrap, timeout) as admin:
+        async with admin_client(bootstrap, timeout) as admin:
             groups = await admin.list_groups()
         if fmt == "json":
             click.echo(json.dumps([{"group": g.group, "state": g.state, "members": g.members}
@@ -788,7 +789,7 @@ def group_list(fmt: str, bootstrap: str, timeout: float) -> None:
             return
         for g in groups:
             click.echo(f"{g.group}\tstate={g.state}\tmembers={g.members}")
-    _run(go())
+    run_command(go())
 
 
 def _tps_text(items: Sequence[Any]) -> str:
@@ -820,7 +821,7 @@ def group_describe(group_id: str, fmt: str, bootstrap: str, timeout: float) -> N
     """Members, and per partition: committed offset, high watermark, lag in offsets and in
     seconds (age of the oldest record not yet consumed), owner."""
     async def go() -> None:
-        async with _admin(bootstrap, timeout) as admin:
+        async with admin_client(bootstrap, timeout) as admin:
             desc = await admin.describe_group(group_id)
         doc = group_doc(desc)
         if fmt == "json":
@@ -840,7 +841,7 @@ def group_describe(group_id: str, fmt: str, bootstrap: str, timeout: float) -> N
             click.echo(f"  {p['topic']}\t{p['partition']}\t{committed}\t"
                        f"{p['high_watermark']}\t{p['lag']}\t{p['lag_seconds']:.3f}\t"
                        f"{p['owner'] or '-'}")
-    _run(go())
+    run_command(go())
 
 
 @group.command("reset-offsets")
@@ -858,7 +859,7 @@ def group_reset_offsets(group_id: str, topic_name: str, to: PositionSpec,
                         timeout: float) -> None:
     """Move GROUP's committed offsets on a topic (only while the group has no members)."""
     async def go() -> None:
-        async with _admin(bootstrap, timeout) as admin:
+        async with admin_client(bootstrap, timeout) as admin:
             offsets = await admin.reset_group_offsets(group_id, topic_name, to_position(to),
                                                       list(partitions), dry_run=dry_run)
         if fmt == "json":
@@ -869,7 +870,7 @@ def group_reset_offsets(group_id: str, topic_name: str, to: PositionSpec,
                 click.echo(f"{o.topic}\t{o.partition}\t{o.offset}")
         click.echo(f"{'would reset' if dry_run else 'reset'} {len(offsets)} partitions of "
                    f"group {group_id}", err=True)
-    _run(go())
+    run_command(go())
 
 
 @group.command("delete")
@@ -878,10 +879,10 @@ def group_reset_offsets(group_id: str, topic_name: str, to: PositionSpec,
 def group_delete(group_id: str, bootstrap: str, timeout: float) -> None:
     """Forget GROUP and its committed offsets (only while it has no members)."""
     async def go() -> None:
-        async with _admin(bootstrap, timeout) as admin:
+        async with admin_client(bootstrap, timeout) as admin:
             await admin.delete_group(group_id)
         click.echo(f"deleted group {group_id}", err=True)
-    _run(go())
+    run_command(go())
 
 
 # ------------------------------------------------------------------------------------ tokens
@@ -981,7 +982,7 @@ def bench_produce_cmd(topic_name: str, record_size: int, count: int, partitions:
             max_in_flight=max_in_flight, api=api, chunk=chunk, buffer_bytes=buffer_bytes,
             credentials=_credentials())
         click.echo(json.dumps(result.as_dict()) if as_json else result.summary())
-    _run(go())
+    run_command(go())
 
 
 @bench.command("consume")
@@ -1004,7 +1005,7 @@ def bench_consume_cmd(topic_name: str, record_size: int, count: int, partitions:
             bs, topic_name, count=count, record_bytes=record_size, partitions=partitions,
             max_bytes=max_bytes, read_values=not no_values, credentials=_credentials())
         click.echo(json.dumps(result.as_dict()) if as_json else result.summary())
-    _run(go())
+    run_command(go())
 
 
 async def _ensure_replicated_topic(bootstrap: str, topic_name: str, partitions: int,

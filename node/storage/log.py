@@ -747,6 +747,11 @@ class PartitionLog:
         self.logger.info("%s: reset to offset %d, Raft index %d", self.directory, next_offset,
                          next_raft_index)
 
+    def now_ms(self) -> int:
+        """The log's clock (wall clock, or the one a test injected at open): its Raft log
+        judges retention by the same time the log does."""
+        return self._clock_ms()
+
     def retention_point(self, now_ms: int, *, max_raft_index: int | None = None) -> int:
         """The first Raft index `enforce_retention(now_ms, max_raft_index=...)` would keep
         (first_raft_index when it would delete nothing). No side effects."""

@@ -321,7 +321,7 @@ class PartitionRaftLog:
         """Apply the topic's retention, but never past the commit index: returns how many
         segments went. The membership at the new log start is computed from the membership
         changes in the part that goes and saved with the start, atomically."""
-        now = self.plog._clock_ms() if now_ms is None else now_ms
+        now = self.plog.now_ms() if now_ms is None else now_ms
         commit = self._hard_state.commit
         first = self.first_index()
         new_first = self.plog.retention_point(now, max_raft_index=commit)
