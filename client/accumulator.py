@@ -26,10 +26,10 @@ MAX_BATCH_BYTES = 1024 * 1024
 DEFAULT_BATCH_BYTES = 1_000_000
 # Upper bound on what one record adds to the serialized Records message beyond its key and
 # value: field tags, length varints (values below 2 MiB), a sint64 timestamp delta.
-_RECORD_OVERHEAD = 20
+RECORD_OVERHEAD = 20
 _HEADER_OVERHEAD = 12
 # Packed-field headers and the slack between this estimate and the real encoding.
-_BATCH_SLACK = codec.HEADER_SIZE + 64
+BATCH_SLACK = codec.HEADER_SIZE + 64
 
 
 class ChunkAck(NamedTuple):
@@ -88,7 +88,7 @@ class RecordMetadata(NamedTuple):
 def record_size(value: bytes, key: bytes | None,
                 headers: Sequence[tuple[str, bytes]] | None) -> int:
     """Upper bound of the bytes a record adds to a batch."""
-    size = len(value) + _RECORD_OVERHEAD
+    size = len(value) + RECORD_OVERHEAD
     if key:
         size += len(key)
     if headers:
@@ -248,7 +248,7 @@ class PartitionBatch:
     has_keys: bool = False
     has_headers: bool = False
     #: Estimated encoded size so far, an upper bound.
-    size: int = _BATCH_SLACK
+    size: int = BATCH_SLACK
     #: The encoded batch, set by `encode()` when the batch is sealed.
     payload: bytes | None = None
     #: Times the batch was written to a stream.
@@ -378,8 +378,8 @@ class Accumulator:
     """The open batch of each partition; a batch is sealed when the next record won't fit."""
 
     def __init__(self, batch_bytes: int = DEFAULT_BATCH_BYTES) -> None:
-        if batch_bytes <= _BATCH_SLACK:
-            raise ValueError(f"batch_bytes must be above {_BATCH_SLACK}")
+        if batch_bytes <= BATCH_SLACK:
+            raise ValueError(f"batch_bytes must be above {BATCH_SLACK}")
         self.batch_bytes = batch_bytes
         self._open: dict[tuple[str, int], PartitionBatch] = {}
 
@@ -427,7 +427,7 @@ class Accumulator:
     def room(self, topic: str, partition: int) -> int:
         """Estimated bytes the open batch of a partition can still take."""
         current = self._open.get((topic, partition))
-        return self.batch_bytes - (current.size if current is not None else _BATCH_SLACK)
+        return self.batch_bytes - (current.size if current is not None else BATCH_SLACK)
 
     def get_or_open(self, topic: str, partition: int) -> tuple[PartitionBatch, bool]:
         current = self._open.get((topic, partition))

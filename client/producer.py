@@ -37,10 +37,10 @@ import grpc.aio
 from rillet import batch as codec
 from rillet.api.v1 import admin_pb2, admin_pb2_grpc, common_pb2, log_pb2, log_pb2_grpc
 from rillet.client.accumulator import (
-    _BATCH_SLACK,
-    _RECORD_OVERHEAD,
+    BATCH_SLACK,
     DEFAULT_BATCH_BYTES,
     MAX_BATCH_BYTES,
+    RECORD_OVERHEAD,
     Accumulator,
     ChunkAck,
     ManyFuture,
@@ -75,7 +75,7 @@ log = logging.getLogger(__name__)
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
 
 # The largest record that fits in a batch of its own under the broker's limit.
-_MAX_RECORD_BYTES = MAX_BATCH_BYTES - _BATCH_SLACK
+_MAX_RECORD_BYTES = MAX_BATCH_BYTES - BATCH_SLACK
 
 ACKS = {"none": log_pb2.ACKS_NONE, "leader": log_pb2.ACKS_LEADER, "all": log_pb2.ACKS_ALL}
 
@@ -554,7 +554,7 @@ class Producer:
             else:
                 batch = self._hot.get((topic, partition))
             if batch is not None:
-                size = len(value) + _RECORD_OVERHEAD
+                size = len(value) + RECORD_OVERHEAD
                 if batch.size + size <= self._batch_bytes and self._buffered < self.buffer_bytes:
                     if timestamp_ms is None:
                         now = _time()
@@ -603,7 +603,7 @@ class Producer:
                 f"partition {partition} out of range: topic {topic!r} has {n} partitions")
         if timestamp_ms is None:
             timestamp_ms = self._clock_ms(_time())
-        size = len(value) + _RECORD_OVERHEAD if key is None and headers is None else record_size(
+        size = len(value) + RECORD_OVERHEAD if key is None and headers is None else record_size(
             value, key, headers)
         if size > _MAX_RECORD_BYTES:
             raise BatchTooLargeError(
@@ -614,7 +614,7 @@ class Producer:
         handle = RecordFuture(batch, len(batch.values) - 1)
         self._buffered += size
         if created:
-            self._buffered += _BATCH_SLACK
+            self._buffered += BATCH_SLACK
             if self.linger_ms > 0:
                 batch.timer = self._loop.call_later(self.linger_ms / 1000, self._linger, batch)
             else:
@@ -686,13 +686,13 @@ class Producer:
         fut: asyncio.Future[list[ChunkAck]] = self._loop.create_future()
         owner = ManyFuture(fut)
         total = len(values)
-        if total and max(map(len, values)) + _RECORD_OVERHEAD > _MAX_RECORD_BYTES:
+        if total and max(map(len, values)) + RECORD_OVERHEAD > _MAX_RECORD_BYTES:
             raise BatchTooLargeError(
                 f"a record above {_MAX_RECORD_BYTES} bytes does not fit in a batch")
         if timestamp_ms is None:
             timestamp_ms = int(time.time() * 1000)
         # cum[k]: estimated bytes of records 0..k, computed at C speed.
-        cum = list(itertools.accumulate(map(_RECORD_OVERHEAD.__add__, map(len, values))))
+        cum = list(itertools.accumulate(map(RECORD_OVERHEAD.__add__, map(len, values))))
         i = seq = 0
         while i < total:
             if self._buffered >= self.buffer_bytes:
@@ -713,7 +713,7 @@ class Producer:
             used = cum[j - 1] - before
             batch.extend(values[i:j], timestamp_ms, used, owner, seq)
             seq += 1
-            self._buffered += used + (_BATCH_SLACK if created else 0)
+            self._buffered += used + (BATCH_SLACK if created else 0)
             if created:
                 if self.linger_ms > 0:
                     batch.timer = self._loop.call_later(

@@ -105,3 +105,17 @@ def test_no_print_in_library_code() -> None:
         calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
                  and isinstance(n.func, ast.Name) and n.func.id == "print"]
         assert not calls, f"{name} calls print(); log through logging instead"
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    """Seams, not reach-ins (STYLE.md habit 11): a name with a leading underscore is its
+    module's own; a module that needs it asks the owner to make it public."""
+    reach_ins = []
+    for name, path in _modules():
+        for mod in _imports(name, path):
+            if not mod.startswith("rillet."):
+                continue
+            owner, _, imported = mod.rpartition(".")
+            if imported.startswith("_") and not imported.startswith("__") and owner != name:
+                reach_ins.append(f"{name} imports {mod}")
+    assert reach_ins == []
