@@ -128,9 +128,9 @@ class Config:
     """At most this many entry bytes per APPEND (at least one entry is always sent)."""
     max_committed_bytes_per_ready: int = 64 << 20
     """At most this many committed entry bytes per Ready (at least one entry). The caller
-    reads them back from its log to apply them: 64 MiB per Ready made a lone node's RSS grow
-    +107 MB under a fast producer (tests/security/test_slow_client.py, +50 MB on the old
-    single-node path); 8 MiB: +58-78 MB."""
+    reads them back from its log to apply them. Not smaller: a lone node applies at most this
+    much per fsync round, and the uncommitted budget is released only at apply (8 MiB made a
+    slow disk refuse proposals; issue 13's note)."""
     pre_vote: bool = True
     """Run a pre-vote round (no term change) before a real election, so a node that was cut
     off cannot force the cluster into a new term when it returns."""
