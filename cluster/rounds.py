@@ -170,8 +170,8 @@ class Round:
                  send: Callable[[Outbox], None]) -> None:
         self.work = work
         self._send = send
+        # Set by finish() when a core's membership changed (the caller refreshes its peers).
         self.membership_changed = False
-        """Set by ``finish()`` when a core's membership changed (a peer set to refresh)."""
 
     def start(self) -> list[DurableLog]:
         """Send early, persist, apply; returns the logs that must be synced before

@@ -267,10 +267,11 @@ class ClusterNode:
         await self._settle_alone(SETTLE_ALONE_S)
 
     async def _settle_alone(self, timeout_s: float) -> None:
-        """Wait (bounded) until every group this node is the only voter of leads and has
-        applied its log: such groups need nobody else, so a node that restarts alone (a
-        cluster of one) serves its topics, offsets and high watermarks as they were from its
-        first call, not an election later. Groups with other voters are not waited for."""
+        """When this node is the metadata group's only voter (a cluster of one), wait
+        (bounded) until the metadata group and every partition whose only replica it is lead
+        and applied their logs: they need nobody else, so a node that restarts alone serves
+        its topics, offsets and high watermarks as they were from its first call, not an
+        election later. A node with other voters waits for nothing here (they may be down)."""
         if self.driver.core(METADATA_GROUP).conf_state.voters != {self.raft_id}:
             return
 
