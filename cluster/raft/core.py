@@ -59,6 +59,7 @@ goes to the injected logger, so two cores built with equal seeds behave identica
 
 from __future__ import annotations
 
+import collections
 import enum
 import logging
 import random
@@ -249,7 +250,9 @@ class RaftCore:
         self.randomized_election_timeout = config.election_ticks
         self.lead_transferee = NONE
         self.uncommitted_bytes = 0
-        """Leader: entry bytes appended in this term and not yet handed out as committed."""
+        """Leader: entry bytes appended in this term and not yet known committed."""
+        self._uncommitted_sizes: collections.deque[tuple[int, int]] = collections.deque()
+        # Leader: (index, bytes) of its entries of this term counted in uncommitted_bytes.
         self.pending_conf_index = 0
         """The index of the latest membership change the leader proposed (or, right after
         election, the last index: any uncommitted entry might be one). While it is above
@@ -420,8 +423,6 @@ class RaftCore:
                 self.apply_conf_change(codec.decode_conf_change(entry.data), entry.index)
         if rd.committed_entries:
             self.log.applied_to(rd.committed_entries[-1].index)
-            done = sum(e.size() for e in rd.committed_entries)
-            self.uncommitted_bytes = max(0, self.uncommitted_bytes - done)
         if self._role == Role.LEADER:
             pr = self.progress.get(self._id)
             if pr is not None and pr.maybe_update(self.log.persisted_last_index()):
@@ -460,6 +461,7 @@ class RaftCore:
         self._check_can_propose()
         size = sum(len(d) for d in datas)
         limit = self.config.max_uncommitted_bytes
+        self._release_committed()
         if limit and self.uncommitted_bytes and self.uncommitted_bytes + size > limit:
             raise ProposalDroppedError(
                 f"{self.uncommitted_bytes} bytes already wait for commitment (limit {limit})")
@@ -670,6 +672,7 @@ class RaftCore:
         self.reset_progress()
         self.pending_conf_index = 0
         self.uncommitted_bytes = 0
+        self._uncommitted_sizes.clear()
 
     def reset_progress(self) -> None:
         """Fresh Progress for every member, probing from our last index."""
@@ -1027,7 +1030,19 @@ class RaftCore:
         entries = [Entry(last + 1 + i, self._term, kind, data)
                    for i, (kind, data) in enumerate(items)]
         self.log.append(entries)
-        self.uncommitted_bytes += sum(e.size() for e in entries)
+        for e in entries:
+            self._uncommitted_sizes.append((e.index, e.size()))
+            self.uncommitted_bytes += e.size()
+
+    def _release_committed(self) -> None:
+        """Free the budget of our entries the commit index reached. At commit, not at apply:
+        the bound keeps a leader without a quorum from growing its log, and an entry applied
+        late (the caller reads committed entries back in bounded Readies) is no such entry;
+        released at apply, a lone node on a slow disk refused a stream's pipelined batches."""
+        committed = self.log.committed
+        sizes = self._uncommitted_sizes
+        while sizes and sizes[0][0] <= committed:
+            self.uncommitted_bytes -= sizes.popleft()[1]
 
     def maybe_commit(self) -> bool:
         """Advance the commit index to what a majority of voters has persisted, but only to an
