@@ -29,6 +29,7 @@ from rillet.cluster.raft import (
     Role,
 )
 from rillet.cluster.raft.progress import ProgressState
+from rillet.cluster.raft.storage import persist_ready
 
 T = MessageType
 
@@ -777,6 +778,26 @@ def test_describe_is_one_stable_line() -> None:
     assert core.ready().describe() == (
         "Ready hard=(term=1 vote=1 commit=0) sync persisted_msgs=[2->1 VOTE_RESP term=1]")
     assert "\n" not in core.describe()
+
+
+def test_uncommitted_budget_is_freed_at_commit_not_at_apply() -> None:
+    """The bound is about entries that may never commit; a committed entry whose apply is
+    still to come (handed out in a later, byte-bounded Ready) no longer counts."""
+    core, storage = make_core(1, voters=(1,), max_uncommitted_bytes=3000)
+    core.campaign()
+    drain(core, storage)
+    assert core.role == Role.LEADER
+    for _ in range(3):
+        core.propose(b"x" * 1000)
+    rd = core.ready()  # the three entries: persisted, so the lone voter commits them
+    persist_ready(storage, rd)
+    core.advance(rd)
+    assert core.commit_index == core.log.last_index()
+    # Their apply is the next Ready, not taken yet: the budget is free all the same.
+    assert core.propose(b"x" * 1000) == core.log.last_index()
+    with pytest.raises(ProposalDroppedError):
+        for _ in range(4):
+            core.propose(b"x" * 1000)  # the third of these finds 3000 uncommitted bytes
 
 
 def test_uncommitted_bytes_bound() -> None:
