@@ -190,7 +190,7 @@ class Round:
 
     def send_early(self) -> None:
         """Step 1: the messages that promise nothing about this node's disk."""
-        self._send_outbox([(group, rd.messages) for group, rd in self.work])
+        self.send_messages([(group, rd.messages) for group, rd in self.work])
 
     def persist(self) -> list[DurableLog]:
         """Step 2: stage every Ready's writes; the logs whose writes must be synced."""
@@ -214,7 +214,7 @@ class Round:
 
     def send_persisted(self) -> None:
         """Step 5: votes, acknowledgements and the rest, now that the writes are durable."""
-        self._send_outbox([(group, rd.persisted_messages) for group, rd in self.work
+        self.send_messages([(group, rd.persisted_messages) for group, rd in self.work
                            if not group.removed])
 
     def advance(self) -> None:
@@ -230,7 +230,9 @@ class Round:
             if group.pending:
                 group.fail_deposed()
 
-    def _send_outbox(self, lists: list[tuple[RaftGroup, list[Message]]]) -> None:
+    def send_messages(self, lists: list[tuple[RaftGroup, list[Message]]]) -> None:
+        """Coalesce per peer and hand to `send`: the one way a step sends (subclasses that
+        plant a bug send through it too)."""
         out: Outbox = {}
         for group, messages in lists:
             gid = group.id

@@ -43,7 +43,7 @@ class SendBeforeFsyncRound(Round):
     """Planted bug: every message leaves before the Ready's writes are durable."""
 
     def send_early(self) -> None:
-        self._send_outbox([(group, rd.all_messages()) for group, rd in self.work])
+        self.send_messages([(group, rd.all_messages()) for group, rd in self.work])
 
     def send_persisted(self) -> None:
         pass
